@@ -1,0 +1,132 @@
+"""Exploration rules: per-slot cost vectors -> probabilities over the available shelves.
+
+Each explorer maps one slot's `costs` (N,) and availability masks `available` (B, N) bool to
+probabilities (B, N) that are 0 outside `available` and sum to 1 per row. They reproduce Vowpal Wabbit's
+cb_explore_adf explorers of the same name (greedy, softmax, squarecb), so one VW pass that
+scores every shelf for every slot is enough to sample a whole ordering in numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bandit.errors import ValidationError
+
+
+def _masked(costs: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    masked = np.where(available, costs, np.inf)
+    return masked, masked.min(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True, slots=True)
+class EpsilonGreedy:
+    """p(a) = eps/m + (1 - eps)/t for the t tied cheapest shelves, eps/m for the rest (m available)."""
+
+    epsilon: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValidationError("epsilon", "must lie in [0, 1]", self.epsilon)
+
+    def probs(self, costs: np.ndarray, available: np.ndarray, gamma: float = 0.0) -> np.ndarray:
+        m = available.sum(axis=1, keepdims=True)
+        masked, lowest = _masked(costs, available)
+        best = masked == lowest
+        tied = best.sum(axis=1, keepdims=True)
+        return available * (self.epsilon / m) + best * ((1.0 - self.epsilon) / tied)
+
+
+@dataclass(frozen=True, slots=True)
+class Softmax:
+    """p(a) ∝ exp(-lambda (c_a - c_min)), then a floor of eps/m as in VW's enforce_minimum_probability."""
+
+    lam: float = 1.0
+    epsilon: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.lam >= 0.0:
+            raise ValidationError("softmax_lambda", "must be >= 0", self.lam)
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValidationError("epsilon", "must lie in [0, 1]", self.epsilon)
+
+    def probs(self, costs: np.ndarray, available: np.ndarray, gamma: float = 0.0) -> np.ndarray:
+        masked, lowest = _masked(costs, available)
+        weights = np.exp(-self.lam * (masked - lowest))  # exp(-inf) = 0 outside `available`
+        p = weights / weights.sum(axis=1, keepdims=True)
+        if self.epsilon > 0.0:
+            p = _enforce_minimum_probability(p, available, self.epsilon)
+        return p
+
+
+@dataclass(frozen=True, slots=True)
+class SquareCB:
+    """p(a) = 1 / (m + gamma (c_a - c_min)) for a != a_min; a_min takes the rest (Foster & Rakhlin 2020).
+
+    gamma = gamma_scale * t^gamma_exponent grows with the number t of slots learned; the
+    ranker reads the value VW uses from VW's own output.
+    """
+
+    gamma_scale: float = 10.0
+    gamma_exponent: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.gamma_scale >= 0.0:
+            raise ValidationError("gamma_scale", "must be >= 0", self.gamma_scale)
+
+    def probs(self, costs: np.ndarray, available: np.ndarray, gamma: float = 0.0) -> np.ndarray:
+        m = available.sum(axis=1, keepdims=True)
+        masked, lowest = _masked(costs, available)
+        rows = np.arange(len(masked))
+        a_min = masked.argmin(axis=1)
+        p = np.where(available, 1.0 / (m + gamma * np.where(available, masked - lowest, 0.0)), 0.0)
+        p[rows, a_min] = 0.0
+        p[rows, a_min] = 1.0 - p.sum(axis=1)
+        return p
+
+
+Explorer = EpsilonGreedy | Softmax | SquareCB
+
+
+def _enforce_minimum_probability(p: np.ndarray, available: np.ndarray, epsilon: float) -> np.ndarray:
+    """Raise every available probability to at least eps/m, taking the mass from the largest ones."""
+    m = available.sum(axis=1, keepdims=True).astype(np.float64)
+    if epsilon > 0.999:
+        return np.where(available, 1.0 / m, 0.0)
+    floor = epsilon / m
+    ordered = -np.sort(-np.where(available, p, -np.inf), axis=1)
+    idx = np.arange(p.shape[1], dtype=np.float64)[None, :]
+    running = np.cumsum(np.where(np.isfinite(ordered), ordered, 0.0), axis=1)
+    keep = np.isfinite(ordered) & (ordered > ((m - idx - 1.0) * floor + running - 1.0) / (idx + 1.0) + floor)
+    rho = np.where(keep, idx, 0.0).max(axis=1, keepdims=True)
+    rho_sum = np.take_along_axis(running, rho.astype(np.int64), axis=1)
+    tau = ((m - rho - 1.0) * floor + rho_sum - 1.0) / (rho + 1.0)
+    return np.where(available, np.maximum(p - tau, floor), 0.0)
+
+
+def make_explorer(name: str, *, epsilon: float, softmax_lambda: float, gamma_scale: float, gamma_exponent: float):
+    """Build the explorer named in a ranker configuration."""
+    if name == "epsilon":
+        return EpsilonGreedy(epsilon)
+    if name == "softmax":
+        return Softmax(softmax_lambda, epsilon)
+    if name == "squarecb":
+        return SquareCB(gamma_scale, gamma_exponent)
+    raise ValidationError("explorer", f"must be one of {SUPPORTED_EXPLORERS}", name)
+
+
+SUPPORTED_EXPLORERS = ("epsilon", "softmax", "squarecb")
+
+UNSUPPORTED_EXPLORERS = {
+    "bag": "each bag member's best shelf over the remaining set is not derivable from one score vector, and with "
+    "few bags VW reports probability 1.0 for the chosen shelf and 0.0 for the rest, which no inverse-propensity "
+    "estimate can use",
+    "cover": "the cover policies' choices depend on internal per-policy state that one score vector does not carry",
+    "first": "explores only for the first tau events, then reports probability 1.0/0.0 (deterministic)",
+    "regcb": "its probabilities depend on cost-range sensitivities, not on one score vector; reports 1.0/0.0 when "
+    "one shelf dominates",
+    "rnd": "its probabilities come from random-network bonuses that one score vector does not carry",
+    "synthcover": "reports 1.0/0.0 for a dominating shelf; depends on internal synthetic-cost state",
+    "squarecb --elim": "eliminates shelves with probability 0.0 using cost ranges one score vector does not carry",
+}

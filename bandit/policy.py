@@ -1,0 +1,130 @@
+"""Policy: the interface every shelf-ordering policy implements, and what they share.
+
+A policy only has to say, for one request, how it distributes each slot over the shelves
+still available (`slot_model`); ranking with a seeded generator, the probability of a
+logged ordering and the marginal probabilities follow from that in `bandit.sampling`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bandit.batch import EventBatch
+from bandit.errors import ValidationError
+from bandit.sampling import SampledRanking, SlotModel, event_rng, logged_probabilities, marginals, sample_ranking
+from bandit.types import Context, Decision, Shelf, check_shelves, check_slots
+
+
+class Policy(ABC):
+    """Orders N candidate shelves into K slots and reports the probabilities of what it chose."""
+
+    kind: str = "policy"
+    seed: int = 0
+    marginal_draws: int = 64
+    exact_budget: int = 4096
+
+    @property
+    @abstractmethod
+    def model_version(self) -> str:
+        """Identifies the learned state that made a decision."""
+
+    @abstractmethod
+    def slot_model(self, context: Context, shelves: Sequence[Shelf], n_slots: int, baseline: Sequence[str]) -> SlotModel:
+        """The per-slot distributions of this policy for one request."""
+
+    def learn(self, batch: EventBatch) -> None:
+        """Update from logged events (policies that do not learn ignore it)."""
+
+    @abstractmethod
+    def save(self, path: str | Path) -> str:
+        """Write the policy to `path` (plus `path`.json metadata); return its version id."""
+
+    def rank(
+        self,
+        context: Context,
+        shelves: Sequence[Shelf],
+        n_slots: int,
+        rng: np.random.Generator | None = None,
+        *,
+        event_id: str | None = None,
+        baseline: Sequence[str] = (),
+    ) -> Decision:
+        """Order `shelves` into `n_slots` slots. Without `rng`, draws are seeded by (seed, event_id)."""
+        shelves = tuple(shelves)
+        positions = check_shelves(shelves)
+        check_slots(n_slots, len(shelves))
+        if not isinstance(context, Context):
+            raise ValidationError("context", "must be a Context", type(context).__name__)
+        baseline = check_baseline(baseline, positions)
+        event_id = event_id or uuid.uuid4().hex
+        rng = rng if rng is not None else event_rng(self.seed, event_id)
+        model = self.slot_model(context, shelves, n_slots, baseline)
+        ranking, marg = sample_ranking(model, n_slots, rng, draws=self.marginal_draws, exact_budget=self.exact_budget)
+        return build_decision(event_id, self.model_version, shelves, ranking, marg.values, marg.stderr)
+
+    def probabilities(self, batch: EventBatch) -> np.ndarray:
+        """P(logged shelf at its slot | logged shelves above it) under this policy, one per row."""
+        out = np.empty(batch.n_rows)
+        for i in range(batch.n_events):
+            rows = batch.event_rows(i)
+            model = self.slot_model(batch.contexts[i], batch.shelves[i], rows.stop - rows.start, batch.baselines[i])
+            out[rows] = logged_probabilities(model, batch.action_index[rows])
+        return out
+
+    def marginal_probabilities(self, batch: EventBatch) -> tuple[np.ndarray, np.ndarray]:
+        """P(logged shelf at its slot) under this policy, and its standard error, one per row."""
+        values = np.empty(batch.n_rows)
+        stderr = np.empty(batch.n_rows)
+        for i in range(batch.n_events):
+            rows = batch.event_rows(i)
+            n_slots = rows.stop - rows.start
+            model = self.slot_model(batch.contexts[i], batch.shelves[i], n_slots, batch.baselines[i])
+            rng = event_rng(self.seed, str(batch.event_ids[i]))
+            marg = marginals(model, n_slots, rng, draws=self.marginal_draws, exact_budget=self.exact_budget)
+            picked = batch.action_index[rows]
+            values[rows] = marg.values[np.arange(n_slots), picked]
+            stderr[rows] = marg.stderr[np.arange(n_slots), picked]
+        return values, stderr
+
+
+def check_baseline(baseline: Sequence[str], positions: dict[str, int]) -> tuple[str, ...]:
+    """An editorial order must list distinct candidate shelf ids."""
+    baseline = tuple(baseline or ())
+    unknown = [s for s in baseline if s not in positions]
+    if unknown:
+        raise ValidationError("baseline", "must list only candidate shelf ids", unknown)
+    if len(set(baseline)) != len(baseline):
+        raise ValidationError("baseline", "must not list a shelf twice", baseline)
+    return baseline
+
+
+def build_decision(
+    event_id: str,
+    model_version: str,
+    shelves: Sequence[Shelf],
+    ranking: SampledRanking,
+    marginal_values: np.ndarray,
+    marginal_stderr: np.ndarray,
+) -> Decision:
+    """A Decision from a sampled ranking and the (K, N) marginals."""
+    n_slots = len(ranking.indices)
+    slots = np.arange(n_slots)
+    shelf_ids = [s.shelf_id for s in shelves]
+    distributions = []
+    for chosen, row in zip(ranking.indices.tolist(), ranking.distributions.tolist()):
+        first = ((shelf_ids[chosen], row[chosen]),)
+        distributions.append(first + tuple((s, p) for i, (s, p) in enumerate(zip(shelf_ids, row)) if p > 0.0 and i != chosen))
+    return Decision(
+        event_id=event_id,
+        model_version=model_version,
+        shelf_ids=tuple(shelf_ids[i] for i in ranking.indices.tolist()),
+        slot_probs=tuple(ranking.slot_probs.tolist()),
+        slot_marginals=tuple(marginal_values[slots, ranking.indices].tolist()),
+        marginal_stderr=tuple(marginal_stderr[slots, ranking.indices].tolist()),
+        slot_distributions=tuple(distributions),
+    )

@@ -1,0 +1,268 @@
+"""VW text lines and CCB DSJSON for shelves, contexts and logged events.
+
+Rewards are "higher is better" everywhere in the project; `reward_to_cost` is the one
+place where a reward becomes a VW cost. Text lines and DSJSON encode every feature under
+the same name, so a model trained from the joined DSJSON log by VW's own parser is the
+same model the ranker trains from text lines.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+
+from bandit.errors import ValidationError
+from bandit.features import Features, FeatureValue
+from bandit.types import Context, Decision, LoggedEvent, Outcome, Shelf
+
+LISTENER_NS = "Listener"
+SHELF_NS = "Shelf"
+SLOT_NS = "Position"
+NAMESPACES = {"listener": LISTENER_NS, "shelf": SHELF_NS, "slot": SLOT_NS}
+SHELF_ID_FEATURE = "shelf"
+SLOT_FEATURE = "slot"
+DSJSON_VERSION = "1"
+
+_SPECIAL = re.compile(r"[\s|:%]")
+_SPECIAL_NAME = re.compile(r"[\s|:%=]|^_")
+
+
+def reward_to_cost(reward: float) -> float:
+    """VW minimises cost; the project maximises reward."""
+    return -reward
+
+
+def cost_to_reward(cost: float) -> float:
+    """The inverse of reward_to_cost."""
+    return -cost
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{b:02X}" for b in match.group(0).encode("utf-8"))
+
+
+def escape_name(name: str) -> str:
+    """Escape VW's special characters (whitespace, '|', ':', '%', '=' and a leading '_')."""
+    return _SPECIAL_NAME.sub(_percent, name) if _SPECIAL_NAME.search(name) else name
+
+
+def escape_value(value: str) -> str:
+    """Escape VW's special characters in a categorical value (whitespace, '|', ':', '%')."""
+    return _SPECIAL.sub(_percent, value) if _SPECIAL.search(value) else value
+
+
+def _unescape(text: str) -> str:
+    if "%" not in text:
+        return text
+    return re.sub(r"(%[0-9A-F]{2})+", lambda m: bytes.fromhex(m.group(0).replace("%", "")).decode("utf-8"), text)
+
+
+_ANY_SPECIAL_NAME = re.compile(r"[\s|:%=]|(?:^|/)_")
+
+
+def encode_features(features: Features) -> dict[str, float]:
+    """Feature map -> VW feature name -> value; categoricals become 'name=value' with value 1."""
+    items = features.items_sorted()
+    # one scan decides whether any name or value needs escaping (the usual answer is no)
+    plain_names = not _ANY_SPECIAL_NAME.search("/".join(name for name, _ in items))
+    plain_values = not _SPECIAL.search("/".join(v for _, v in items if isinstance(v, str)))
+    encoded: dict[str, float] = {}
+    for name, value in items:
+        key = name if plain_names else escape_name(name)
+        if isinstance(value, str):
+            encoded[f"{key}={value if plain_values else escape_value(value)}"] = 1.0
+        elif isinstance(value, bool):
+            encoded[f"{key}={'true' if value else 'false'}"] = 1.0
+        else:
+            encoded[key] = value
+    return encoded
+
+
+def decode_features(encoded: Mapping[str, float], field: str) -> Features:
+    """Inverse of encode_features (booleans come back as the strings 'true'/'false')."""
+    features: dict[str, FeatureValue] = {}
+    for key, value in encoded.items():
+        if "=" in key:
+            name, _, text = key.partition("=")
+            features[_unescape(name)] = _unescape(text)
+        else:
+            features[_unescape(key)] = float(value)
+    return Features(features, field=field)
+
+
+def _text(encoded: Mapping[str, float]) -> str:
+    return " ".join(k if v == 1.0 and "=" in k else f"{k}:{v!r}" for k, v in encoded.items())
+
+
+def shelf_features(shelf: Shelf) -> dict[str, float]:
+    """The shelf's VW features: its id plus its own features."""
+    if SHELF_ID_FEATURE in shelf.features:
+        raise ValidationError(
+            f"shelves[{shelf.shelf_id}].features", f"'{SHELF_ID_FEATURE}' is reserved for the shelf id", SHELF_ID_FEATURE
+        )
+    return {f"{SHELF_ID_FEATURE}={escape_value(shelf.shelf_id)}": 1.0, **encode_features(shelf.features)}
+
+
+def slot_features(slot: int) -> dict[str, float]:
+    """The slot's VW features: its index."""
+    return {f"{SLOT_FEATURE}={slot}": 1.0}
+
+
+def listener_line(context: Context) -> str:
+    return f"ccb shared |{LISTENER_NS} {_text(encode_features(context.features))}"
+
+
+def shelf_line(shelf: Shelf) -> str:
+    return f"ccb action |{SHELF_NS} {_text(shelf_features(shelf))}"
+
+
+def slot_line(slot: int, *, include: Iterable[int] = (), label: tuple[int, float, float] | None = None) -> str:
+    """A CCB slot line; `label` = (chosen action index, reward, logging probability)."""
+    label_text = ""
+    if label is not None:
+        action, reward, prob = label
+        label_text = f"{action}:{reward_to_cost(reward)!r}:{prob!r}"
+    include_text = ",".join(map(str, include))
+    return f"ccb slot {label_text} {include_text} |{SLOT_NS} {_text(slot_features(slot))}"
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def decision_record(
+    context: Context,
+    shelves: Sequence[Shelf],
+    decision: Decision,
+    *,
+    timestamp: float,
+    baseline: Sequence[str] = (),
+    extra: Mapping[str, object] | None = None,
+) -> dict:
+    """The DSJSON record of a decision before any reward (no `_label_cost` yet).
+
+    `_outcomes[k]` lists slot k's shelves (indices into `_multi`, chosen first) in `_a` and
+    their probabilities in `_p`. Fields VW does not read start with '_' and sit at top level.
+    """
+    position = {s.shelf_id: i for i, s in enumerate(shelves)}
+    outcomes = []
+    for k, distribution in enumerate(decision.slot_distributions):
+        outcomes.append(
+            {"_id": str(k), "_a": [position[s] for s, _ in distribution], "_p": [p for _, p in distribution]}
+        )
+    record = {
+        "EventId": decision.event_id,
+        "Timestamp": _iso(timestamp),
+        "Version": DSJSON_VERSION,
+        "c": {
+            LISTENER_NS: encode_features(context.features),
+            "_multi": [{"_tag": s.shelf_id, SHELF_NS: shelf_features(s)} for s in shelves],
+            "_slots": [{"_id": str(k), SLOT_NS: slot_features(k)} for k in range(decision.n_slots)],
+        },
+        "_outcomes": outcomes,
+        "_model_version": decision.model_version,
+        "_marginals": list(decision.slot_marginals),
+        "_marginal_stderr": list(decision.marginal_stderr),
+    }
+    if context.listener_id is not None:
+        record["_listener_id"] = context.listener_id
+    if baseline:
+        record["_baseline"] = list(baseline)
+    if extra:
+        record.update(extra)
+    return record
+
+
+def join_record(record: Mapping, outcome: Outcome) -> dict:
+    """A decision record with its rewards: `_label_cost` per slot plus `_defaulted` flags."""
+    if len(outcome.rewards) != len(record["_outcomes"]):
+        raise ValidationError("outcome.rewards", f"needs one reward per slot ({len(record['_outcomes'])})")
+    joined = dict(record)
+    joined["_outcomes"] = [
+        {**slot, "_label_cost": reward_to_cost(r)} for slot, r in zip(record["_outcomes"], outcome.rewards)
+    ]
+    joined["_defaulted"] = list(outcome.defaulted)
+    return joined
+
+
+def event_line(event: LoggedEvent) -> str:
+    """One joined DSJSON line for a logged event."""
+    record = decision_record(
+        event.context, event.shelves, event.decision, timestamp=event.timestamp, baseline=event.baseline
+    )
+    return json.dumps(join_record(record, event.outcome), separators=(",", ":"))
+
+
+def parse_event(line: str | Mapping) -> LoggedEvent:
+    """A joined DSJSON line (or its parsed dict) -> LoggedEvent. Raises ValidationError naming the field."""
+    record = _load(line)
+    try:
+        c = record["c"]
+        shelves = tuple(_shelf_from_json(i, item) for i, item in enumerate(c["_multi"]))
+        context = Context(decode_features(c.get(LISTENER_NS, {}), "c.Listener"), record.get("_listener_id"))
+        outcomes = record["_outcomes"]
+        shelf_ids, probs, distributions, rewards = [], [], [], []
+        for k, slot in enumerate(outcomes):
+            actions, slot_probs = slot["_a"], slot["_p"]
+            if not actions or len(actions) != len(slot_probs):
+                raise ValidationError(f"_outcomes[{k}]", "_a and _p must be non-empty and of equal length")
+            shelf_ids.append(shelves[actions[0]].shelf_id)
+            probs.append(float(slot_probs[0]))
+            distributions.append(tuple((shelves[a].shelf_id, float(p)) for a, p in zip(actions, slot_probs)))
+            if "_label_cost" not in slot:
+                raise ValidationError(f"_outcomes[{k}]._label_cost", "a joined event needs a cost for every slot")
+            rewards.append(cost_to_reward(float(slot["_label_cost"])))
+        n_slots = len(outcomes)
+        decision = Decision(
+            event_id=str(record["EventId"]),
+            model_version=str(record.get("_model_version", "unknown")),
+            shelf_ids=tuple(shelf_ids),
+            slot_probs=tuple(probs),
+            slot_marginals=tuple(record.get("_marginals") or [float("nan")] * n_slots),
+            marginal_stderr=tuple(record.get("_marginal_stderr") or [0.0] * n_slots),
+            slot_distributions=tuple(distributions),
+        )
+        outcome = Outcome(tuple(rewards), tuple(record.get("_defaulted") or ()))
+        return LoggedEvent(
+            context=context,
+            shelves=shelves,
+            decision=decision,
+            outcome=outcome,
+            timestamp=_epoch(record["Timestamp"]) if "Timestamp" in record else 0.0,
+            baseline=tuple(record.get("_baseline") or ()),
+        )
+    except KeyError as missing:
+        raise ValidationError(str(missing.args[0]), "required DSJSON field is missing") from None
+    except (IndexError, TypeError) as broken:
+        raise ValidationError("_outcomes", f"malformed CCB DSJSON ({broken})") from None
+
+
+def _load(line: str | Mapping) -> Mapping:
+    if isinstance(line, Mapping):
+        return line
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValidationError("line", f"not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise ValidationError("line", "a DSJSON line must be a JSON object", type(record).__name__)
+    return record
+
+
+def _shelf_from_json(i: int, item: Mapping) -> Shelf:
+    encoded = dict(item[SHELF_NS])
+    shelf_id = item.get("_tag")
+    prefix = f"{SHELF_ID_FEATURE}="
+    for key in list(encoded):
+        if key.startswith(prefix):
+            shelf_id = shelf_id or _unescape(key[len(prefix) :])
+            del encoded[key]
+    if shelf_id is None:
+        raise ValidationError(f"c._multi[{i}]", "a shelf needs its id (_tag or the shelf= feature)")
+    return Shelf(str(shelf_id), decode_features(encoded, f"c._multi[{i}].{SHELF_NS}"))

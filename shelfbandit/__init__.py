@@ -1,0 +1,1 @@
+"""shelf-bandit's command line: one entry point, `shelfbandit`, with a subcommand per job."""
