@@ -40,12 +40,21 @@ class UniformSlots:
     n_shelves: int
 
     def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
-        return available / available.sum(axis=1, keepdims=True)
+        return available / (self.n_shelves - slot)
 
 
 class _StatelessPolicy(Policy):
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = seed
+        self._version: str | None = None
+
+    @property
+    def model_version(self) -> str:
+        """The saved version id, or the policy's kind before it is saved."""
+        return self._version or self._unsaved_version()
+
+    def _unsaved_version(self) -> str:
+        return self.kind
 
     def _state(self) -> dict:
         return {}
@@ -74,10 +83,6 @@ class UniformRandomPolicy(_StatelessPolicy):
 
     kind = "uniform"
 
-    @property
-    def model_version(self) -> str:
-        return "uniform"
-
     def slot_model(self, context: Context, shelves: Sequence[Shelf], n_slots: int, baseline: Sequence[str]):
         return UniformSlots(len(shelves))
 
@@ -91,10 +96,6 @@ class EditorialPolicy(_StatelessPolicy):
     def __init__(self, order: Sequence[str] = (), *, seed: int = 0) -> None:
         super().__init__(seed=seed)
         self.order = tuple(order)
-
-    @property
-    def model_version(self) -> str:
-        return "editorial"
 
     def _state(self) -> dict:
         return {"order": list(self.order)}
@@ -124,8 +125,7 @@ class PopularityPolicy(_StatelessPolicy):
         self.shows: dict[str, float] = {}
         self.reward_sums: dict[str, float] = {}
 
-    @property
-    def model_version(self) -> str:
+    def _unsaved_version(self) -> str:
         return f"popularity-{int(sum(self.shows.values()))}"
 
     def _state(self) -> dict:
@@ -148,6 +148,7 @@ class PopularityPolicy(_StatelessPolicy):
         return (sums + self.prior_mean * self.prior_weight) / (shows + self.prior_weight)
 
     def learn(self, batch: EventBatch) -> None:
+        self._version = None
         ids, inverse = np.unique(batch.action.astype(str), return_inverse=True)
         shows = np.bincount(inverse, minlength=len(ids))
         sums = np.bincount(inverse, weights=batch.reward, minlength=len(ids))

@@ -37,8 +37,8 @@ class RankerConfig:
     cb_type: str = "mtr"
     bits: int = 18
     seed: int = 0
-    marginal_draws: int = 64
-    exact_budget: int = 4096
+    marginal_draws: int = 32
+    exact_budget: int = 2048
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interactions", tuple(self.interactions))

@@ -1,7 +1,8 @@
 """Exploration rules: per-slot cost vectors -> probabilities over the available shelves.
 
 Each explorer maps one slot's `costs` (N,) and availability masks `available` (B, N) bool to
-probabilities (B, N) that are 0 outside `available` and sum to 1 per row. They reproduce Vowpal Wabbit's
+probabilities (B, N) that are 0 outside `available` and sum to 1 per row; every row has
+exactly `n_available` shelves available (the slot index fixes it). They reproduce Vowpal Wabbit's
 cb_explore_adf explorers of the same name (greedy, softmax, squarecb), so one VW pass that
 scores every shelf for every slot is enough to sample a whole ordering in numpy.
 """
@@ -16,6 +17,7 @@ from bandit.errors import ValidationError
 
 
 def _masked(costs: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Costs with unavailable shelves at +inf, and each row's lowest available cost (B, 1)."""
     masked = np.where(available, costs, np.inf)
     return masked, masked.min(axis=1, keepdims=True)
 
@@ -30,12 +32,12 @@ class EpsilonGreedy:
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValidationError("epsilon", "must lie in [0, 1]", self.epsilon)
 
-    def probs(self, costs: np.ndarray, available: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-        m = available.sum(axis=1, keepdims=True)
+    def probs(self, costs: np.ndarray, available: np.ndarray, n_available: int, gamma: float = 0.0) -> np.ndarray:
         masked, lowest = _masked(costs, available)
         best = masked == lowest
         tied = best.sum(axis=1, keepdims=True)
-        return available * (self.epsilon / m) + best * ((1.0 - self.epsilon) / tied)
+        explore = self.epsilon / n_available
+        return np.where(best, explore + (1.0 - self.epsilon) / tied, available * explore)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +53,12 @@ class Softmax:
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValidationError("epsilon", "must lie in [0, 1]", self.epsilon)
 
-    def probs(self, costs: np.ndarray, available: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-        masked, lowest = _masked(costs, available)
-        weights = np.exp(-self.lam * (masked - lowest))  # exp(-inf) = 0 outside `available`
+    def probs(self, costs: np.ndarray, available: np.ndarray, n_available: int, gamma: float = 0.0) -> np.ndarray:
+        _, lowest = _masked(costs, available)
+        weights = available * np.exp(-self.lam * np.maximum(costs - lowest, 0.0))
         p = weights / weights.sum(axis=1, keepdims=True)
         if self.epsilon > 0.0:
-            p = _enforce_minimum_probability(p, available, self.epsilon)
+            p = _enforce_minimum_probability(p, available, n_available, self.epsilon)
         return p
 
 
@@ -75,12 +77,12 @@ class SquareCB:
         if not self.gamma_scale >= 0.0:
             raise ValidationError("gamma_scale", "must be >= 0", self.gamma_scale)
 
-    def probs(self, costs: np.ndarray, available: np.ndarray, gamma: float = 0.0) -> np.ndarray:
-        m = available.sum(axis=1, keepdims=True)
-        masked, lowest = _masked(costs, available)
+    def probs(self, costs: np.ndarray, available: np.ndarray, n_available: int, gamma: float = 0.0) -> np.ndarray:
+        masked, _ = _masked(costs, available)
         rows = np.arange(len(masked))
         a_min = masked.argmin(axis=1)
-        p = np.where(available, 1.0 / (m + gamma * np.where(available, masked - lowest, 0.0)), 0.0)
+        lowest = masked[rows, a_min][:, None]
+        p = available / (n_available + gamma * np.maximum(costs - lowest, 0.0))
         p[rows, a_min] = 0.0
         p[rows, a_min] = 1.0 - p.sum(axis=1)
         return p
@@ -89,9 +91,8 @@ class SquareCB:
 Explorer = EpsilonGreedy | Softmax | SquareCB
 
 
-def _enforce_minimum_probability(p: np.ndarray, available: np.ndarray, epsilon: float) -> np.ndarray:
+def _enforce_minimum_probability(p: np.ndarray, available: np.ndarray, m: int, epsilon: float) -> np.ndarray:
     """Raise every available probability to at least eps/m, taking the mass from the largest ones."""
-    m = available.sum(axis=1, keepdims=True).astype(np.float64)
     if epsilon > 0.999:
         return np.where(available, 1.0 / m, 0.0)
     floor = epsilon / m

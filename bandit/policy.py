@@ -25,8 +25,8 @@ class Policy(ABC):
 
     kind: str = "policy"
     seed: int = 0
-    marginal_draws: int = 64
-    exact_budget: int = 4096
+    marginal_draws: int = 32
+    exact_budget: int = 2048
 
     @property
     @abstractmethod

@@ -18,7 +18,8 @@ from bandit.errors import ValidationError
 
 
 class SlotModel(Protocol):
-    """The per-slot distribution of one decision: slot k, available (B, N) -> probabilities (B, N)."""
+    """The per-slot distribution of one decision: slot k, available (B, N) -> probabilities (B, N).
+    Every row of `available` at slot k has exactly N - k shelves available."""
 
     n_shelves: int
 
@@ -51,16 +52,9 @@ def event_rng(seed: int, event_id: str) -> np.random.Generator:
 
 
 def _draw(p: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draw per row of p (B, N) with uniforms u (B,); never picks a zero-probability shelf."""
-    cdf = np.cumsum(p, axis=1)
-    target = u * cdf[:, -1]
-    chosen = (cdf <= target[:, None]).sum(axis=1)
-    chosen = np.minimum(chosen, p.shape[1] - 1)
-    # guard against round-off landing on a trailing zero-probability column
-    bad = p[np.arange(len(chosen)), chosen] <= 0.0
-    if bad.any():
-        chosen[bad] = p[bad].argmax(axis=1)
-    return chosen
+    """Inverse-CDF draw per row of p (B, N) (rows sum to 1) with uniforms u (B, 1) in [0, 1)."""
+    chosen = (p.cumsum(axis=1) <= u).sum(axis=1)
+    return np.minimum(chosen, p.shape[1] - 1, out=chosen)
 
 
 def sample_ranking(
@@ -78,50 +72,54 @@ def sample_ranking(
     slot_probs = np.empty(n_slots)
     distributions = np.empty((n_slots, n))
     sums = np.empty((n_slots, n))
-    squares = np.empty((n_slots, n))
-    uniforms = rng.random((n_slots, draws))
-    ones = np.ones(draws)
+    uniforms = rng.random((n_slots, draws, 1))
     for k in range(n_slots):
         p = model.probs(k, available)
         chosen = _draw(p, uniforms[k])
-        indices[k] = chosen[0]
-        slot_probs[k] = p[0, chosen[0]]
+        first = int(chosen[0])
+        if p[0, first] <= 0.0:  # round-off: u beyond the row's float sum
+            first = chosen[0] = int(np.flatnonzero(p[0])[-1])
+        indices[k] = first
+        slot_probs[k] = p[0, first]
         distributions[k] = p[0]
-        sums[k] = ones @ p
-        squares[k] = ones @ (p * p)
+        sums[k] = p.sum(axis=0)
         available[rows, chosen] = False
     mean = sums / draws
-    stderr = np.sqrt(np.maximum(squares - draws * mean * mean, 0.0) / ((draws - 1) * draws))
+    # Each draw's value lies in [0, 1] with mean v, so its variance is at most v (1 - v): a bound
+    # that, unlike the sample variance, also covers rare prefixes no draw happened to visit.
+    floor = (1.0 / draws) * (1.0 - 1.0 / draws)
+    stderr = np.sqrt(np.maximum(mean * (1.0 - mean), floor) / draws)
     stderr[0] = 0.0  # every draw sees all shelves at slot 0: exact
-    exact, n_exact = _exact_marginals(model, n_slots, exact_budget)
+    exact, n_exact = _exact_marginals(model, n_slots, exact_budget, distributions[0])
     mean[:n_exact] = exact[:n_exact]
     stderr[:n_exact] = 0.0
     return SampledRanking(indices, slot_probs, distributions), Marginals(mean, stderr)
 
 
-def _is_deterministic(model: SlotModel) -> bool:
-    return bool((model.probs(0, np.ones((1, model.n_shelves), dtype=bool)) == 1.0).any())
-
-
-def _exact_marginals(model: SlotModel, n_slots: int, exact_budget: int) -> tuple[np.ndarray, int]:
-    """Exact P(shelf at slot) for the leading slots whose live prefixes times N fit `exact_budget`."""
+def _exact_marginals(
+    model: SlotModel, n_slots: int, exact_budget: int, first_slot: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Exact P(shelf at slot) for the leading slots while the live prefixes times N fit `exact_budget`.
+    Slot 0 (`first_slot`, every shelf available) is exact already and costs nothing more."""
     n = model.n_shelves
     values = np.zeros((n_slots, n))
-    available = np.ones((1, n), dtype=bool)
-    weights = np.ones(1)
-    k = 0
-    # slot 0 is exact in the Monte Carlo pass already; enumerate only if slot 1 fits too
-    if n * n > exact_budget and not _is_deterministic(model):
-        return values, 0
+    values[0] = first_slot
+    live = np.flatnonzero(first_slot > 0.0)
+    if n_slots == 1 or len(live) * n > exact_budget:
+        return values, 1
+    weights = first_slot[live]
+    available = np.ones((len(live), n), dtype=bool)
+    available[np.arange(len(live)), live] = False
+    k = 1
     while k < n_slots and len(weights) * n <= exact_budget:
         p = model.probs(k, available)
         values[k] = weights @ p
         k += 1
         if k == n_slots:
             break
-        live_rows, cols = np.nonzero(p > 0.0)
-        weights = weights[live_rows] * p[live_rows, cols]
-        available = available[live_rows]
+        rows, cols = np.nonzero(p > 0.0)
+        weights = weights[rows] * p[rows, cols]
+        available = available[rows]
         available[np.arange(len(cols)), cols] = False
     return values, k
 
@@ -142,7 +140,8 @@ def marginals(
 
     Exact by enumerating the prefixes with non-zero probability while their count times N
     stays within `exact_budget`; beyond that, a Rao-Blackwellised Monte Carlo estimate: the
-    mean over `draws` sampled prefixes of the slot's conditional distribution, with standard
-    error std / sqrt(draws).
+    mean over `draws` sampled prefixes of the slot's conditional distribution, with the stated
+    error sqrt(v (1 - v) / draws), an upper bound on its standard error (each draw's value lies
+    in [0, 1]).
     """
     return sample_ranking(model, n_slots, rng, draws=draws, exact_budget=exact_budget)[1]

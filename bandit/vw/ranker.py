@@ -50,7 +50,7 @@ class ScoredSlots:
         return self.costs.shape[1]
 
     def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
-        return self.explorer.probs(self.costs[slot], available, self.gamma)
+        return self.explorer.probs(self.costs[slot], available, self.n_shelves - slot, self.gamma)
 
 
 class _LRU(OrderedDict):
