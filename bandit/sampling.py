@@ -46,9 +46,8 @@ class Marginals:
 
 def event_rng(seed: int, event_id: str) -> np.random.Generator:
     """A generator determined by (seed, event_id): the same pair always gives the same draws."""
-    digest = hashlib.blake2b(event_id.encode("utf-8"), digest_size=16).digest()
-    words = np.frombuffer(digest, dtype=np.uint32)
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *words.tolist()])))
+    key = hashlib.blake2b(f"{int(seed)}/{event_id}".encode("utf-8"), digest_size=16).digest()
+    return np.random.Generator(np.random.Philox(key=int.from_bytes(key, "little")))
 
 
 def _draw(p: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -68,23 +67,19 @@ def sample_ranking(
     n = model.n_shelves
     available = np.ones((draws, n), dtype=bool)
     rows = np.arange(draws)
-    indices = np.empty(n_slots, dtype=np.int64)
-    slot_probs = np.empty(n_slots)
-    distributions = np.empty((n_slots, n))
-    sums = np.empty((n_slots, n))
+    probs = np.empty((n_slots, draws, n))
+    chosen = np.empty((n_slots, draws), dtype=np.int64)
     uniforms = rng.random((n_slots, draws, 1))
     for k in range(n_slots):
-        p = model.probs(k, available)
-        chosen = _draw(p, uniforms[k])
-        first = int(chosen[0])
-        if p[0, first] <= 0.0:  # round-off: u beyond the row's float sum
-            first = chosen[0] = int(np.flatnonzero(p[0])[-1])
-        indices[k] = first
-        slot_probs[k] = p[0, first]
-        distributions[k] = p[0]
-        sums[k] = p.sum(axis=0)
-        available[rows, chosen] = False
-    mean = sums / draws
+        p = probs[k] = model.probs(k, available)
+        picked = chosen[k] = _draw(p, uniforms[k])
+        if p[0, picked[0]] <= 0.0:  # round-off: u beyond the row's float sum
+            picked[0] = chosen[k, 0] = np.flatnonzero(p[0])[-1]
+        available[rows, picked] = False
+    indices = chosen[:, 0].copy()
+    distributions = probs[:, 0, :].copy()
+    slot_probs = distributions[np.arange(n_slots), indices]
+    mean = probs.mean(axis=1)
     # Each draw's value lies in [0, 1] with mean v, so its variance is at most v (1 - v): a bound
     # that, unlike the sample variance, also covers rare prefixes no draw happened to visit.
     floor = (1.0 / draws) * (1.0 - 1.0 / draws)

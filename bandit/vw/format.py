@@ -62,22 +62,32 @@ def _unescape(text: str) -> str:
 _ANY_SPECIAL_NAME = re.compile(r"[\s|:%=]|(?:^|/)_")
 
 
-def encode_features(features: Features) -> dict[str, float]:
-    """Feature map -> VW feature name -> value; categoricals become 'name=value' with value 1."""
+def _encoded(features: Features) -> list[tuple[str, float | None]]:
+    """(VW feature name, value) pairs; categoricals become 'name=value' with value None (= 1)."""
     items = features.items_sorted()
     # one scan decides whether any name or value needs escaping (the usual answer is no)
     plain_names = not _ANY_SPECIAL_NAME.search("/".join(name for name, _ in items))
     plain_values = not _SPECIAL.search("/".join(v for _, v in items if isinstance(v, str)))
-    encoded: dict[str, float] = {}
+    encoded: list[tuple[str, float | None]] = []
     for name, value in items:
         key = name if plain_names else escape_name(name)
         if isinstance(value, str):
-            encoded[f"{key}={value if plain_values else escape_value(value)}"] = 1.0
+            encoded.append((f"{key}={value if plain_values else escape_value(value)}", None))
         elif isinstance(value, bool):
-            encoded[f"{key}={'true' if value else 'false'}"] = 1.0
+            encoded.append((f"{key}={'true' if value else 'false'}", None))
         else:
-            encoded[key] = value
+            encoded.append((key, value))
     return encoded
+
+
+def encode_features(features: Features) -> dict[str, float]:
+    """Feature map -> VW feature name -> value (the DSJSON form); categoricals have value 1."""
+    return {key: 1.0 if value is None else value for key, value in _encoded(features)}
+
+
+def features_text(features: Features) -> str:
+    """Feature map -> the features of one VW text namespace."""
+    return " ".join(key if value is None else f"{key}:{value!r}" for key, value in _encoded(features))
 
 
 def decode_features(encoded: Mapping[str, float], field: str) -> Features:
@@ -92,17 +102,17 @@ def decode_features(encoded: Mapping[str, float], field: str) -> Features:
     return Features(features, field=field)
 
 
-def _text(encoded: Mapping[str, float]) -> str:
-    return " ".join(k if v == 1.0 and "=" in k else f"{k}:{v!r}" for k, v in encoded.items())
-
-
-def shelf_features(shelf: Shelf) -> dict[str, float]:
-    """The shelf's VW features: its id plus its own features."""
+def _shelf_id_feature(shelf: Shelf) -> str:
     if SHELF_ID_FEATURE in shelf.features:
         raise ValidationError(
             f"shelves[{shelf.shelf_id}].features", f"'{SHELF_ID_FEATURE}' is reserved for the shelf id", SHELF_ID_FEATURE
         )
-    return {f"{SHELF_ID_FEATURE}={escape_value(shelf.shelf_id)}": 1.0, **encode_features(shelf.features)}
+    return f"{SHELF_ID_FEATURE}={escape_value(shelf.shelf_id)}"
+
+
+def shelf_features(shelf: Shelf) -> dict[str, float]:
+    """The shelf's VW features: its id plus its own features."""
+    return {_shelf_id_feature(shelf): 1.0, **encode_features(shelf.features)}
 
 
 def slot_features(slot: int) -> dict[str, float]:
@@ -111,11 +121,11 @@ def slot_features(slot: int) -> dict[str, float]:
 
 
 def listener_line(context: Context) -> str:
-    return f"ccb shared |{LISTENER_NS} {_text(encode_features(context.features))}"
+    return f"ccb shared |{LISTENER_NS} {features_text(context.features)}"
 
 
 def shelf_line(shelf: Shelf) -> str:
-    return f"ccb action |{SHELF_NS} {_text(shelf_features(shelf))}"
+    return f"ccb action |{SHELF_NS} {_shelf_id_feature(shelf)} {features_text(shelf.features)}"
 
 
 def slot_line(slot: int, *, include: Iterable[int] = (), label: tuple[int, float, float] | None = None) -> str:
@@ -125,7 +135,7 @@ def slot_line(slot: int, *, include: Iterable[int] = (), label: tuple[int, float
         action, reward, prob = label
         label_text = f"{action}:{reward_to_cost(reward)!r}:{prob!r}"
     include_text = ",".join(map(str, include))
-    return f"ccb slot {label_text} {include_text} |{SLOT_NS} {_text(slot_features(slot))}"
+    return f"ccb slot {label_text} {include_text} |{SLOT_NS} {SLOT_FEATURE}={slot}"
 
 
 def _iso(timestamp: float) -> str:

@@ -108,11 +108,12 @@ class VWShelfRanker(Policy):
     # -- scoring ---------------------------------------------------------------------------
     def slot_model(self, context: Context, shelves: Sequence[Shelf], n_slots: int, baseline: Sequence[str] = ()):
         costs, slot0_pdf = self.score(context, shelves, n_slots)
-        gamma = _squarecb_gamma(costs[0], slot0_pdf) if isinstance(self._explorer, SquareCB) else 0.0
+        gamma = _squarecb_gamma(costs[0], slot0_pdf) if slot0_pdf is not None else 0.0
         return ScoredSlots(costs, self._explorer, gamma)
 
-    def score(self, context: Context, shelves: Sequence[Shelf], n_slots: int) -> tuple[np.ndarray, np.ndarray]:
-        """One VW pass: costs (K, N) of every shelf at every slot, and VW's own slot-0 distribution (N,)."""
+    def score(self, context: Context, shelves: Sequence[Shelf], n_slots: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """One VW pass: costs (K, N) of every shelf at every slot, and, for SquareCB (whose gamma
+        VW keeps internally), VW's own slot-0 distribution (N,)."""
         n = len(shelves)
         with self._lock:
             vw = self.workspace
@@ -122,7 +123,9 @@ class VWShelfRanker(Policy):
             slots = self._slot_examples.get_or_make((n, n_slots), lambda: self._make_slot_examples(n, n_slots))
             pylibvw.vw.predict_multi(vw, [shared, *actions, *slots])
             costs = np.fromiter((e.get_partial_prediction() for e in actions), dtype=np.float64, count=n * n_slots)
-            slot0 = shared.get_decision_scores()[0]
+            slot0 = shared.get_decision_scores()[0] if isinstance(self._explorer, SquareCB) else None
+        if slot0 is None:
+            return costs.reshape(n_slots, n), None
         pdf = np.zeros(n)
         for action, prob in slot0:
             pdf[action] = prob
