@@ -228,3 +228,19 @@ def test_vw_dsjson_parser_ignores_the_project_fields():
     assert [shared.get_ns(i).ns for i in range(shared.num_namespaces())] == ["L", "\x80"]  # listener + constant
     native.learn(examples)
     native.finish_example(examples)
+
+
+def test_learning_a_joined_log_file_natively_equals_learning_the_events(tmp_path):
+    shelves = catalogue(6)
+    events = _logged(VWShelfRanker(RankerConfig(explorer="epsilon", epsilon=0.5)), shelves, 80, seed=8)
+    log = tmp_path / "joined log.json"  # a space in the path on purpose
+    log.write_text("".join(event_line(e) + "\n" for e in events))
+    by_file, by_events = VWShelfRanker(RankerConfig()), VWShelfRanker(RankerConfig())
+    assert by_file.learn_file(log) == 80
+    by_events.learn(EventBatch.from_events(events))
+    probe = context(2)
+    np.testing.assert_allclose(by_file.score(probe, shelves, 3)[0], by_events.score(probe, shelves, 3)[0], atol=1e-6)
+    assert by_file.n_learned_events == 80 and by_file.model_version.endswith("+80")
+    (tmp_path / "bad.json").write_text("{not json}\n")
+    with pytest.raises(ValidationError, match="VW could not learn"):
+        by_file.learn_file(tmp_path / "bad.json")

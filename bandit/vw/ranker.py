@@ -12,6 +12,8 @@ Shelf examples are parsed once per (shelf, slot) and reused across requests.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -154,6 +156,34 @@ class VWShelfRanker(Policy):
                 vw.learn(self.event_lines(batch, i, rows))
             self.n_learned_events += batch.n_events
             self._learned_since_save += batch.n_events
+
+    def learn_file(self, path: str | Path) -> int:
+        """Learn every event of a joined DSJSON file with VW's own file reader (no Python per
+        event); return the number of events learned."""
+        path = Path(path)
+        with open(path, "rb") as handle:
+            n_events = sum(1 for line in handle if line.strip())
+        with self._lock, tempfile.TemporaryDirectory() as tmp:
+            before, after, data = (os.path.join(tmp, name) for name in ("before.vw", "after.vw", "data.json"))
+            os.symlink(path.resolve(), data)  # VW's argument parser splits paths on white space
+            self.workspace.save(before)
+            try:
+                native = vowpalwabbit.Workspace(f"{self.config.vw_args()} --dsjson --quiet -i {before} -d {data} -f {after}")
+                native.run_parser()
+                learned = int(native.get_weighted_examples())
+                native.finish()
+            except Exception as err:  # VW raises plain RuntimeError on malformed input
+                raise ValidationError(str(path), f"VW could not learn from this DSJSON file ({err})") from None
+            if learned != n_events:  # VW skips lines it cannot parse: refuse rather than learn part
+                raise ValidationError(
+                    str(path), f"VW could not learn from this DSJSON file: it read {learned} of {n_events} events"
+                )
+            self._vw.finish()
+            self._vw = vowpalwabbit.Workspace(f"{self.config.vw_args()} --quiet -i {after}")
+            self._clear_caches()
+            self.n_learned_events += n_events
+            self._learned_since_save += n_events
+        return n_events
 
     def event_lines(self, batch: EventBatch, i: int, rows: slice) -> list[str]:
         """The VW text lines of logged event i (shared, shelves, labelled slots)."""
