@@ -13,6 +13,9 @@ from bandit.errors import ShelfBanditError
 COMMANDS = {
     "rank": "shelfbandit.rank_command:rank",
     "demo": "shelfbandit.demo:demo",
+    "serve": "service.cli:serve",
+    "join": "service.cli:join",
+    "doctor": "service.cli:doctor",
 }
 
 

@@ -1,0 +1,1 @@
+"""The decision service: FastAPI app, durable decision and reward logs, joiner, model store."""

@@ -1,0 +1,162 @@
+"""The model a worker serves, and the hot swap when the store's active pointer moves.
+
+A poller thread reads the pointer every `poll_s` seconds. A new version is loaded and probed
+(one small ranking) off the request path, then swapped in with one reference assignment:
+requests in flight finish on the model they started with. A version that fails (corrupt,
+unreadable, fails the probe) is refused: the old model keeps serving and the refusal shows
+in `/v1/model` and the metrics until the pointer moves again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from bandit.errors import ShelfBanditError
+from bandit.policy import Policy
+from bandit.types import Context, Shelf
+from service.logs import get_logger
+from service.metrics import ServiceMetrics
+from service.model_store import ModelRefused, ModelStore, ModelVersion, UnknownModelVersion
+
+PROBE_SHELVES = (Shelf("probe-a", {"kind": "probe"}), Shelf("probe-b", {"kind": "probe"}))
+
+log = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A loaded policy and where it came from (replaced whole on a swap)."""
+
+    policy: Policy
+    stored: ModelVersion
+    loaded_at: float
+
+    @property
+    def version(self) -> str:
+        return self.stored.version
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    version: str
+    reason: str
+    at: float
+
+
+def probe(policy: Policy, version: str) -> None:
+    """Rank a tiny request; raise ModelRefused if the policy cannot."""
+    try:
+        policy.rank(Context({"probe": True}), PROBE_SHELVES, 2, event_id="model-probe")
+    except Exception as err:  # any failure here means the model must not serve
+        raise ModelRefused(f"version: {version} is refused (a probe ranking failed: {type(err).__name__}: {err})") from None
+
+
+class ActiveModel:
+    """Holds the served model; `current` is what a request ranks with."""
+
+    def __init__(self, store: ModelStore, metrics: ServiceMetrics, *, poll_s: float = 1.0) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.current: Served | None = None
+        self.refused: Refusal | None = None
+        self._pointer_seen: tuple[str, float] | None = None
+        self._swap_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the active version (or, if it is refused, the one before it) and start polling."""
+        pointer = self.store.active()
+        if pointer is not None:
+            self._pointer_seen = (pointer.version, pointer.activated_at)
+            for version in (pointer.version, pointer.previous):
+                if version is not None and self._try_load(version):
+                    break
+        self._thread = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    # -- swapping ------------------------------------------------------------------------------
+    def poll_once(self) -> None:
+        """Load the pointer's version if the pointer moved since the last look."""
+        try:
+            pointer = self.store.active()
+        except ModelRefused as err:
+            if self.refused is None or self.refused.reason != str(err):
+                self._refuse("unknown (pointer unreadable)", str(err))
+            return
+        if pointer is None or (pointer.version, pointer.activated_at) == self._pointer_seen:
+            return
+        self._pointer_seen = (pointer.version, pointer.activated_at)
+        if self.current is not None and pointer.version == self.current.version:
+            self._clear_refusal()
+            return
+        self._try_load(pointer.version)
+
+    def activate(self, version: str) -> tuple[str, str | None]:
+        """Check, activate in the store and serve `version` (admin endpoint); returns (version, previous).
+        Raises UnknownModelVersion or ModelRefused; the served model is unchanged then."""
+        loaded: list[Served] = []
+
+        def check(v: str) -> None:
+            loaded.append(self._load_checked(v))
+
+        pointer = self.store.activate(version, check=check)
+        self._pointer_seen = (pointer.version, pointer.activated_at)
+        self._swap(loaded[0])
+        return pointer.version, pointer.previous
+
+    def _load_checked(self, version: str) -> Served:
+        policy, stored = self.store.load(version)
+        probe(policy, version)
+        return Served(policy, stored, time.time())
+
+    def _try_load(self, version: str) -> bool:
+        try:
+            served = self._load_checked(version)
+        except (ModelRefused, UnknownModelVersion) as err:
+            self._refuse(version, str(err))
+            return False
+        self._swap(served)
+        return True
+
+    def _swap(self, served: Served) -> None:
+        with self._swap_lock:
+            previous = self.current
+            self.current = served
+            self._clear_refusal()
+            self.metrics.serve_model(served.version, served.stored.created)
+            if previous is not None and previous.version != served.version:
+                self.metrics.model_swaps.inc()
+        log.info(
+            "model loaded",
+            extra={"fields": {"version": served.version, "previous": previous.version if previous else None}},
+        )
+
+    def _refuse(self, version: str, reason: str) -> None:
+        self.refused = Refusal(version, reason, time.time())
+        self.metrics.model_refusals.inc()
+        self.metrics.model_refused.set(1)
+        log.error(
+            "model refused, the previous model keeps serving",
+            extra={"fields": {"version": version, "reason": reason, "serving": self.current.version if self.current else None}},
+        )
+
+    def _clear_refusal(self) -> None:
+        self.refused = None
+        self.metrics.model_refused.set(0)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.poll_once()
+            except (OSError, ShelfBanditError) as err:
+                log.error("model poll failed", extra={"fields": {"error": f"{type(err).__name__}: {err}"}})

@@ -1,0 +1,49 @@
+"""Typed dependencies: the worker's Service, its settings, and the admin check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.settings import Settings
+from service.state import Service
+
+bearer = HTTPBearer(auto_error=False, description="the admin token from the service's settings")
+
+
+# async: FastAPI runs sync dependencies in its threadpool, an extra hop on every request
+async def get_service(request: Request) -> Service:
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+async def get_settings(service: ServiceDep) -> Settings:
+    return service.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def require_admin(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """401 without a bearer token, 403 with a wrong one (or when no admin token is configured)."""
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "authorization: an admin bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    expected = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
+    if expected is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "authorization: admin endpoints are disabled (no admin token is configured)")
+    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "authorization: the admin token is wrong")
+
+
+AdminDep = Depends(require_admin)

@@ -1,0 +1,28 @@
+"""POST /v1/rank: order the candidate shelves for one listener and log the decision."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from service.api.deps import ServiceDep
+from service.convert import rank_inputs, ranking_json
+from service.schemas import Problem, RankRequest, RankResponse
+
+router = APIRouter(prefix="/v1", tags=["decisions"])
+
+
+@router.post(
+    "/rank",
+    response_model=RankResponse,
+    responses={409: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+)
+def rank(body: RankRequest, service: ServiceDep, request: Request) -> Response:
+    """Rank `shelves` into `slots` slots. The decision is logged durably before the answer.
+
+    `probability` is P(this shelf at this slot | the shelves above it) under the served model.
+    Runs in FastAPI's threadpool: ranking is CPU-bound and must not block the event loop.
+    """
+    context, shelves, baseline = rank_inputs(body, service.settings)
+    decision = service.rank(context, shelves, body.slots, body.event_id, baseline)
+    request.state.event_id = decision.event_id
+    return Response(ranking_json(decision), media_type="application/json")

@@ -1,0 +1,29 @@
+"""POST /v1/reward: a reward for one slot of a served decision."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from service.api.deps import ServiceDep
+from service.convert import reward_target
+from service.schemas import Problem, RewardRequest, RewardResponse
+
+router = APIRouter(prefix="/v1", tags=["decisions"])
+
+
+@router.post(
+    "/reward",
+    response_model=RewardResponse,
+    responses={404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+)
+def reward(body: RewardRequest, service: ServiceDep, request: Request) -> RewardResponse:
+    """Record a reward (higher is better) for the slot named by `slot` or by `shelf_id`.
+
+    404: the event is unknown. 409: its reward window has closed (the reward is kept aside
+    for analysis, not learned from). Repeats are harmless: a repeated `reward_id` counts once,
+    and under the default `earliest` aggregation only a slot's first reward counts.
+    """
+    request.state.event_id = body.event_id
+    slot, shelf_id = reward_target(body)
+    accepted = service.reward(body.event_id, slot, shelf_id, body.value, body.reward_id)
+    return RewardResponse(event_id=accepted.event_id, slot=accepted.slot, status="accepted")

@@ -1,0 +1,224 @@
+"""The FastAPI application: `create_app(settings)` builds it; nothing is built at import time.
+
+uvicorn workers use `service.app:app_from_environment` (a factory) with the settings that
+`shelfbandit serve` put in the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import multiprocess
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bandit.errors import ValidationError
+from service.api import model, ops, rank, reward
+from service.errors import LateReward, NotReady, RepeatedEvent, UnknownEvent
+from service.logs import get_logger
+from service.metrics import multiprocess_enabled
+from service.model_store import ModelRefused, UnknownModelVersion
+from service.segments import LogWriteError
+from service.settings import Settings
+from service.state import Service
+
+log = get_logger()
+
+# metric and log label of each route (anything else is "other", so no label explodes)
+ENDPOINTS = {
+    "/v1/rank": "rank",
+    "/v1/reward": "reward",
+    "/v1/model": "model",
+    "/v1/model/activate": "activate",
+    "/healthz": "healthz",
+    "/readyz": "readyz",
+    "/metrics": "metrics",
+}
+ERROR_STATUS = {
+    UnknownEvent: 404,
+    UnknownModelVersion: 404,
+    LateReward: 409,
+    RepeatedEvent: 409,
+    ModelRefused: 409,
+    ValidationError: 422,
+    LogWriteError: 503,
+    NotReady: 503,
+}
+_FIELD_MESSAGE = re.compile(r"^(?P<field>[\w\[\]./]+): (?P<rule>.*)$", re.S)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The decision service for `settings` (one per worker process)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = Service(settings)
+        service.start()
+        app.state.service = service
+        try:
+            yield
+        finally:
+            service.stop()
+            if multiprocess_enabled():
+                multiprocess.mark_process_dead(os.getpid())
+
+    app = FastAPI(
+        title="shelf-bandit decision service",
+        version="1",
+        summary="Orders home-page shelves with a contextual bandit, logs what it showed, joins rewards.",
+        lifespan=lifespan,
+    )
+    for router in (rank.router, reward.router, model.router, ops.router):
+        app.include_router(router)
+    for error, status in ERROR_STATUS.items():
+        app.add_exception_handler(error, _domain_error_handler(status))
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(ObserveAndLimit, max_body_bytes=settings.max_body_bytes, access_log=settings.access_log)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn factory: the settings `shelfbandit serve` handed to the workers."""
+    return create_app(Settings.from_env())
+
+
+# -- error answers: {"error": "<field>: <rule>", "detail": [{"field", "rule", ...}]} -----------------
+def problem(status: int, field: str, rule: str, detail: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
+    message = f"{field}: {rule}" if field else rule
+    return JSONResponse({"error": message, "detail": detail or [{"field": field, "rule": rule}]}, status, headers=headers)
+
+
+def _domain_error_handler(status: int):
+    async def handle(request: Request, err: Exception) -> JSONResponse:
+        if isinstance(err, ValidationError):
+            return problem(status, err.field, err.rule)
+        match = _FIELD_MESSAGE.match(str(err))
+        return problem(status, match["field"], match["rule"]) if match else problem(status, "", str(err))
+
+    return handle
+
+
+def field_path(loc: tuple) -> str:
+    """('body', 'shelves', 3, 'features', 'x') -> 'shelves[3].features.x'."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc) or list(loc[:1])
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "body"
+
+
+async def _request_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    # no "input" in the answer: it would echo feature values back
+    detail = [{"field": field_path(tuple(e["loc"])), "rule": e["msg"], "type": e["type"]} for e in err.errors()]
+    first = detail[0]
+    return problem(422, first["field"], first["rule"], detail)
+
+
+async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    match = _FIELD_MESSAGE.match(str(err.detail))
+    field, rule = (match["field"], match["rule"]) if match else ("", str(err.detail))
+    return problem(err.status_code, field, rule, headers=getattr(err, "headers", None))
+
+
+async def _unexpected_error(request: Request, err: Exception) -> JSONResponse:
+    log.error("unexpected error", exc_info=err, extra={"fields": {"endpoint": ENDPOINTS.get(request.url.path, "other")}})
+    return problem(500, "", "internal error (logged by the service)")
+
+
+# -- middleware ------------------------------------------------------------------------------
+class ObserveAndLimit:
+    """Pure ASGI middleware: body size limit (413), request metrics and one access log line.
+
+    The body is read here, bounded, before the app sees it (chunked bodies included), and
+    replayed to the app.
+    """
+
+    def __init__(self, app, *, max_body_bytes: int, access_log: bool) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        endpoint = ENDPOINTS.get(scope["path"], "other")
+        status_holder = [500]
+
+        async def send_observed(message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+            await send(message)
+
+        body = await self._read_body(scope, receive)
+        if body is None:
+            await _send_json(send_observed, 413, {
+                "error": f"body: at most {self.max_body_bytes} bytes",
+                "detail": [{"field": "body", "rule": f"at most {self.max_body_bytes} bytes"}],
+            })
+        else:
+            await self.app(scope, _replay(body, receive), send_observed)
+        self._observe(scope, endpoint, status_holder[0], time.perf_counter() - started)
+
+    async def _read_body(self, scope, receive) -> bytes | None:
+        """The whole request body, or None if it exceeds the limit."""
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                return None
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    def _observe(self, scope, endpoint: str, status: int, seconds: float) -> None:
+        app = scope.get("app")
+        service = getattr(getattr(app, "state", None), "service", None)
+        if service is not None:
+            label = str(status)
+            service.metrics.requests.labels(endpoint, label).inc()
+            service.metrics.latency.labels(endpoint, label).observe(seconds)
+        if self.access_log:
+            fields = {"endpoint": endpoint, "method": scope["method"], "status": status, "ms": round(seconds * 1e3, 3)}
+            event_id = scope.get("state", {}).get("event_id")
+            if event_id is not None:
+                fields["event_id"] = event_id
+            log.info("request", extra={"fields": fields})
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_json(send, status: int, payload: dict) -> None:
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

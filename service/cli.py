@@ -1,0 +1,132 @@
+"""`shelfbandit serve`, `shelfbandit join` and `shelfbandit doctor`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+SETTINGS_HELP = "Settings file (TOML or JSON); the environment (SHELFBANDIT_<FIELD>) and flags override it."
+
+
+def _settings(settings_file: str | None, **flags):
+    from service.settings import Settings
+
+    settings = Settings.load(settings_file, **flags)
+    return settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Data directory (logs, joined data, models).  [default: ./shelfbandit-data]")
+@click.option("--host", help="Interface to bind.  [default: 127.0.0.1]")
+@click.option("--port", type=int, help="Port to bind.  [default: 8000]")
+@click.option("--workers", type=click.IntRange(1, 64), help="uvicorn worker processes sharing the data directory.  [default: 1]")
+@click.option("--durability", type=click.Choice(["group", "fsync", "write"]), help="When a logged line counts as durable (see docs/service.md).  [default: group]")
+@click.option("--reward-window", "reward_window_s", type=click.FloatRange(min=0, min_open=True), help="Seconds after a decision in which rewards count.  [default: 600]")
+@click.option("--no-joiner", is_flag=True, help="Do not run the joiner inside the service (run `shelfbandit join` instead).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level of the JSON logs on stderr.  [default: info]")
+@click.option("--settings", "settings_file", type=click.Path(exists=True, dir_okay=False), help=SETTINGS_HELP)
+def serve(data_dir, host, port, workers, durability, reward_window_s, no_joiner, log_level, settings_file) -> None:
+    """Serve the decision API (POST /v1/rank, /v1/reward; GET /v1/model, /metrics; docs at /docs)."""
+    import uvicorn
+
+    from service.logs import log_config
+    from service.settings import SETTINGS_ENV
+
+    settings = _settings(
+        settings_file, data_dir=data_dir, host=host, port=port, workers=workers, durability=durability,
+        reward_window_s=reward_window_s, run_joiner=False if no_joiner else None, log_level=log_level,
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ[SETTINGS_ENV] = settings.to_env()
+    if settings.workers > 1:
+        # every worker writes its metric values here; /metrics sums them (set before workers import prometheus_client)
+        metrics_dir = settings.data_dir / "run" / f"metrics-{os.getpid()}"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    click.echo(f"serving on http://{settings.host}:{settings.port} (docs at /docs), data in {settings.data_dir}", err=True)
+    uvicorn.run(
+        "service.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=log_config(settings.log_level),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Data directory.  [default: ./shelfbandit-data]")
+@click.option("--once", is_flag=True, help="Join what is ready now and exit (default: keep joining until interrupted).")
+@click.option("--reward-window", "reward_window_s", type=click.FloatRange(min=0, min_open=True), help="Seconds after a decision in which rewards count (use the service's value).  [default: 600]")
+@click.option("--settings", "settings_file", type=click.Path(exists=True, dir_okay=False), help=SETTINGS_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON summary.")
+def join(data_dir, once, reward_window_s, settings_file, as_json) -> None:
+    """Join decisions with their rewards into joined/ (DSJSON) and slates/ (Parquet), exactly once."""
+    from service.joiner import Joiner, JoinReport
+    from service.state import join_config
+
+    settings = _settings(settings_file, data_dir=data_dir, reward_window_s=reward_window_s)
+    joiner = Joiner(settings.data_dir, join_config(settings))
+    totals = {"parts": 0, "events": 0, "slots": 0, "default_slots": 0, "rejected": 0, "lag_s": 0.0}
+
+    def count(report: JoinReport) -> None:
+        totals["parts"] += report.part is not None
+        totals["events"] += report.n_events
+        totals["slots"] += report.n_slots
+        totals["default_slots"] += report.n_default_slots
+        totals["rejected"] += report.n_rejected
+        totals["lag_s"] = round(report.lag_s, 3)
+        if not as_json and report.n_events:
+            click.echo(f"part {report.part}: {report.n_events} events, {report.n_default_slots}/{report.n_slots} slots defaulted", err=True)
+
+    if once:
+        with joiner:
+            while True:
+                report = joiner.run_once()
+                count(report)
+                if not report.more_ready:
+                    break
+    else:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            joiner.run(stop, settings.join_interval_s, count)
+        except KeyboardInterrupt:
+            stop.set()
+    if not as_json:
+        click.echo(f"joined {totals['events']} events in {totals['parts']} part(s); {totals['default_slots']} of {totals['slots']} slots got the default reward")
+    click.echo(json.dumps(totals))
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Data directory to check.  [default: ./shelfbandit-data]")
+@click.option("--settings", "settings_file", type=click.Path(exists=True, dir_okay=False), help=SETTINGS_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON verdict.")
+def doctor(data_dir, settings_file, as_json) -> None:
+    """Check a data directory: torn or unreadable log lines, probabilities outside (0, 1], the
+    unjoined backlog, and the model store's active pointer. Exit status 1 if anything is wrong."""
+    from tqdm import tqdm
+
+    from service.doctor import PROBLEM, diagnose, findings_json, log_bytes
+
+    settings = _settings(settings_file, data_dir=data_dir)
+    with tqdm(total=log_bytes(settings) if settings.data_dir.is_dir() else 0, unit="B", unit_scale=True,
+              desc="reading logs", disable=as_json, leave=False) as bar:
+        findings = diagnose(settings, progress=bar.update)
+    if not as_json:
+        marks = {"ok": "ok     ", "warning": "warning", PROBLEM: "PROBLEM"}
+        for finding in findings:
+            click.echo(f"{marks[finding.status]}  {finding.check}: {finding.message}")
+    verdict = findings_json(findings)
+    click.echo(json.dumps(verdict))
+    if not verdict["healthy"]:
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,65 @@
+"""The edge between HTTP schemas and the domain: requests -> `bandit.types`, decisions -> answers.
+
+Every rule broken raises `bandit.errors.ValidationError(field, rule, found)` (422).
+"""
+
+from __future__ import annotations
+
+import json
+
+from bandit.errors import ValidationError
+from bandit.features import Features
+from bandit.types import Context, Decision, Shelf
+from bandit.vw.format import SHELF_ID_FEATURE
+from service.schemas import RankRequest, RewardRequest
+from service.settings import Settings
+
+
+def rank_inputs(body: RankRequest, limits: Settings) -> tuple[Context, tuple[Shelf, ...], tuple[str, ...]]:
+    """Check the request against the rules and limits; return (context, shelves, baseline)."""
+    n_shelves = len(body.shelves)
+    if n_shelves > limits.max_shelves:
+        raise ValidationError("shelves", f"at most {limits.max_shelves} candidate shelves", n_shelves)
+    if body.slots > limits.max_slots:
+        raise ValidationError("slots", f"at most {limits.max_slots}", body.slots)
+    if body.slots > n_shelves:
+        raise ValidationError("slots", f"must not exceed the number of shelves ({n_shelves})", body.slots)
+    if len(body.user) > limits.max_features:
+        raise ValidationError("user", f"at most {limits.max_features} features per object", len(body.user))
+    positions: dict[str, int] = {}
+    for i, shelf in enumerate(body.shelves):
+        if shelf.id in positions:
+            raise ValidationError(f"shelves[{i}].id", "shelf ids must be unique", shelf.id)
+        positions[shelf.id] = i
+        if len(shelf.features) > limits.max_features:
+            raise ValidationError(f"shelves[{i}].features", f"at most {limits.max_features} features per object", len(shelf.features))
+        if SHELF_ID_FEATURE in shelf.features:
+            raise ValidationError(f"shelves[{i}].features", f"'{SHELF_ID_FEATURE}' is reserved for the shelf id", SHELF_ID_FEATURE)
+    baseline = tuple(body.baseline or ())
+    for i, shelf_id in enumerate(baseline):
+        if shelf_id not in positions:
+            raise ValidationError(f"baseline[{i}]", "must be one of the candidate shelf ids", shelf_id)
+    if len(set(baseline)) != len(baseline):
+        raise ValidationError("baseline", "must not list a shelf twice")
+    context = Context(Features(body.user, field="user"))
+    shelves = tuple(
+        Shelf(shelf.id, Features(shelf.features, field=f"shelves[{i}].features")) for i, shelf in enumerate(body.shelves)
+    )
+    return context, shelves, baseline
+
+
+def reward_target(body: RewardRequest) -> tuple[int | None, str | None]:
+    """(slot, shelf_id): exactly one of them names the rewarded slot."""
+    if (body.shelf_id is None) == (body.slot is None):
+        raise ValidationError("shelf_id/slot", "give exactly one of them")
+    return body.slot, body.shelf_id
+
+
+def ranking_json(decision: Decision) -> bytes:
+    """The answer to /v1/rank: event id, model version, and per slot the shelf and its probability."""
+    ranking = [
+        {"slot": k, "shelf_id": shelf_id, "probability": probability}
+        for k, (shelf_id, probability) in enumerate(zip(decision.shelf_ids, decision.slot_probs))
+    ]
+    answer = {"event_id": decision.event_id, "model_version": decision.model_version, "ranking": ranking}
+    return json.dumps(answer, separators=(",", ":")).encode()

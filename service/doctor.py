@@ -1,0 +1,187 @@
+"""`shelfbandit doctor`: what is wrong with a data directory, in plain words.
+
+Checks: torn or unreadable log lines, logged probabilities outside (0, 1], the joiner's
+backlog and leftovers, and the model store's active pointer. Reads only; changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bandit.errors import ShelfBanditError
+from service.active_model import probe
+from service.joiner import CHECKPOINT, REJECTED, Checkpoint, part_name
+from service.model_store import ModelRefused, ModelStore, UnknownModelVersion
+from service.paths import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
+from service.records import line_head
+from service.segments import is_live, segment_paths, torn_tail_size
+from service.settings import Settings
+
+OK, WARN, PROBLEM = "ok", "warning", "problem"
+MAX_EXAMPLES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One check's verdict: ok, warning or problem, and what it means."""
+
+    check: str
+    status: str
+    message: str
+
+
+def diagnose(settings: Settings, *, progress: Callable[[int], None] | None = None) -> list[Finding]:
+    """Every check on `settings.data_dir`; `progress(n_bytes)` is called as log bytes are read."""
+    paths = DataPaths(settings.data_dir)
+    if not paths.root.is_dir():
+        return [Finding("data directory", PROBLEM, f"{paths.root} does not exist or is not a directory")]
+    findings = []
+    for directory, kind in ((paths.decisions, DECISION_KIND), (paths.rewards, REWARD_KIND), (paths.late_rewards, LATE_KIND)):
+        findings.extend(_check_log(directory, kind, progress))
+    findings.extend(_check_joiner(paths, settings))
+    findings.extend(_check_models(paths))
+    quarantined = sorted(paths.quarantine.glob("*")) if paths.quarantine.is_dir() else []
+    if quarantined:
+        names = ", ".join(p.name for p in quarantined[:MAX_EXAMPLES])
+        findings.append(Finding("quarantine", WARN, f"{len(quarantined)} file(s) of torn lines were set aside in {paths.quarantine} ({names}); they were never acknowledged"))
+    return findings
+
+
+def log_bytes(settings: Settings) -> int:
+    paths = DataPaths(settings.data_dir)
+    kinds = ((paths.decisions, DECISION_KIND), (paths.rewards, REWARD_KIND), (paths.late_rewards, LATE_KIND))
+    return sum(p.stat().st_size for directory, kind in kinds for p in segment_paths(directory, kind))
+
+
+def _check_log(directory: Path, kind: str, progress: Callable[[int], None] | None) -> list[Finding]:
+    segments = segment_paths(directory, kind)
+    if not segments:
+        return [Finding(f"{kind} log", OK, f"no {kind} segments yet")]
+    findings = []
+    n_lines = 0
+    unreadable: list[str] = []
+    bad_probs: list[str] = []
+    for path in segments:
+        torn = torn_tail_size(path)
+        if torn and not is_live(path):
+            findings.append(Finding(f"{kind} log", PROBLEM, f"{path.name} ends in a torn line of {torn} bytes (a crash in the middle of a write); the service sets it aside when it next starts"))
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if progress is not None:
+                    progress(len(raw))
+                if not raw.endswith(b"\n"):
+                    break
+                n_lines += 1
+                where = f"{path.name} line {number}"
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    unreadable.append(where)
+                    continue
+                if kind == DECISION_KIND:
+                    problem = _decision_problem(raw, record)
+                    if problem == "unreadable":
+                        unreadable.append(where)
+                    elif problem:
+                        bad_probs.append(f"{where} ({problem})")
+    if unreadable:
+        findings.append(Finding(f"{kind} log", PROBLEM, f"{len(unreadable)} line(s) are not readable {kind} records, e.g. {', '.join(unreadable[:MAX_EXAMPLES])}"))
+    if bad_probs:
+        findings.append(Finding(f"{kind} log", PROBLEM, f"{len(bad_probs)} decision(s) log a probability outside (0, 1] or a slot whose probabilities do not sum to 1, e.g. {', '.join(bad_probs[:MAX_EXAMPLES])}; estimators cannot use them"))
+    if not findings:
+        findings.append(Finding(f"{kind} log", OK, f"{n_lines} lines in {len(segments)} segment(s), all readable"))
+    return findings
+
+
+def _decision_problem(raw: bytes, record: object) -> str | None:
+    """None if the decision line is sound, else what is wrong with it."""
+    if line_head(raw) is None or not isinstance(record, dict):
+        return "unreadable"
+    try:
+        for k, slot in enumerate(record["_outcomes"]):
+            probs = [float(p) for p in slot["_p"]]
+            if not all(0.0 < p <= 1.0 + 1e-6 for p in probs):
+                return f"slot {k} has probability {min(probs) if min(probs) <= 0 else max(probs)}"
+            if not math.isclose(sum(probs), 1.0, abs_tol=1e-4):
+                return f"slot {k} probabilities sum to {sum(probs):.6f}"
+    except (KeyError, TypeError, ValueError):
+        return "unreadable"
+    return None
+
+
+def _check_joiner(paths: DataPaths, settings: Settings) -> list[Finding]:
+    try:
+        checkpoint = Checkpoint.read(paths.joined / CHECKPOINT)
+    except (ShelfBanditError, TypeError) as err:
+        return [Finding("joiner", PROBLEM, f"the joiner checkpoint is unreadable: {err}")]
+    findings = []
+    now = time.time()
+    cutoff = now - settings.reward_window_s - settings.join_grace_s
+    n_ready = n_waiting = 0
+    oldest_ready = None
+    for path in segment_paths(paths.decisions, DECISION_KIND):
+        with open(path, "rb") as handle:
+            handle.seek(checkpoint.offsets.get(path.name, 0))
+            for raw in handle:
+                head = line_head(raw) if raw.endswith(b"\n") else None
+                if head is None:
+                    continue
+                if head[1] <= cutoff:
+                    n_ready += 1
+                    oldest_ready = head[1] if oldest_ready is None else min(oldest_ready, head[1])
+                else:
+                    n_waiting += 1
+    if n_ready:
+        findings.append(Finding("joiner", PROBLEM, f"{n_ready} decision(s) are past their reward window but not joined (the oldest has waited {now - settings.reward_window_s - oldest_ready:.0f} s); is a joiner running (the service's, or `shelfbandit join`)?"))
+    leftovers = [p.name for d, s in ((paths.joined, ".jsonl"), (paths.slates, ".parquet")) for p in (d.glob(f"part-*{s}") if d.is_dir() else []) if int(p.name[5:13]) >= checkpoint.next_part]
+    if leftovers:
+        findings.append(Finding("joiner", WARN, f"uncommitted part(s) {', '.join(leftovers[:MAX_EXAMPLES])} were left by an interrupted joiner; the next joiner run deletes and redoes them"))
+    missing = [part_name(n, ".jsonl") for n in range(checkpoint.next_part) if not (paths.joined / part_name(n, ".jsonl")).exists()]
+    if missing:
+        findings.append(Finding("joiner", PROBLEM, f"{len(missing)} committed part(s) are missing, e.g. {', '.join(missing[:MAX_EXAMPLES])}"))
+    rejected = paths.joined / REJECTED
+    if rejected.exists() and rejected.stat().st_size:
+        n_rejected = sum(1 for _ in open(rejected, "rb"))
+        findings.append(Finding("joiner", WARN, f"{n_rejected} decision line(s) could not be joined; see {rejected}"))
+    if not findings:
+        findings.append(Finding("joiner", OK, f"{checkpoint.n_events} decisions joined in {checkpoint.next_part} part(s); {n_waiting} waiting for their reward window"))
+    return findings
+
+
+def _check_models(paths: DataPaths) -> list[Finding]:
+    store = ModelStore(paths.models)
+    try:
+        pointer = store.active()
+    except ModelRefused as err:
+        return [Finding("model store", PROBLEM, f"the active pointer is unreadable: {err}")]
+    if pointer is None:
+        return [Finding("model store", WARN, "no model is active yet (the service creates and activates a fresh one at its first start)")]
+    findings = []
+    try:
+        policy, stored = store.load(pointer.version)
+        probe(policy, pointer.version)
+        findings.append(Finding("model store", OK, f"active version {pointer.version} loads and ranks (activated {time.time() - pointer.activated_at:.0f} s ago, model saved {time.time() - stored.created:.0f} s ago)"))
+    except UnknownModelVersion:
+        findings.append(Finding("model store", PROBLEM, f"the active pointer names {pointer.version}, which is not in the store; activate a stored version"))
+    except ModelRefused as err:
+        fallback = f"; services keep serving what they had, or fall back to {pointer.previous} at a restart" if pointer.previous else ""
+        findings.append(Finding("model store", PROBLEM, f"the active version cannot serve: {err}{fallback}"))
+    broken = []
+    for stored in store.versions():
+        try:
+            store.get(stored.version)
+        except (ModelRefused, UnknownModelVersion):
+            broken.append(stored.version)
+    if broken:
+        findings.append(Finding("model store", WARN, f"{len(broken)} stored version(s) fail their checksum: {', '.join(broken[:MAX_EXAMPLES])}"))
+    return findings
+
+
+def findings_json(findings: list[Finding]) -> dict:
+    healthy = all(f.status != PROBLEM for f in findings)
+    return {"healthy": healthy, "findings": [asdict(f) for f in findings]}

@@ -1,0 +1,101 @@
+"""Prometheus metrics of the service, the logs, the model and the joiner.
+
+One `ServiceMetrics` per app (its own registry, so apps in one process do not collide). With
+several uvicorn workers, `shelfbandit serve` sets `PROMETHEUS_MULTIPROC_DIR` and `/metrics`
+aggregates every worker's values (prometheus_client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+PREFIX = "shelfbandit"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5)
+MIN_PROB_WINDOW = 1000
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class ServiceMetrics:
+    """Every metric the dashboard and the alert rules use (see service/ops/)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(f"{PREFIX}_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.latency = Histogram(
+            f"{PREFIX}_request_duration_seconds", "HTTP request latency by endpoint and status",
+            ["endpoint", "status"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.decisions = Counter(f"{PREFIX}_decisions_total", "decisions served and logged", registry=r)
+        self.explored = Counter(
+            f"{PREFIX}_explored_decisions_total",
+            "decisions where some slot showed a shelf other than its most probable one", registry=r,
+        )
+        self.min_probability = Gauge(
+            f"{PREFIX}_min_logged_probability",
+            f"smallest per-slot logged probability over this worker's last {MIN_PROB_WINDOW} decisions",
+            registry=r, multiprocess_mode="livemin",
+        )
+        self.rewards = Counter(f"{PREFIX}_rewards_total", "rewards received by result", ["result"], registry=r)
+        self.log_commit = Histogram(
+            f"{PREFIX}_log_commit_seconds", "time to make a log line durable", ["log"], buckets=COMMIT_BUCKETS, registry=r
+        )
+        self.log_errors = Counter(f"{PREFIX}_log_write_errors_total", "log lines that could not be made durable", ["log"], registry=r)
+        self.torn_lines = Counter(f"{PREFIX}_torn_lines_set_aside_total", "torn last lines moved to quarantine at start", registry=r)
+        self.model_info = Gauge(
+            f"{PREFIX}_model_info", "the model version a worker serves (value 1)", ["version"], registry=r, multiprocess_mode="liveall"
+        )
+        self.model_created = Gauge(
+            f"{PREFIX}_model_created_timestamp_seconds", "when the served model was saved (model age = time() - this)",
+            registry=r, multiprocess_mode="livemin",
+        )
+        self.model_refused = Gauge(
+            f"{PREFIX}_model_refused", "1 while the active pointer names a version this worker refused",
+            registry=r, multiprocess_mode="livemax",
+        )
+        self.model_refusals = Counter(f"{PREFIX}_model_refusals_total", "model versions refused (corrupt or unusable)", registry=r)
+        self.model_swaps = Counter(f"{PREFIX}_model_swaps_total", "hot swaps to a new model version", registry=r)
+        self.joined_events = Counter(f"{PREFIX}_joined_events_total", "decisions joined with their rewards", registry=r)
+        self.joined_slots = Counter(f"{PREFIX}_joined_slots_total", "slots joined", registry=r)
+        self.default_slots = Counter(f"{PREFIX}_default_reward_slots_total", "joined slots that got the default reward", registry=r)
+        self.join_rejected = Counter(f"{PREFIX}_join_rejected_lines_total", "decision lines the joiner set aside", registry=r)
+        self.join_lag = Gauge(
+            f"{PREFIX}_join_lag_seconds", "how long the oldest ready but unjoined decision has waited",
+            registry=r, multiprocess_mode="livemax",
+        )
+        self.join_last_run = Gauge(
+            f"{PREFIX}_joiner_last_run_timestamp_seconds", "when the joiner last completed a pass",
+            registry=r, multiprocess_mode="livemax",
+        )
+        self._recent_min_probs: deque[float] = deque(maxlen=MIN_PROB_WINDOW)
+        self._served_version: str | None = None
+
+    def observe_decision(self, slot_distributions: tuple, slot_probs: tuple) -> None:
+        """Count a decision, whether it explored, and its smallest logged probability."""
+        self.decisions.inc()
+        if any(distribution[0][1] < max(p for _, p in distribution) for distribution in slot_distributions):
+            self.explored.inc()
+        self._recent_min_probs.append(min(slot_probs))
+        self.min_probability.set(min(self._recent_min_probs))
+
+    def serve_model(self, version: str, created: float) -> None:
+        if self._served_version is not None:
+            self.model_info.labels(self._served_version).set(0)
+        self._served_version = version
+        self.model_info.labels(version).set(1)
+        self.model_created.set(created)
+
+    def exposition(self) -> bytes:
+        """The text exposition of this app's metrics (every worker's, in multiprocess mode)."""
+        if multiprocess_enabled():
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,66 @@
+"""The service's log lines: decision lines (DSJSON, `bandit.vw.format`) and reward lines.
+
+Decision lines are written with `EventId` and `Timestamp` first, so readers that only need
+those (the joiner deciding what is ready, the event index) read them from the line's head
+without parsing the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime
+
+from bandit.types import Context, Decision, Shelf
+from bandit.vw.format import decision_record
+
+# the arm a decision was served by; A/B arms will name theirs here
+DEFAULT_ARM = "main"
+
+_HEAD = re.compile(rb'^\{"EventId":"([^"\\]*)","Timestamp":"([^"\\]*)"')
+
+
+def decision_line(
+    context: Context, shelves: Sequence[Shelf], decision: Decision, *, timestamp: float, baseline: Sequence[str]
+) -> bytes:
+    """One DSJSON decision line (no rewards yet), newline-terminated."""
+    record = decision_record(context, shelves, decision, timestamp=timestamp, baseline=baseline, extra={"_arm": DEFAULT_ARM})
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def epoch_seconds(iso: str) -> float:
+    """'2024-05-01T12:00:00.123456Z' -> seconds since the epoch."""
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def line_head(raw: bytes) -> tuple[str, float] | None:
+    """(event id, decision time) from a decision line's head, None if the head is not as written."""
+    match = _HEAD.match(raw)
+    if match is None:
+        return None
+    try:
+        return match.group(1).decode(), epoch_seconds(match.group(2).decode())
+    except ValueError:
+        return None
+
+
+def shown_shelves(record: dict) -> tuple[str, ...]:
+    """The shelf ids a decision record shows, slot 0 first."""
+    multi = record["c"]["_multi"]
+    return tuple(multi[slot["_a"][0]]["_tag"] for slot in record["_outcomes"])
+
+
+def reward_line(
+    event_id: str, slot: int, value: float, reward_id: str | None, *, received: float, decided: float
+) -> bytes:
+    """One reward line: which slot of which event, the value, and when it arrived."""
+    record = {
+        "event_id": event_id,
+        "slot": slot,
+        "value": value,
+        "reward_id": reward_id,
+        "received": received,
+        "decided": decided,
+    }
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"

@@ -1,0 +1,119 @@
+"""HTTP request and response schemas (pydantic lives here, at the edge, and nowhere else).
+
+The schemas check structure and the hard limits (so both appear in the OpenAPI document);
+rules that relate fields (unique shelf ids, slots <= shelves, baseline ids among the
+candidates, shelf_id xor slot) and the configurable limits are checked in `service.convert`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema
+
+from bandit.features import MAX_FEATURES, MAX_NAME_LENGTH, MAX_VALUE_LENGTH
+from bandit.types import MAX_SHELVES
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
+MAX_ID_LENGTH = 128
+
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
+ShelfId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+# values are checked by bandit.features (one rule for every entry point) in service.convert;
+# the schema only documents them
+FeatureValue = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "maxLength": MAX_VALUE_LENGTH},
+                {"type": "boolean"},
+                {"type": "number", "description": "finite"},
+            ]
+        }
+    ),
+]
+FeatureName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+FeatureMap = Annotated[dict[FeatureName, FeatureValue], Field(max_length=MAX_FEATURES)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ShelfIn(_Strict):
+    """A candidate shelf: its id and features."""
+
+    id: ShelfId
+    features: FeatureMap = Field(default_factory=dict)
+
+
+class RankRequest(_Strict):
+    """Order `shelves` into `slots` positions for one listener."""
+
+    event_id: Identifier | None = Field(None, description="client-chosen id; generated when absent")
+    user: FeatureMap = Field(default_factory=dict, description="listener and request features")
+    shelves: list[ShelfIn] = Field(min_length=1, max_length=MAX_SHELVES)
+    slots: Annotated[int, Field(strict=True, ge=1)]
+    baseline: list[ShelfId] | None = Field(None, max_length=MAX_SHELVES, description="the editorial order, if any")
+
+
+class SlotOut(BaseModel):
+    slot: int = Field(description="0 = top")
+    shelf_id: str
+    probability: float = Field(description="P(this shelf at this slot | the shelves above it)")
+
+
+class RankResponse(BaseModel):
+    event_id: str
+    model_version: str
+    ranking: list[SlotOut]
+
+
+class RewardRequest(_Strict):
+    """A reward for one slot of a served decision, named by slot or by shelf id."""
+
+    event_id: Identifier
+    shelf_id: ShelfId | None = None
+    slot: Annotated[int, Field(strict=True, ge=0)] | None = None
+    value: Annotated[float, Field(strict=True, ge=-1e6, le=1e6)]
+    reward_id: Identifier | None = Field(None, description="client id; a repeated id counts once")
+
+
+class RewardResponse(BaseModel):
+    event_id: str
+    slot: int
+    status: Literal["accepted"]
+
+
+class ActivateRequest(_Strict):
+    version: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+\-]*$")]
+
+
+class ModelRefusalOut(BaseModel):
+    version: str
+    reason: str
+    at: float
+
+
+class ModelOut(BaseModel):
+    version: str = Field(description="the version this worker serves")
+    kind: str
+    created: float
+    loaded_at: float
+    pointer: str | None = Field(description="the version the store's active pointer names")
+    previous: str | None = Field(description="the version active before (rollback target)")
+    refused: ModelRefusalOut | None = Field(description="the last version this worker refused, if any")
+    versions: list[str] = Field(description="stored versions, oldest first")
+
+
+class ActivateResponse(BaseModel):
+    version: str
+    previous: str | None
+
+
+class Problem(BaseModel):
+    """Every 4xx/5xx body: a message naming the field and the rule, and the details."""
+
+    error: str
+    detail: list[dict] = Field(default_factory=list)

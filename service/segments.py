@@ -1,0 +1,305 @@
+"""Append-only JSON-lines segment files: one writer per process, durable before the answer.
+
+Layout: `<directory>/<kind>-<created_ns:019d>-<pid>.jsonl`. Names sort by creation time, so
+sorting them gives each writer's segments in order. A writer holds an exclusive `flock` on
+its open segment; a segment nobody holds is finished (its writer rotated, closed or died),
+and only such a segment may be repaired: a torn last line (no trailing newline, left by a
+crash in the middle of a write) is moved to `quarantine/<segment>.torn` and cut off.
+
+Durability (`Settings.durability`):
+- `fsync`: each line is written and fsynced by the request's own thread;
+- `group`: requests queue their lines and wait; one committer thread writes everything
+  queued and fsyncs once, so concurrent requests share an fsync;
+- `write`: each line is written (kernel page cache) but not fsynced: survives `kill -9`
+  of the process, not a power cut.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bandit.errors import ShelfBanditError
+
+SUFFIX = ".jsonl"
+QUARANTINE = "quarantine"
+READ_CHUNK = 1 << 20
+
+
+class LogWriteError(ShelfBanditError):
+    """A line could not be made durable; the request that wrote it must not be acknowledged."""
+
+
+def segment_paths(directory: Path, kind: str) -> list[Path]:
+    """The segments of `kind` in `directory`, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(directory.glob(f"{kind}-*{SUFFIX}"))
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a reader sees the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
+
+
+def is_live(path: Path) -> bool:
+    """Whether a writer still holds the segment open."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def read_complete_lines(path: Path, offset: int) -> tuple[bytes, int]:
+    """Bytes from `offset` up to and including the last newline, and the offset after them.
+
+    A line still being written (or torn) is never returned.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read()
+    end = data.rfind(b"\n") + 1
+    return data[:end], offset + end
+
+
+@dataclass(frozen=True, slots=True)
+class TornTail:
+    """The incomplete last line of a finished segment, set aside."""
+
+    segment: Path
+    offset: int
+    n_bytes: int
+    quarantine: Path
+
+
+def _last_newline_end(fd: int, size: int) -> int:
+    """Offset just after the last newline in the file (0 if there is none)."""
+    position = size
+    while position > 0:
+        start = max(0, position - READ_CHUNK)
+        chunk = os.pread(fd, position - start, start)
+        found = chunk.rfind(b"\n")
+        if found >= 0:
+            return start + found + 1
+        position = start
+    return 0
+
+
+def torn_tail_size(path: Path) -> int:
+    """Bytes after the last newline of a segment (0 when it ends cleanly)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return 0
+        return size - _last_newline_end(fd, size)
+    finally:
+        os.close(fd)
+
+
+def set_aside_torn_tails(directory: Path, kind: str, quarantine: Path) -> list[TornTail]:
+    """Move the torn last line of every finished segment to `quarantine` and cut it off."""
+    repaired = []
+    for path in segment_paths(directory, kind):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer owns it
+            size = os.fstat(fd).st_size
+            if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+                continue
+            end = _last_newline_end(fd, size)
+            tail = os.pread(fd, size - end, end)
+            quarantine.mkdir(parents=True, exist_ok=True)
+            target = quarantine / f"{path.name}.torn"
+            with open(target, "ab") as handle:
+                handle.write(tail + b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+            repaired.append(TornTail(path, end, len(tail), target))
+        finally:
+            os.close(fd)
+    return repaired
+
+
+class SegmentWriter:
+    """Appends lines to this process's own segment of `kind`; `append` returns once the line is
+    durable under the configured policy, and raises LogWriteError if it is not."""
+
+    def __init__(
+        self,
+        directory: Path,
+        kind: str,
+        *,
+        durability: str = "group",
+        group_commit_s: float = 0.0,
+        max_bytes: int = 64 * 2**20,
+        max_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if durability not in ("group", "fsync", "write"):
+            raise ValueError(f"durability: must be group, fsync or write (found {durability!r})")
+        self.directory = Path(directory)
+        self.kind = kind
+        self.durability = durability
+        self.group_commit_s = group_commit_s
+        self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._size = 0
+        self._opened_at = 0.0
+        self.path: Path | None = None
+        self.n_lines = 0
+        self.n_commits = 0
+        # group commit state (guarded by _lock)
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._committed = 0
+        self._failed_upto = 0
+        self._closing = False
+        self._work = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)
+        self._committer: threading.Thread | None = None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if durability == "group":
+            self._committer = threading.Thread(target=self._commit_loop, name=f"{kind}-committer", daemon=True)
+            self._committer.start()
+
+    # -- public ------------------------------------------------------------------------------
+    def append(self, line: bytes) -> None:
+        """Append one line (must end with a newline) durably."""
+        if self.durability == "group":
+            self._append_grouped(line)
+            return
+        with self._lock:
+            if self._closing:
+                raise LogWriteError(f"{self.kind} log is closed")
+            self._write_now(line, sync=self.durability == "fsync")
+            self.n_lines += 1
+
+    def close(self) -> None:
+        """Flush what is queued, fsync and release the segment."""
+        with self._lock:
+            self._closing = True
+            self._work.notify_all()
+        if self._committer is not None:
+            self._committer.join(timeout=10.0)
+        with self._lock:
+            self._close_segment()
+
+    # -- segment files -------------------------------------------------------------------------
+    def _open_segment(self) -> None:
+        now = self._clock()
+        path = self.directory / f"{self.kind}-{time.time_ns():019d}-{os.getpid()}{SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fsync_directory(self.directory)
+        self._fd, self.path, self._size, self._opened_at = fd, path, 0, now
+
+    def _close_segment(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # releases the flock: the segment is finished
+
+    def _write_now(self, data: bytes, *, sync: bool) -> None:
+        """Write `data` to the current segment (rotating first if due); the caller is the only writer
+        (it holds the lock, or it is the group committer)."""
+        try:
+            if self._fd is not None and self._size > 0 and (
+                self._size + len(data) > self.max_bytes or self._clock() - self._opened_at >= self.max_seconds
+            ):
+                self._close_segment()
+            if self._fd is None:
+                self._open_segment()
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            self._size += len(data)
+            if sync:
+                os.fsync(self._fd)
+            self.n_commits += 1
+        except OSError as err:
+            # the segment may now end in a partial line: finish it (a later repair sets the
+            # tail aside) and start a fresh one for the next write
+            try:
+                self._close_segment()
+            except OSError:
+                self._fd = None
+            raise LogWriteError(f"{self.kind} log write failed: {err.strerror or err}") from None
+
+    # -- group commit --------------------------------------------------------------------------
+    def _append_grouped(self, line: bytes) -> None:
+        with self._lock:
+            if self._closing:
+                raise LogWriteError(f"{self.kind} log is closed")
+            self._queue.append(line)
+            self._queued += 1
+            ticket = self._queued
+            self._work.notify()
+            while self._committed < ticket:
+                self._done.wait()
+            if ticket <= self._failed_upto:
+                raise LogWriteError(f"{self.kind} log write failed; the line was not acknowledged")
+            self.n_lines += 1
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing:
+                    self._work.wait()
+                if not self._queue and self._closing:
+                    return
+            if self.group_commit_s > 0:
+                time.sleep(self.group_commit_s)
+            with self._lock:
+                batch, self._queue = self._queue, []
+                upto = self._queued
+            # only this thread writes in group mode, so the write needs no lock and
+            # requests keep queueing the next group meanwhile
+            failed = False
+            try:
+                self._write_now(b"".join(batch), sync=True)
+            except LogWriteError:
+                failed = True
+            with self._lock:
+                if failed:
+                    self._failed_upto = upto
+                self._committed = upto
+                self._done.notify_all()

@@ -1,0 +1,136 @@
+"""Service settings: one validated object built from defaults, a file, the environment and flags.
+
+Precedence, lowest first: defaults < settings file (TOML or JSON) < environment variables
+(`SHELFBANDIT_<FIELD>`, e.g. `SHELFBANDIT_ADMIN_TOKEN`) < command-line flags. Nothing is
+read at import time; `Settings.load(...)` does it when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError as PydanticError
+
+from bandit.errors import ValidationError
+
+ENV_PREFIX = "SHELFBANDIT_"
+# the environment variable through which `shelfbandit serve` hands settings to uvicorn workers
+SETTINGS_ENV = "SHELFBANDIT_SETTINGS_JSON"
+
+
+class Settings(BaseModel):
+    """Everything the decision service, its logs, the joiner and the model store are configured by."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Path("shelfbandit-data")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+    # decision and reward logs
+    durability: Literal["group", "fsync", "write"] = Field(
+        "group",
+        description="group: a committer thread writes and fsyncs whatever requests queued, the requests "
+        "wait for it; fsync: write and fsync per request; write: write per request, no fsync (survives "
+        "a crash of the process, not of the machine). In every mode a line is written before the answer.",
+    )
+    group_commit_ms: float = Field(1.0, ge=0.0, le=100.0, description="extra wait to gather a group")
+    segment_max_bytes: int = Field(64 * 2**20, ge=4096)
+    segment_max_seconds: float = Field(3600.0, gt=0.0)
+
+    # rewards and joiner
+    reward_window_s: float = Field(600.0, gt=0.0, description="rewards later than this after the decision get 409")
+    reward_aggregation: Literal["earliest", "sum"] = "earliest"
+    default_reward: float = 0.0
+    join_grace_s: float = Field(2.0, ge=0.0, description="wait after the window before joining (in-flight rewards)")
+    join_interval_s: float = Field(5.0, gt=0.0)
+    run_joiner: bool = Field(True, description="run the joiner inside the service (one worker holds its lock)")
+    event_memory_s: float | None = Field(
+        None, gt=0.0, description="how long the reward endpoint remembers events; default 2 x reward window"
+    )
+
+    # model store
+    model_poll_s: float = Field(1.0, gt=0.0)
+    admin_token: SecretStr | None = None
+    initial_ranker: dict = Field(default_factory=dict, description="RankerConfig fields of the first model")
+
+    # input limits
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_slots: int = Field(50, ge=1)
+    max_shelves: int = Field(200, ge=1, le=200)
+    max_features: int = Field(64, ge=1, le=256)
+
+    @property
+    def remembered_s(self) -> float:
+        return self.event_memory_s if self.event_memory_s is not None else 2.0 * self.reward_window_s
+
+    @classmethod
+    def load(
+        cls,
+        file: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        **flags: object,
+    ) -> Settings:
+        """Defaults < file < environment < flags (flags that are None are ignored)."""
+        values: dict[str, object] = {}
+        if file is not None:
+            values.update(_read_file(Path(file)))
+        env = os.environ if env is None else env
+        for name in cls.model_fields:
+            text = env.get(ENV_PREFIX + name.upper())
+            if text is not None:
+                values[name] = _env_value(text)
+        values.update({k: v for k, v in flags.items() if v is not None})
+        return cls.checked(values)
+
+    @classmethod
+    def checked(cls, values: Mapping[str, object]) -> Settings:
+        """Validate, turning pydantic's error into the project's (field, rule, found) error."""
+        try:
+            return cls.model_validate(dict(values))
+        except PydanticError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "settings"
+            raise ValidationError(f"settings.{field}", first["msg"]) from None
+
+    def to_env(self) -> str:
+        """Serialise for worker processes (secrets included: the variable stays in-process)."""
+        data = self.model_dump(mode="json")
+        if self.admin_token is not None:
+            data["admin_token"] = self.admin_token.get_secret_value()
+        return json.dumps(data)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        text = env.get(SETTINGS_ENV)
+        return cls.checked(json.loads(text)) if text else cls.load(env=env)
+
+
+def _read_file(path: Path) -> dict:
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ValidationError("settings file", f"must be valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({err})", str(path)) from None
+    if not isinstance(data, dict):
+        raise ValidationError("settings file", "must hold a table of settings", str(path))
+    return data
+
+
+def _env_value(text: str) -> object:
+    """Tables come as JSON objects; scalars stay strings (pydantic converts '8000' or 'true')."""
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise ValidationError("environment", "a table setting must be a JSON object", text[:40]) from None
+    return text

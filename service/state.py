@@ -1,0 +1,197 @@
+"""The service's per-process state and its two operations, rank and reward.
+
+One `Service` per worker process: its own log segments, event index and loaded model, all
+sharing one data directory with the other workers. Built in the app's lifespan, never at
+import time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from bandit.config import RankerConfig
+from bandit.errors import ValidationError
+from bandit.types import Context, Decision, Shelf
+from bandit.vw.ranker import VWShelfRanker
+from service.active_model import ActiveModel
+from service.errors import LateReward, NotReady, RepeatedEvent, UnknownEvent
+from service.events import EventIndex
+from service.joiner import JoinConfig, Joiner, JoinReport
+from service.logs import get_logger
+from service.metrics import ServiceMetrics
+from service.model_store import ModelStore
+from service.paths import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
+from service.records import decision_line, reward_line
+from service.segments import LogWriteError, SegmentWriter, set_aside_torn_tails
+from service.settings import Settings
+
+log = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedReward:
+    event_id: str
+    slot: int
+
+
+def join_config(settings: Settings) -> JoinConfig:
+    return JoinConfig(
+        reward_window_s=settings.reward_window_s,
+        grace_s=settings.join_grace_s,
+        default_reward=settings.default_reward,
+        aggregation=settings.reward_aggregation,
+    )
+
+
+class Service:
+    """Logs, event index, model and joiner of one worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.paths = DataPaths(settings.data_dir)
+        self.metrics = ServiceMetrics()
+        self.store = ModelStore(self.paths.models)
+        self.model = ActiveModel(self.store, self.metrics, poll_s=settings.model_poll_s)
+        self.events = EventIndex(self.paths.decisions, settings.remembered_s)
+        self.decisions: SegmentWriter | None = None
+        self.rewards: SegmentWriter | None = None
+        self.late_rewards: SegmentWriter | None = None
+        self._joiner_stop = threading.Event()
+        self._joiner_thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        paths, settings = self.paths, self.settings
+        for directory, kind in ((paths.decisions, DECISION_KIND), (paths.rewards, REWARD_KIND), (paths.late_rewards, LATE_KIND)):
+            for torn in set_aside_torn_tails(directory, kind, paths.quarantine):
+                self.metrics.torn_lines.inc()
+                log.warning(
+                    "torn last line set aside",
+                    extra={"fields": {"segment": torn.segment.name, "bytes": torn.n_bytes, "moved_to": str(torn.quarantine)}},
+                )
+        self.decisions = self._writer(paths.decisions, DECISION_KIND)
+        self.rewards = self._writer(paths.rewards, REWARD_KIND)
+        self.late_rewards = self._writer(paths.late_rewards, LATE_KIND)
+        self.store.ensure_active(lambda: VWShelfRanker(RankerConfig.from_dict(settings.initial_ranker)))
+        self.model.start()
+        self.events.refresh()
+        if settings.run_joiner:
+            joiner = Joiner(paths.root, join_config(settings))
+            self._joiner_thread = threading.Thread(
+                target=joiner.run,
+                args=(self._joiner_stop, settings.join_interval_s, self._joined),
+                kwargs={"wait_for_lock": True, "on_error": self._join_failed},
+                name="joiner",
+                daemon=True,
+            )
+            self._joiner_thread.start()
+        log.info("service started", extra={"fields": {"data_dir": str(paths.root), "durability": settings.durability}})
+
+    def stop(self) -> None:
+        self._joiner_stop.set()
+        self.model.stop()
+        if self._joiner_thread is not None:
+            self._joiner_thread.join(timeout=30.0)
+        for writer in (self.decisions, self.rewards, self.late_rewards):
+            if writer is not None:
+                writer.close()
+        log.info("service stopped")
+
+    def _writer(self, directory, kind: str) -> SegmentWriter:
+        s = self.settings
+        return SegmentWriter(
+            directory,
+            kind,
+            durability=s.durability,
+            group_commit_s=s.group_commit_ms / 1e3,
+            max_bytes=s.segment_max_bytes,
+            max_seconds=s.segment_max_seconds,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.model.current is not None and self.decisions is not None
+
+    # -- operations ----------------------------------------------------------------------------
+    def rank(
+        self, context: Context, shelves: tuple[Shelf, ...], n_slots: int, event_id: str | None, baseline: tuple[str, ...]
+    ) -> Decision:
+        """Rank with the served model, log the decision durably, then return it."""
+        served = self.model.current
+        if served is None or self.decisions is None:
+            raise NotReady("model: no model is loaded yet")
+        if event_id is None:
+            event_id = uuid.uuid4().hex
+        elif self.events.seen_here(event_id):
+            raise RepeatedEvent(f"event_id: already served ({event_id}); event ids must be unique")
+        decision = served.policy.rank(context, shelves, n_slots, event_id=event_id, baseline=baseline)
+        now = time.time()
+        line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline)
+        self._append(self.decisions, "decisions", line)
+        self.events.add(event_id, now, decision.shelf_ids)
+        self.metrics.observe_decision(decision.slot_distributions, decision.slot_probs)
+        return decision
+
+    def reward(
+        self, event_id: str, slot: int | None, shelf_id: str | None, value: float, reward_id: str | None
+    ) -> AcceptedReward:
+        """Log a reward for a served event (404 unknown, 409 after the window)."""
+        known = self.events.find(event_id)
+        if known is None:
+            self.metrics.rewards.labels("unknown_event").inc()
+            raise UnknownEvent(
+                f"event_id: no decision {event_id!r} was served in the last {self.settings.remembered_s:g} s"
+            )
+        if slot is None:
+            if shelf_id not in known.shelf_ids:
+                self.metrics.rewards.labels("invalid").inc()
+                raise ValidationError("shelf_id", f"was not shown in event {event_id} (shown: {', '.join(known.shelf_ids)})")
+            slot = known.shelf_ids.index(shelf_id)
+        elif slot >= len(known.shelf_ids):
+            self.metrics.rewards.labels("invalid").inc()
+            raise ValidationError("slot", f"event {event_id} has {len(known.shelf_ids)} slots (0 to {len(known.shelf_ids) - 1})")
+        now = time.time()
+        line = reward_line(event_id, slot, value, reward_id, received=now, decided=known.timestamp)
+        if now - known.timestamp > self.settings.reward_window_s:
+            self._append(self.late_rewards, "late_rewards", line)
+            self.metrics.rewards.labels("late").inc()
+            raise LateReward(
+                f"event_id: the reward window of {self.settings.reward_window_s:g} s closed "
+                f"{now - known.timestamp - self.settings.reward_window_s:.1f} s ago; the reward is kept aside"
+            )
+        self._append(self.rewards, "rewards", line)
+        self.metrics.rewards.labels("accepted").inc()
+        return AcceptedReward(event_id, slot)
+
+    def _append(self, writer: SegmentWriter | None, name: str, line: bytes) -> None:
+        if writer is None:
+            raise NotReady(f"{name}: the log is not open")
+        started = time.perf_counter()
+        try:
+            writer.append(line)
+        except LogWriteError:
+            self.metrics.log_errors.labels(name).inc()
+            raise
+        self.metrics.log_commit.labels(name).observe(time.perf_counter() - started)
+
+    # -- joiner callbacks ----------------------------------------------------------------------
+    def _joined(self, report: JoinReport) -> None:
+        m = self.metrics
+        m.joined_events.inc(report.n_events)
+        m.joined_slots.inc(report.n_slots)
+        m.default_slots.inc(report.n_default_slots)
+        m.join_rejected.inc(report.n_rejected)
+        m.join_lag.set(report.lag_s)
+        m.join_last_run.set(time.time())
+        if report.n_events or report.n_rejected:
+            log.info(
+                "joined",
+                extra={"fields": {"part": report.part, "events": report.n_events, "default_slots": report.n_default_slots,
+                                  "rejected": report.n_rejected, "lag_s": round(report.lag_s, 3)}},
+            )
+
+    def _join_failed(self, err: Exception) -> None:
+        log.error("join pass failed; retrying from the checkpoint", extra={"fields": {"error": f"{type(err).__name__}: {err}"}})
