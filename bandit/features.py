@@ -87,7 +87,10 @@ def _check_value(value: object, field: str) -> FeatureValue:
             raise ValidationError(field, f"string values must have at most {MAX_VALUE_LENGTH} characters", value)
         return value
     if isinstance(value, Real):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf
         if not math.isfinite(number):
             raise ValidationError(field, "numeric values must be finite (no NaN or infinity)", value)
         return number
