@@ -13,9 +13,13 @@ from bandit.errors import ShelfBanditError
 COMMANDS = {
     "rank": "shelfbandit.rank_command:rank",
     "demo": "shelfbandit.demo:demo",
+    "evaluate": "offline_eval.cli:evaluate",
     "serve": "service.cli:serve",
     "join": "service.cli:join",
     "doctor": "service.cli:doctor",
+    "simulate": "simulator.commands:simulate",
+    "simulate-log": "simulator.commands:simulate_log",
+    "sweep": "simulator.commands:sweep",
 }
 
 

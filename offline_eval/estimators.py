@@ -1,0 +1,392 @@
+"""Off-policy estimators of a shelf ordering's value, vectorised over (n, K) arrays.
+
+Notation: event i, slot k (0 = top), n events, K slots. r_ik reward; mu / pi the logging /
+target policy; rho_ik = pi(a_ik | x_i, a_i<k) / mu(a_ik | x_i, a_i<k) the conditional ratio;
+w_i = prod_k rho_ik the whole-ordering weight; W_ik = prod_{j<=k} rho_ij the prefix weight;
+v_ik = pi(a_ik at k | x_i) / mu(a_ik at k | x_i) the marginal (item-position) ratio.
+q_k(x, a) the cross-fitted reward model, Q_k the cascade Q-function (see reward_model).
+
+Each estimator returns its value as a sum of ratios of event sums (see intervals), plus the
+weights it puts on each slot's reward (for the diagnostics). The value of a policy is the
+expected sum over slots of the per-slot reward; every estimator also gives per-slot values.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from bandit.errors import ValidationError
+from offline_eval.intervals import Parts, Ratio
+from offline_eval.slate import SlateLog, TargetProbs
+
+# what an estimator may need, and how to say it is missing
+NEEDS = {
+    "complete": "every slot of every event observed",
+    "conditional": "logging_prob and target_prob (P(shelf at slot | shelves above))",
+    "marginal": "logging_marginal and target_marginal (P(shelf at slot)) without missing values",
+    "marginal_distribution": "the target's marginal distribution over each event's candidates (score a policy on an event log)",
+    "conditional_distribution": "the target's conditional distribution over each event's candidates (score a policy on an event log)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatorInputs:
+    """A log, a target, and (for the model-based estimators) cross-fitted reward predictions (n, K, N):
+    `rewards` q_k(x_i, candidate), `q_values` the cascade Q_k(x_i, a_i<k, candidate)."""
+
+    log: SlateLog
+    target: TargetProbs
+    rewards: np.ndarray | None = None
+    q_values: np.ndarray | None = None
+
+    def has(self, need: str) -> bool:
+        log, target = self.log, self.target
+        if need == "complete":
+            return log.complete
+        if need == "conditional":
+            return log.logging_prob is not None and target.prob is not None
+        if need == "marginal":
+            return log.logging_marginal is not None and target.marginal is not None
+        if need == "marginal_distribution":
+            return target.marginal_distribution is not None and log.candidates is not None
+        if need == "conditional_distribution":
+            return target.conditional_distribution is not None and log.candidates is not None
+        raise ValueError(need)
+
+    # -- shared weights (computed on demand; each is one vectorised pass) --------------------
+    def ratio(self) -> np.ndarray:
+        """rho_ik, (n, K)."""
+        return self.target.prob / self.log.logging_prob
+
+    def slate_weight(self) -> np.ndarray:
+        """w_i, (n, 1)."""
+        return self.ratio().prod(axis=1, keepdims=True)
+
+    def prefix_weight(self) -> np.ndarray:
+        """W_ik, (n, K)."""
+        return np.cumprod(self.ratio(), axis=1)
+
+    def marginal_weight(self) -> np.ndarray:
+        """v_ik, (n, K); 0 where a slot is not observed."""
+        v = self.target.marginal / self.log.logging_marginal
+        return v if self.log.complete else np.where(self.log.observed, v, 0.0)
+
+    def observed(self) -> np.ndarray:
+        """1.0 on observed slots, (n, K): the denominator of a plain mean."""
+        return self.log.observed.astype(np.float64)
+
+    def reward(self) -> np.ndarray:
+        return self.log.reward if self.log.complete else np.where(self.log.observed, self.log.reward, 0.0)
+
+    def logged_reward_prediction(self) -> np.ndarray:
+        """q_k(x_i, a_ik), (n, K)."""
+        return np.take_along_axis(self.rewards, self.log.action_position[:, :, None], axis=2)[:, :, 0]
+
+    def direct_method(self) -> np.ndarray:
+        """sum_a pi(a at k | x_i) q_k(x_i, a), (n, K)."""
+        return np.einsum("ikc,ikc->ik", self.target.marginal_distribution, self.rewards)
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """An estimate as parts (see intervals.Ratio), the weights (n, K) on each slot's reward
+    (None when the estimator uses no weights) and notes about its assumptions."""
+
+    parts: Parts
+    weights: np.ndarray | None
+    notes: tuple[str, ...] = ()
+
+
+class Estimator(ABC):
+    """An off-policy estimator: `terms(inputs)` computes it; `needs` lists its inputs."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    assumption: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]]
+    uses_rewards: ClassVar[bool] = False
+    uses_q_values: ClassVar[bool] = False
+
+    def check(self, inputs: EstimatorInputs) -> None:
+        """Raise a ValidationError naming what is missing for this estimator."""
+        missing = [NEEDS[need] for need in self.needs if not inputs.has(need)]
+        if missing:
+            raise ValidationError("estimators", f"'{self.name}' needs {'; '.join(missing)}")
+
+    @abstractmethod
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        """The estimate's parts and weights."""
+
+
+def _mean(numerator: np.ndarray, inputs: EstimatorInputs) -> Ratio:
+    return Ratio(numerator, inputs.observed())
+
+
+class IPS(Estimator):
+    """Standard (slate) IPS: V_k = (1/n) sum_i w_i r_ik."""
+
+    name = "ips"
+    title = "inverse propensity scoring (whole-ordering weight; = standard slate IPS)"
+    assumption = "none beyond common support: unbiased for any reward structure"
+    needs = ("complete", "conditional")
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        w = inputs.slate_weight()
+        return Terms((_mean(w * inputs.reward(), inputs),), np.broadcast_to(w, inputs.log.reward.shape))
+
+
+@dataclass(frozen=True)
+class ClippedIPS(Estimator):
+    """Clipped IPS: V_k = (1/n) sum_i min(w_i, M) r_ik."""
+
+    clip: float = 100.0
+    name = "clipped_ips"
+    title = "IPS with the whole-ordering weight clipped at M (--clip)"
+    assumption = "biased toward 0 where weights exceed M; trades bias for variance"
+    needs = ("complete", "conditional")
+
+    def __post_init__(self) -> None:
+        if not self.clip > 0.0:
+            raise ValidationError("clip", "must be > 0", self.clip)
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        w = np.minimum(inputs.slate_weight(), self.clip)
+        return Terms((_mean(w * inputs.reward(), inputs),), np.broadcast_to(w, inputs.log.reward.shape))
+
+
+class SNIPS(Estimator):
+    """Self-normalised IPS: V_k = sum_i w_i r_ik / sum_i w_i."""
+
+    name = "snips"
+    title = "self-normalised IPS (whole-ordering weight)"
+    assumption = "none beyond common support; bias O(1/n)"
+    needs = ("complete", "conditional")
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        w = np.broadcast_to(inputs.slate_weight(), inputs.log.reward.shape)
+        return Terms((Ratio(w * inputs.reward(), w),), w)
+
+
+class IIPS(Estimator):
+    """Independent IPS: V_k = (1/n_k) sum_i v_ik r_ik (n_k events observe slot k)."""
+
+    name = "iips"
+    title = "independent IPS (item-position marginals)"
+    assumption = "slot k's reward depends only on the shelf at slot k (no interaction between slots)"
+    needs = ("marginal",)
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        v = inputs.marginal_weight()
+        return Terms((_mean(v * inputs.reward(), inputs),), v)
+
+
+class SNIIPS(Estimator):
+    """Self-normalised independent IPS: V_k = sum_i v_ik r_ik / sum_i v_ik."""
+
+    name = "snips_iips"
+    title = "self-normalised independent IPS"
+    assumption = "as iips; bias O(1/n)"
+    needs = ("marginal",)
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        v = inputs.marginal_weight()
+        return Terms((Ratio(v * inputs.reward(), v),), v)
+
+
+class RIPS(Estimator):
+    """Reward-interaction IPS (McInerney et al. 2020): V_k = (1/n) sum_i W_ik r_ik."""
+
+    name = "rips"
+    title = "reward-interaction IPS (prefix weights)"
+    assumption = "cascade: slot k's reward depends only on the shelves at slots 0..k"
+    needs = ("complete", "conditional")
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        big_w = inputs.prefix_weight()
+        return Terms((_mean(big_w * inputs.reward(), inputs),), big_w)
+
+
+class SNRIPS(Estimator):
+    """Self-normalised RIPS: V_k = sum_i W_ik r_ik / sum_i W_ik."""
+
+    name = "snips_rips"
+    title = "self-normalised reward-interaction IPS"
+    assumption = "as rips; bias O(1/n)"
+    needs = ("complete", "conditional")
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        big_w = inputs.prefix_weight()
+        return Terms((Ratio(big_w * inputs.reward(), big_w),), big_w)
+
+
+class PseudoInverse(Estimator):
+    """Pseudoinverse (Swaminathan et al. 2017): V_k = (1/n) sum_i (q_i^T Gamma_i^+ 1_{s_i}) r_ik.
+
+    Gamma = E_mu[1_s 1_s^T] over (slot, shelf) indicators, q = the target's marginals. Closed
+    forms: independent slots, weight sum_k v_k - K + 1; uniform over orderings of m shelves,
+    (m - 1) sum_k q_k(s_k) + 1 - K + sum_k ((m - 1) P(s_k) - K + 1) / (m - K) with P(a) = sum_j q_j(a)
+    ((m - 1) sum_k q_k(s_k) + 2 - m when K = m). Other loggers get the first form, flagged.
+    """
+
+    name = "pi"
+    title = "pseudoinverse estimator"
+    assumption = (
+        "linear reward: E[sum_k r_k | x, ordering] = sum_k phi_x(k, shelf at k) (Swaminathan et al. 2017); "
+        "exact for a logger that fills slots independently or uniformly at random over orderings; "
+        "per-slot values further assume slot k's reward depends only on the shelf at slot k"
+    )
+    needs = ("complete", "marginal")
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        logger, notes = logging_structure(inputs.log)
+        if logger == "uniform" and inputs.has("marginal_distribution"):
+            weight = _uniform_pseudoinverse_weight(inputs)
+            notes += ("exact: closed-form pseudoinverse of a logger uniform over orderings",)
+        else:
+            weight = inputs.marginal_weight().sum(axis=1, keepdims=True) - (inputs.log.n_slots - 1)
+            if logger == "uniform":
+                notes += (
+                    "warning: the exact weight for a uniform logger needs the target's marginals over every "
+                    "candidate (score a policy on an event log); the product form used here is biased for it",
+                )
+        weights = np.broadcast_to(weight, inputs.log.reward.shape)
+        return Terms((_mean(weight * inputs.reward(), inputs),), weights, notes)
+
+
+def _uniform_pseudoinverse_weight(inputs: EstimatorInputs) -> np.ndarray:
+    """(n, 1) pseudoinverse weight for a logger uniform over orderings of m shelves (see PseudoInverse)."""
+    n_slots = inputs.log.n_slots
+    m = np.rint(1.0 / inputs.log.logging_marginal[:, :1])
+    q = inputs.target.marginal.sum(axis=1, keepdims=True)
+    anywhere = inputs.target.marginal_distribution.sum(axis=1)  # (n, N): P(shelf shown at any slot)
+    shown = np.take_along_axis(anywhere, inputs.log.action_position, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = ((m - 1.0) * shown - (n_slots - 1)).sum(axis=1, keepdims=True) / (m - n_slots)
+    return np.where(m > n_slots, (m - 1.0) * q + 1.0 - n_slots + spread, (m - 1.0) * q + 2.0 - m)
+
+
+def logging_structure(log: SlateLog) -> tuple[str, tuple[str, ...]]:
+    """How the logger filled the slots, as far as the log shows: 'independent', 'uniform', 'other'
+    or 'unknown', with notes for the output."""
+    marginal, conditional = log.logging_marginal, log.logging_prob
+    notes = []
+    deterministic = int((marginal >= 1.0 - 1e-9).sum())
+    if deterministic:
+        notes.append(
+            f"degenerate: the logger is deterministic at {deterministic} (event, slot) pairs; "
+            "Gamma has nothing to invert there"
+        )
+    if conditional is None:
+        notes.append("unchecked: without logging_prob the log cannot show how the logger filled the slots")
+        return "unknown", tuple(notes)
+    if np.allclose(conditional, marginal, rtol=1e-6, atol=1e-9):
+        notes.append("checked: logging_prob equals logging_marginal at every slot (slots filled independently): exact")
+        return "independent", tuple(notes)
+    m = 1.0 / marginal[:, :1]
+    if np.allclose(marginal, marginal[:, :1], rtol=1e-6) and np.allclose(conditional, 1.0 / (m - np.arange(log.n_slots)), rtol=1e-6):
+        notes.append("checked: the logger is uniform over orderings (P = 1/(m - k), marginals 1/m)")
+        return "uniform", tuple(notes)
+    notes.append(
+        "warning: the logger's slots are dependent and not uniform over orderings; the product-form "
+        "pseudoinverse weight is then an approximation and may be biased even under a linear reward"
+    )
+    return "other", tuple(notes)
+
+
+class DirectMethod(Estimator):
+    """Direct method: V_k = (1/n) sum_i sum_a pi(a at k | x_i) q_k(x_i, a)."""
+
+    name = "dm"
+    title = "direct method (cross-fitted additive reward model)"
+    assumption = "the reward model is right: biased as far as q_k(x, a) misses E[r_k | x, a at k]"
+    needs = ("complete", "marginal_distribution")
+    uses_rewards = True
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        return Terms((_mean(inputs.direct_method(), inputs),), None)
+
+
+class DoublyRobust(Estimator):
+    """Doubly robust: V_k = (1/n) sum_i [sum_a pi(a at k | x_i) q_k(x_i, a) + w_i (r_ik - q_k(x_i, a_ik))]."""
+
+    name = "dr"
+    title = "doubly robust (whole-ordering weight)"
+    assumption = "none beyond common support: unbiased for any reward structure, whatever the reward model"
+    needs = ("complete", "conditional", "marginal_distribution")
+    uses_rewards = True
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        w = inputs.slate_weight()
+        correction = w * (inputs.reward() - inputs.logged_reward_prediction())
+        weights = np.broadcast_to(w, inputs.log.reward.shape)
+        return Terms((_mean(inputs.direct_method() + correction, inputs),), weights)
+
+
+class SNDR(Estimator):
+    """Self-normalised DR: V_k = (1/n) sum_i DM_ik + sum_i w_i (r_ik - q_k(x_i, a_ik)) / sum_i w_i."""
+
+    name = "sndr"
+    title = "self-normalised doubly robust"
+    assumption = "as dr; bias O(1/n)"
+    needs = ("complete", "conditional", "marginal_distribution")
+    uses_rewards = True
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        w = np.broadcast_to(inputs.slate_weight(), inputs.log.reward.shape)
+        correction = Ratio(w * (inputs.reward() - inputs.logged_reward_prediction()), w)
+        return Terms((_mean(inputs.direct_method(), inputs), correction), w)
+
+
+@dataclass(frozen=True)
+class SwitchDR(Estimator):
+    """Switch-DR (Wang et al. 2017): V_k = (1/n) sum_i [DM_ik + 1(w_i <= tau) w_i (r_ik - q_k(x_i, a_ik))]."""
+
+    threshold: float = 100.0
+    name = "switch_dr"
+    title = "switch doubly robust: the direct method alone where w > tau (--switch-threshold)"
+    assumption = "biased as far as the reward model is wrong on events with weights above tau"
+    needs = ("complete", "conditional", "marginal_distribution")
+    uses_rewards = True
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0.0:
+            raise ValidationError("switch_threshold", "must be > 0", self.threshold)
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        w = inputs.slate_weight()
+        kept = np.where(w <= self.threshold, w, 0.0)
+        correction = kept * (inputs.reward() - inputs.logged_reward_prediction())
+        weights = np.broadcast_to(kept, inputs.log.reward.shape)
+        return Terms((_mean(inputs.direct_method() + correction, inputs),), weights)
+
+
+class CascadeDR(Estimator):
+    """Cascade DR (Kiyohara et al. 2022):
+    V_k = (1/n) sum_i [W_ik (r_ik - Q_k(x_i, a_ik)) + W_i,k-1 sum_a pi(a at k | x_i, a_i<k) Q_k(x_i, a)], W_i,-1 = 1."""
+
+    name = "cascade_dr"
+    title = "cascade doubly robust (prefix weights, cross-fitted Q-function)"
+    assumption = "cascade: slot k's reward depends only on the shelves at slots 0..k (as rips), any Q-function"
+    needs = ("complete", "conditional", "conditional_distribution")
+    uses_q_values = True
+
+    def terms(self, inputs: EstimatorInputs) -> Terms:
+        big_w = inputs.prefix_weight()
+        above = np.ones_like(big_w)
+        above[:, 1:] = big_w[:, :-1]
+        q_logged = np.take_along_axis(inputs.q_values, inputs.log.action_position[:, :, None], axis=2)[:, :, 0]
+        baseline = np.einsum("ikc,ikc->ik", inputs.target.conditional_distribution, inputs.q_values)
+        return Terms((_mean(big_w * (inputs.reward() - q_logged) + above * baseline, inputs),), big_w)
+
+
+ESTIMATOR_CLASSES: dict[str, type[Estimator]] = {
+    cls.name: cls
+    for cls in (IPS, ClippedIPS, SNIPS, DirectMethod, DoublyRobust, SNDR, SwitchDR, IIPS, SNIIPS, RIPS, SNRIPS, CascadeDR, PseudoInverse)
+}
+# the slate literature's name for the whole-ordering IPS
+ALIASES = {"sips": "ips"}
+SHORT_NAMES = (*ESTIMATOR_CLASSES, *ALIASES)

@@ -1,0 +1,164 @@
+"""Scoring a policy on a logged event batch: the target probabilities the estimators need.
+
+For every logged event, one `slot_model` call (one VW pass for the VW ranker) gives the
+policy's distribution at each slot given the logged shelves above it, and its marginals
+(exact or Monte Carlo, as `bandit.sampling.marginals`, seeded by (policy seed, event id)).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from bandit.baselines import EditorialPolicy, PopularityPolicy, UniformRandomPolicy
+from bandit.batch import EventBatch
+from bandit.config import RankerConfig
+from bandit.errors import ValidationError
+from bandit.model_file import load_policy
+from bandit.policy import Policy
+from bandit.sampling import SlotModel, event_rng, marginals
+from bandit.vw.ranker import VWShelfRanker
+from offline_eval.slate import TargetProbs
+
+NAMED_BASELINES = {"uniform": UniformRandomPolicy, "editorial": EditorialPolicy}
+LEARNING_BASELINES = {"popularity": PopularityPolicy}
+PROGRESSIVE_PREFIX = "vw:"
+
+
+def prefix_distributions(model: SlotModel, logged: np.ndarray) -> np.ndarray:
+    """(K, N): P(shelf at slot k | logged shelves logged[:k] above it), for every shelf."""
+    n_slots = len(logged)
+    available = np.ones((n_slots, model.n_shelves), dtype=bool)
+    for k in range(1, n_slots):
+        available[k:, logged[k - 1]] = False
+    return np.concatenate([model.probs(k, available[k : k + 1]) for k in range(n_slots)])
+
+
+class _Scores:
+    """Accumulates per-event distributions into padded (n, K, N) arrays."""
+
+    def __init__(self, n_events: int, n_slots: int, n_candidates: int) -> None:
+        self.conditional = np.zeros((n_events, n_slots, n_candidates))
+        self.marginal = np.zeros((n_events, n_slots, n_candidates))
+
+    def add(self, i: int, policy: Policy, batch: EventBatch, event: int) -> None:
+        rows = batch.event_rows(event)
+        n_slots = rows.stop - rows.start
+        shelves = batch.shelves[event]
+        model = policy.slot_model(batch.contexts[event], shelves, n_slots, batch.baselines[event])
+        self.conditional[i, :, : len(shelves)] = prefix_distributions(model, batch.action_index[rows])
+        rng = event_rng(policy.seed, str(batch.event_ids[event]))
+        values = marginals(model, n_slots, rng, draws=policy.marginal_draws, exact_budget=policy.exact_budget).values
+        self.marginal[i, :, : len(shelves)] = values
+
+    def target(self, action_position: np.ndarray, name: str) -> TargetProbs:
+        logged = action_position[:, :, None]
+        return TargetProbs(
+            prob=np.take_along_axis(self.conditional, logged, axis=2)[:, :, 0],
+            marginal=np.take_along_axis(self.marginal, logged, axis=2)[:, :, 0],
+            conditional_distribution=self.conditional,
+            marginal_distribution=self.marginal,
+            name=name,
+        )
+
+
+def _shape(batch: EventBatch) -> tuple[int, int]:
+    counts = np.diff(batch.row_offsets)
+    if (counts != counts[0]).any():
+        raise ValidationError("slot", f"every event must fill the same number of slots (found {sorted(set(counts.tolist()))})")
+    return int(counts[0]), max(len(s) for s in batch.shelves)
+
+
+def score_policy(policy: Policy, batch: EventBatch, *, name: str = "target", progress: bool = False) -> TargetProbs:
+    """The policy's probabilities on every logged event (it does not learn)."""
+    n_slots, n_candidates = _shape(batch)
+    scores = _Scores(batch.n_events, n_slots, n_candidates)
+    for i in tqdm(range(batch.n_events), desc=f"scoring {name}", disable=not progress, mininterval=0.5):
+        scores.add(i, policy, batch, i)
+    return scores.target(batch.action_index.reshape(batch.n_events, n_slots), name)
+
+
+def event_slice(batch: EventBatch, start: int, stop: int) -> EventBatch:
+    """Events start..stop-1 of a batch, as a batch."""
+    first, last = int(batch.row_offsets[start]), int(batch.row_offsets[stop])
+    rows = slice(first, last)
+    return EventBatch(
+        event_ids=batch.event_ids[start:stop],
+        contexts=batch.contexts[start:stop],
+        shelves=batch.shelves[start:stop],
+        baselines=batch.baselines[start:stop],
+        row_offsets=batch.row_offsets[start : stop + 1] - first,
+        row_event=batch.row_event[rows] - start,
+        slot=batch.slot[rows],
+        action=batch.action[rows],
+        action_index=batch.action_index[rows],
+        reward=batch.reward[rows],
+        logging_prob=batch.logging_prob[rows],
+        logging_marginal=batch.logging_marginal[rows],
+    )
+
+
+def progressive_scores(
+    policy: Policy, batch: EventBatch, *, warmup: int = 0, name: str = "target", progress: bool = False
+) -> TargetProbs:
+    """Progressive validation: for each event in log order, score it with the policy as it stands,
+    then let the policy learn it. The first `warmup` events are learned only; the result covers
+    events warmup..n-1 and estimates the value of the learning policy over that stretch."""
+    if not 0 <= warmup < batch.n_events:
+        raise ValidationError("warmup", f"must lie in [0, {batch.n_events - 1}] (the log has {batch.n_events} events)", warmup)
+    n_slots, n_candidates = _shape(batch)
+    if warmup:
+        policy.learn(event_slice(batch, 0, warmup))
+    scores = _Scores(batch.n_events - warmup, n_slots, n_candidates)
+    for i in tqdm(range(warmup, batch.n_events), desc=f"progressive {name}", disable=not progress, mininterval=0.5):
+        scores.add(i - warmup, policy, batch, i)
+        policy.learn(event_slice(batch, i, i + 1))
+    return scores.target(batch.action_index[batch.row_offsets[warmup] :].reshape(-1, n_slots), name)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    """How to get a target's probabilities: a fixed policy, or a learning one scored progressively."""
+
+    label: str
+    make: Callable[[], Policy]
+    progressive: bool
+
+    def score(self, batch: EventBatch, *, warmup: int = 0, name: str = "target", progress: bool = False) -> TargetProbs:
+        """Target probabilities on events warmup..n-1 (a learning policy learns the first `warmup` first)."""
+        if self.progressive:
+            return progressive_scores(self.make(), batch, warmup=warmup, name=name, progress=progress)
+        evaluated = event_slice(batch, warmup, batch.n_events) if warmup else batch
+        return score_policy(self.make(), evaluated, name=name, progress=progress)
+
+
+def resolve_policy(spec: str) -> PolicySpec:
+    """'uniform' | 'editorial' (fixed baselines), 'popularity' (learns, progressive), a saved policy
+    file, or 'vw:CONFIG.json' (a RankerConfig as JSON, trained progressively on the log)."""
+    if spec in NAMED_BASELINES:
+        return PolicySpec(spec, NAMED_BASELINES[spec], progressive=False)
+    if spec in LEARNING_BASELINES:
+        return PolicySpec(spec, LEARNING_BASELINES[spec], progressive=True)
+    if spec.startswith(PROGRESSIVE_PREFIX):
+        path = Path(spec[len(PROGRESSIVE_PREFIX) :])
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValidationError("policy", "configuration file does not exist", str(path)) from None
+        except json.JSONDecodeError as err:
+            raise ValidationError("policy", f"configuration is not valid JSON ({err.msg})", str(path)) from None
+        if not isinstance(data, dict):
+            raise ValidationError("policy", "configuration must be a JSON object of RankerConfig fields", str(path))
+        config = RankerConfig.from_dict(data)
+        return PolicySpec(f"vw {config.config_id()} (progressive)", lambda: VWShelfRanker(config), progressive=True)
+    path = Path(spec)
+    if not path.exists():
+        known = ", ".join([*NAMED_BASELINES, *LEARNING_BASELINES])
+        raise ValidationError("policy", f"not a saved policy file, {known}, or vw:CONFIG.json", spec)
+    policy = load_policy(path)
+    return PolicySpec(f"{path.name} ({policy.model_version})", lambda: policy, progressive=False)

@@ -1,0 +1,182 @@
+"""Slate logs and target probabilities in the dense form the estimators use.
+
+A log of n events with K slots each is held as (n, K) arrays, slot 0 (top) first. Where
+the estimators need a policy's whole distribution over an event's N candidate shelves,
+it is an (n, K, N) array over the event's candidates (zero-padded past an event's last
+candidate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bandit.errors import ValidationError
+
+
+def check_probabilities(name: str, values: np.ndarray, where: np.ndarray | None = None, *, allow_zero: bool) -> None:
+    """Every value (where `where` holds) lies in (0, 1], or [0, 1] with `allow_zero`."""
+    low_ok = values >= 0.0 if allow_zero else values > 0.0
+    bad = ~(low_ok & (values <= 1.0 + 1e-9))
+    if where is not None:
+        bad &= where
+    if bad.any():
+        first = np.flatnonzero(bad.ravel())[:3]
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValidationError(name, f"probabilities must lie in {interval}", values.ravel()[first].tolist())
+
+
+def _check_shape(name: str, values: np.ndarray | None, shape: tuple[int, ...]) -> None:
+    if values is not None and values.shape != shape:
+        raise ValidationError(name, f"must have shape {shape}", values.shape)
+
+
+def _check_distribution(name: str, values: np.ndarray, candidates: np.ndarray, observed: np.ndarray) -> None:
+    """(n, K, N) probabilities over each event's candidates: in [0, 1], none on padding, summing to 1."""
+    check_probabilities(name, values, allow_zero=True)
+    if np.any((values > 0.0) & (candidates < 0)[:, None, :]):
+        raise ValidationError(name, "puts probability on a padding position past the event's candidates")
+    totals = values.sum(axis=2)
+    off = observed & (np.abs(totals - 1.0) > 1e-4)
+    if off.any():
+        raise ValidationError(name, "must sum to 1 over the event's candidates at every slot", totals[off][:3].tolist())
+
+
+@dataclass(frozen=True, slots=True)
+class SlateLog:
+    """What the logging policy did, per event and slot.
+
+    (n, K): `action` (codes into `action_ids`), `reward`, `logging_prob` (P(shelf at slot k |
+    shelves above), None when unknown), `logging_marginal` (P(shelf at slot k), None when
+    unknown), `observed` (False where a slot's row is missing, as in the Open Bandit Dataset
+    sample). (n, F): `context` (integer codes per context feature, -1 where absent) for the
+    reward model. Optional, per candidate: `candidates` (n, N) action codes (-1 = padding),
+    `action_position` (n, K) index of the logged shelf in `candidates`, and
+    `logging_distribution` (n, K, N): P(candidate at slot k | logged shelves above).
+    """
+
+    event_ids: np.ndarray
+    action: np.ndarray
+    action_ids: np.ndarray
+    reward: np.ndarray
+    logging_prob: np.ndarray | None
+    logging_marginal: np.ndarray | None
+    observed: np.ndarray
+    context: np.ndarray
+    candidates: np.ndarray | None = None
+    action_position: np.ndarray | None = None
+    logging_distribution: np.ndarray | None = None
+    complete: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.reward.ndim != 2 or self.reward.shape[0] == 0 or self.reward.shape[1] == 0:
+            raise ValidationError("reward", "a log needs at least one event with at least one slot", self.reward.shape)
+        n, k = self.reward.shape
+        for name in ("action", "logging_prob", "logging_marginal", "observed", "action_position"):
+            _check_shape(name, getattr(self, name), (n, k))
+        _check_shape("event_ids", self.event_ids, (n,))
+        if self.context.ndim != 2 or self.context.shape[0] != n:
+            raise ValidationError("context", f"must have shape ({n}, n_features)", self.context.shape)
+        if not np.isfinite(self.reward[self.observed]).all():
+            raise ValidationError("reward", "rewards must be finite numbers")
+        for name in ("logging_prob", "logging_marginal"):
+            values = getattr(self, name)
+            if values is not None:
+                check_probabilities(name, values, self.observed, allow_zero=False)
+        per_candidate = (self.candidates, self.action_position)
+        if any(v is None for v in per_candidate) and any(v is not None for v in per_candidate):
+            raise ValidationError("candidates", "candidates and action_position come together")
+        if self.candidates is not None:
+            n_candidates = self.candidates.shape[1]
+            _check_shape("candidates", self.candidates, (n, n_candidates))
+            _check_shape("logging_distribution", self.logging_distribution, (n, k, n_candidates))
+            if self.logging_distribution is not None:
+                _check_distribution("logging_distribution", self.logging_distribution, self.candidates, self.observed)
+        object.__setattr__(self, "complete", bool(self.observed.all()))
+
+    @property
+    def n_events(self) -> int:
+        return self.reward.shape[0]
+
+    @property
+    def n_slots(self) -> int:
+        return self.reward.shape[1]
+
+    @property
+    def n_actions(self) -> int:
+        return len(self.action_ids)
+
+    def subset(self, events: np.ndarray | slice) -> SlateLog:
+        """The log restricted to some events (an index array or slice over events)."""
+        pick = lambda a: None if a is None else a[events]  # noqa: E731
+        return SlateLog(
+            event_ids=self.event_ids[events],
+            action=self.action[events],
+            action_ids=self.action_ids,
+            reward=self.reward[events],
+            logging_prob=pick(self.logging_prob),
+            logging_marginal=pick(self.logging_marginal),
+            observed=self.observed[events],
+            context=self.context[events],
+            candidates=pick(self.candidates),
+            action_position=pick(self.action_position),
+            logging_distribution=pick(self.logging_distribution),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TargetProbs:
+    """What the policy being evaluated would do on the logged events.
+
+    (n, K): `prob` = P(logged shelf at slot k | logged shelves above), `marginal` = P(logged
+    shelf at slot k). (n, K, N) over the event's candidates: `conditional_distribution` =
+    P(candidate at slot k | logged shelves above) and `marginal_distribution` = P(candidate at
+    slot k). Any of them may be None when unknown; estimators say which they need.
+    """
+
+    prob: np.ndarray | None = None
+    marginal: np.ndarray | None = None
+    conditional_distribution: np.ndarray | None = None
+    marginal_distribution: np.ndarray | None = None
+    name: str = "target"
+
+    def __post_init__(self) -> None:
+        for name in ("prob", "marginal", "conditional_distribution", "marginal_distribution"):
+            values = getattr(self, name)
+            if values is not None:
+                check_probabilities(f"{self.name}.{name}", values, allow_zero=True)
+
+    def subset(self, events: np.ndarray | slice) -> TargetProbs:
+        pick = lambda a: None if a is None else a[events]  # noqa: E731
+        return TargetProbs(
+            prob=pick(self.prob),
+            marginal=pick(self.marginal),
+            conditional_distribution=pick(self.conditional_distribution),
+            marginal_distribution=pick(self.marginal_distribution),
+            name=self.name,
+        )
+
+
+def check_target(log: SlateLog, target: TargetProbs) -> None:
+    """The target's arrays match the log's events, slots and candidates."""
+    shape = (log.n_events, log.n_slots)
+    _check_shape(f"{target.name}.prob", target.prob, shape)
+    _check_shape(f"{target.name}.marginal", target.marginal, shape)
+    for name in ("conditional_distribution", "marginal_distribution"):
+        values = getattr(target, name)
+        if values is None:
+            continue
+        if log.candidates is None:
+            raise ValidationError(f"{target.name}.{name}", "needs a log that lists each event's candidate shelves")
+        _check_shape(f"{target.name}.{name}", values, (*shape, log.candidates.shape[1]))
+        _check_distribution(f"{target.name}.{name}", values, log.candidates, log.observed)
+
+
+def unsupported_share(log: SlateLog, target: TargetProbs) -> float | None:
+    """Share of events where, at some slot and given the logged shelves above, the target gives
+    positive probability to a shelf the logger gave zero; None when either distribution is unknown."""
+    if log.logging_distribution is None or target.conditional_distribution is None:
+        return None
+    gap = (target.conditional_distribution > 0.0) & (log.logging_distribution <= 0.0)
+    return float(gap.any(axis=(1, 2)).mean())
