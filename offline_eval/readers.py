@@ -256,3 +256,21 @@ def dsjson_log(events: Sequence[LoggedEvent]) -> LoadedLog:
     events = tuple(events)
     batch = EventBatch.from_events(events)
     return LoadedLog(log=batch_log(batch, events), events=events, batch=batch)
+
+
+def slate_table(log: SlateLog, target: TargetProbs | None = None) -> pd.DataFrame:
+    """The slate table of DESIGN.md (one row per observed (event, slot)), the inverse of `table_log`."""
+    n_events, n_slots = log.reward.shape
+    rows = log.observed.ravel()
+    columns = {
+        "event_id": np.repeat(log.event_ids, n_slots),
+        "slot": np.tile(np.arange(n_slots), n_events),
+        "action": log.action_ids[log.action.ravel()],
+        "reward": log.reward.ravel(),
+        "logging_prob": np.full(log.reward.size, np.nan) if log.logging_prob is None else log.logging_prob.ravel(),
+    }
+    optional = {"logging_marginal": log.logging_marginal}
+    if target is not None:
+        optional |= {"target_prob": target.prob, "target_marginal": target.marginal}
+    columns |= {name: values.ravel() for name, values in optional.items() if values is not None}
+    return pd.DataFrame({name: values[rows] for name, values in columns.items()})
