@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -129,13 +129,22 @@ class WorldConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ListenerContext(Context):
     """A Context as the simulator draws it: the features a ranker sees, plus what only the
-    world knows (the listener's row and the request time in seconds since the world's start)."""
+    world knows (the listener's row and the request time in seconds since the world's start).
+    Equal to any Context with the same features and listener id."""
 
-    listener_index: int = field(default=-1, compare=False)
-    time_s: float = field(default=0.0, compare=False)
+    listener_index: int = -1
+    time_s: float = 0.0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Context):
+            return NotImplemented
+        return (self.features, self.listener_id) == (other.features, other.listener_id)
+
+    def __hash__(self) -> int:
+        return hash((self.features, self.listener_id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,62 @@
+"""Sweep speed-up: the same grid on a local Ray with 2 workers against 1 worker (target >= 1.7x).
+
+Ray is started before the clock runs (about 5 s here, paid once per sweep whatever its size);
+the clock covers building the shared inputs, every cell and writing the results. Fresh output
+directories each time, so no cell is skipped. Medians of repeats, 1- and 2-worker runs
+interleaved; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# the sibling bench/simulator.py would shadow the `simulator` package when run as `python bench/sweep.py`
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import ray  # noqa: E402
+
+from simulator.policies import PolicySpec  # noqa: E402
+from simulator.sweep import SweepGrid, WorldSpec, run_sweep  # noqa: E402
+
+GRID = SweepGrid(
+    policies=(PolicySpec.parse("vw:explorer=squarecb"), PolicySpec.parse("vw:explorer=epsilon")),
+    worlds=(WorldSpec.parse("default"), WorldSpec.parse("click_model=cascade")),
+    seeds=2,
+    sessions=3000,
+)
+REPEATS = 3
+
+
+def timed_sweep(workers: int) -> float:
+    ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            run_sweep(GRID, out, workers=workers, progress=False)
+            return time.perf_counter() - start
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    one, two = [], []
+    for _ in range(REPEATS):
+        one.append(timed_sweep(1))
+        two.append(timed_sweep(2))
+    one_s, two_s = statistics.median(one), statistics.median(two)
+    cells = len(GRID.cells())
+    print(f"grid: {cells} cells of {GRID.sessions} sessions (VW rankers, 2 worlds, 2 seeds)")
+    print(f"1 worker:  {one_s:6.2f} s  ({cells / one_s:.2f} cells/s)  runs {[round(t, 2) for t in one]}")
+    print(f"2 workers: {two_s:6.2f} s  ({cells / two_s:.2f} cells/s)  runs {[round(t, 2) for t in two]}")
+    print(f"speed-up {one_s / two_s:.2f}x (target >= 1.7x)")
+    print(json.dumps({"name": "sweep_speedup_2_workers", "value": round(cells / two_s, 3), "unit": "cells/s",
+                      "baseline": round(cells / one_s, 3), "ratio": round(one_s / two_s, 3), "target_ratio": 1.7}))
+
+
+if __name__ == "__main__":
+    main()
