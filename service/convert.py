@@ -5,7 +5,7 @@ Every rule broken raises `bandit.errors.ValidationError(field, rule, found)` (42
 
 from __future__ import annotations
 
-import json
+import orjson
 
 from bandit.errors import ValidationError
 from bandit.features import Features
@@ -62,4 +62,4 @@ def ranking_json(decision: Decision) -> bytes:
         for k, (shelf_id, probability) in enumerate(zip(decision.shelf_ids, decision.slot_probs))
     ]
     answer = {"event_id": decision.event_id, "model_version": decision.model_version, "ranking": ranking}
-    return json.dumps(answer, separators=(",", ":")).encode()
+    return orjson.dumps(answer)

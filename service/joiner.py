@@ -25,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import math
 import os
 import threading
 import time
@@ -41,7 +42,7 @@ from bandit.errors import ShelfBanditError, ValidationError
 from bandit.types import Outcome
 from bandit.vw.format import join_record
 from service.paths import DECISION_KIND, REWARD_KIND, DataPaths
-from service.records import line_head, shown_shelves
+from service.records import json_line, line_head, shown_shelves
 from service.segments import fsync_directory, read_complete_lines, segment_paths, write_atomic
 
 CHECKPOINT = "checkpoint.json"
@@ -426,7 +427,7 @@ class Joiner:
         rewards = self._rewards.frame.drop(columns="decided").merge(events, on="event_id")
         rewards = rewards[(rewards["received"] - rewards["decided"] <= config.reward_window_s) & (rewards["slot"] < rewards["n_slots"])]
         counted = slot_rewards(rewards, config.aggregation).to_dict()
-        lines: list[str] = []
+        lines: list[bytes] = []
         columns: dict[str, list] = {name: [] for name in SLATE_TABLE_COLUMNS}
         for timestamp, event_id, record in records:
             n_slots = len(record["_outcomes"])
@@ -434,7 +435,8 @@ class Joiner:
             outcome = Outcome(
                 tuple(config.default_reward if r is None else r for r in found), tuple(r is None for r in found)
             )
-            lines.append(json.dumps(join_record(record, outcome), separators=(",", ":")))
+            joined = join_record(record, outcome)
+            lines.append(json_line(joined, keep_nan=any(math.isnan(m) for m in joined.get("_marginals") or ())))
             columns["event_id"].extend([event_id] * n_slots)
             columns["slot"].extend(range(n_slots))
             columns["action"].extend(shown_shelves(record))
@@ -458,7 +460,7 @@ class Joiner:
             os.fsync(handle.fileno())
         os.replace(tmp, slate_path)
         fsync_directory(self.paths.slates)
-        write_atomic(self.paths.joined / part_name(part, ".jsonl"), ("\n".join(lines) + "\n").encode())
+        write_atomic(self.paths.joined / part_name(part, ".jsonl"), b"".join(lines))
         n_default = sum(columns["defaulted"])
         return len(columns["slot"]), n_default
 

@@ -8,9 +8,12 @@ without parsing the rest.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from datetime import datetime
+
+import orjson
 
 from bandit.types import Context, Decision, Shelf
 from bandit.vw.format import decision_record
@@ -26,7 +29,16 @@ def decision_line(
 ) -> bytes:
     """One DSJSON decision line (no rewards yet), newline-terminated."""
     record = decision_record(context, shelves, decision, timestamp=timestamp, baseline=baseline, extra={"_arm": DEFAULT_ARM})
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    return json_line(record, keep_nan=any(math.isnan(m) for m in decision.slot_marginals))
+
+
+def json_line(record: dict, *, keep_nan: bool = False) -> bytes:
+    """One compact JSON line. orjson is about ten times faster than `json.dumps` and writes
+    the same numbers, but turns NaN into null; `keep_nan` keeps Python's NaN literal instead
+    (what `bandit.vw.format.parse_event` reads for an unknown marginal)."""
+    if keep_nan:
+        return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def epoch_seconds(iso: str) -> float:
@@ -63,4 +75,4 @@ def reward_line(
         "received": received,
         "decided": decided,
     }
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    return json_line(record)

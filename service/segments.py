@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,16 +182,11 @@ class SegmentWriter:
         self._size = 0
         self._opened_at = 0.0
         self.path: Path | None = None
-        self.n_lines = 0
         self.n_commits = 0
         # group commit state (guarded by _lock)
-        self._queue: list[bytes] = []
-        self._queued = 0
-        self._committed = 0
-        self._failed_upto = 0
+        self._queue: list[tuple[bytes, Future]] = []
         self._closing = False
         self._work = threading.Condition(self._lock)
-        self._done = threading.Condition(self._lock)
         self._committer: threading.Thread | None = None
         self.directory.mkdir(parents=True, exist_ok=True)
         if durability == "group":
@@ -199,15 +195,26 @@ class SegmentWriter:
 
     # -- public ------------------------------------------------------------------------------
     def append(self, line: bytes) -> None:
-        """Append one line (must end with a newline) durably."""
-        if self.durability == "group":
-            self._append_grouped(line)
-            return
+        """Append one line (must end with a newline) durably; return once it is."""
+        self.submit(line).result()
+
+    def submit(self, line: bytes) -> Future:
+        """Queue one line; the future completes once the line is durable (LogWriteError if it
+        cannot be made so). Under `fsync` and `write` the line is written before this returns."""
+        done: Future = Future()
         with self._lock:
             if self._closing:
-                raise LogWriteError(f"{self.kind} log is closed")
-            self._write_now(line, sync=self.durability == "fsync")
-            self.n_lines += 1
+                done.set_exception(LogWriteError(f"{self.kind} log is closed"))
+            elif self.durability == "group":
+                self._queue.append((line, done))
+                self._work.notify()
+            else:
+                try:
+                    self._write_now(line, sync=self.durability == "fsync")
+                    done.set_result(None)
+                except LogWriteError as err:
+                    done.set_exception(err)
+        return done
 
     def close(self) -> None:
         """Flush what is queued, fsync and release the segment."""
@@ -265,20 +272,6 @@ class SegmentWriter:
             raise LogWriteError(f"{self.kind} log write failed: {err.strerror or err}") from None
 
     # -- group commit --------------------------------------------------------------------------
-    def _append_grouped(self, line: bytes) -> None:
-        with self._lock:
-            if self._closing:
-                raise LogWriteError(f"{self.kind} log is closed")
-            self._queue.append(line)
-            self._queued += 1
-            ticket = self._queued
-            self._work.notify()
-            while self._committed < ticket:
-                self._done.wait()
-            if ticket <= self._failed_upto:
-                raise LogWriteError(f"{self.kind} log write failed; the line was not acknowledged")
-            self.n_lines += 1
-
     def _commit_loop(self) -> None:
         while True:
             with self._lock:
@@ -290,16 +283,13 @@ class SegmentWriter:
                 time.sleep(self.group_commit_s)
             with self._lock:
                 batch, self._queue = self._queue, []
-                upto = self._queued
             # only this thread writes in group mode, so the write needs no lock and
             # requests keep queueing the next group meanwhile
-            failed = False
             try:
-                self._write_now(b"".join(batch), sync=True)
-            except LogWriteError:
-                failed = True
-            with self._lock:
-                if failed:
-                    self._failed_upto = upto
-                self._committed = upto
-                self._done.notify_all()
+                self._write_now(b"".join(line for line, _ in batch), sync=True)
+            except LogWriteError as err:
+                for _, done in batch:
+                    done.set_exception(err)
+            else:
+                for _, done in batch:
+                    done.set_result(None)

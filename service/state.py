@@ -7,13 +7,16 @@ import time.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
+from bandit.policy import Policy
 from bandit.types import Context, Decision, Shelf
 from bandit.vw.ranker import VWShelfRanker
 from service.active_model import ActiveModel
@@ -59,6 +62,9 @@ class Service:
         self.decisions: SegmentWriter | None = None
         self.rewards: SegmentWriter | None = None
         self.late_rewards: SegmentWriter | None = None
+        # ranking is CPU-bound and holds the GIL: one thread does it, off the event loop
+        # (more threads would only contend for the GIL and VW's lock)
+        self._ranking_thread = ThreadPoolExecutor(1, thread_name_prefix="ranking")
         self._joiner_stop = threading.Event()
         self._joiner_thread: threading.Thread | None = None
 
@@ -95,6 +101,7 @@ class Service:
         self.model.stop()
         if self._joiner_thread is not None:
             self._joiner_thread.join(timeout=30.0)
+        self._ranking_thread.shutdown(wait=True)
         for writer in (self.decisions, self.rewards, self.late_rewards):
             if writer is not None:
                 writer.close()
@@ -116,10 +123,11 @@ class Service:
         return self.model.current is not None and self.decisions is not None
 
     # -- operations ----------------------------------------------------------------------------
-    def rank(
+    async def rank(
         self, context: Context, shelves: tuple[Shelf, ...], n_slots: int, event_id: str | None, baseline: tuple[str, ...]
     ) -> Decision:
-        """Rank with the served model, log the decision durably, then return it."""
+        """Rank with the served model on the ranking thread, wait until the decision is durably
+        logged, then return it."""
         served = self.model.current
         if served is None or self.decisions is None:
             raise NotReady("model: no model is loaded yet")
@@ -127,13 +135,23 @@ class Service:
             event_id = uuid.uuid4().hex
         elif self.events.seen_here(event_id):
             raise RepeatedEvent(f"event_id: already served ({event_id}); event ids must be unique")
-        decision = served.policy.rank(context, shelves, n_slots, event_id=event_id, baseline=baseline)
-        now = time.time()
-        line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline)
-        self._append(self.decisions, "decisions", line)
-        self.events.add(event_id, now, decision.shelf_ids)
+        loop = asyncio.get_running_loop()
+        decision, decided_at, logged = await loop.run_in_executor(
+            self._ranking_thread, self._decide, served.policy, context, shelves, n_slots, event_id, baseline
+        )
+        await self._durable(asyncio.wrap_future(logged), "decisions")
+        self.events.add(event_id, decided_at, decision.shelf_ids)
         self.metrics.observe_decision(decision.slot_distributions, decision.slot_probs)
         return decision
+
+    def _decide(
+        self, policy: Policy, context: Context, shelves: tuple[Shelf, ...], n_slots: int, event_id: str, baseline: tuple[str, ...]
+    ) -> tuple[Decision, float, Future]:
+        """On the ranking thread: rank, encode the log line and hand it to the decision log."""
+        decision = policy.rank(context, shelves, n_slots, event_id=event_id, baseline=baseline)
+        now = time.time()
+        line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline)
+        return decision, now, self.decisions.submit(line)
 
     def reward(
         self, event_id: str, slot: int | None, shelf_id: str | None, value: float, reward_id: str | None
@@ -172,6 +190,15 @@ class Service:
         started = time.perf_counter()
         try:
             writer.append(line)
+        except LogWriteError:
+            self.metrics.log_errors.labels(name).inc()
+            raise
+        self.metrics.log_commit.labels(name).observe(time.perf_counter() - started)
+
+    async def _durable(self, logged: asyncio.Future, name: str) -> None:
+        started = time.perf_counter()
+        try:
+            await logged
         except LogWriteError:
             self.metrics.log_errors.labels(name).inc()
             raise

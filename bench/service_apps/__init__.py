@@ -10,17 +10,24 @@ Both read the bench settings from the environment variable the service uses.
 from __future__ import annotations
 
 import os
+import sys
 import threading
+from pathlib import Path
 
-from fastapi import FastAPI, Response
+# bench/ is on sys.path so that this package imports; its service.py must not hide the
+# `service` package, so bench/ leaves the path again before anything imports `service`
+_BENCH = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
-from bandit.model_file import load_policy
-from bandit.types import Context, Shelf
-from bandit.vw.format import listener_line, shelf_line, slot_line
-from service.model_store import ModelStore
-from service.paths import DataPaths
-from service.schemas import RankRequest
-from service.settings import Settings
+from fastapi import FastAPI, Response  # noqa: E402
+
+from bandit.model_file import load_policy  # noqa: E402
+from bandit.types import Context, Shelf  # noqa: E402
+from bandit.vw.format import listener_line, shelf_line, slot_line  # noqa: E402
+from service.model_store import ModelStore  # noqa: E402
+from service.paths import DataPaths  # noqa: E402
+from service.schemas import RankRequest  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 ANSWER = b'{"ok":true}'
 

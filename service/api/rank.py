@@ -16,13 +16,13 @@ router = APIRouter(prefix="/v1", tags=["decisions"])
     response_model=RankResponse,
     responses={409: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
 )
-def rank(body: RankRequest, service: ServiceDep, request: Request) -> Response:
+async def rank(body: RankRequest, service: ServiceDep, request: Request) -> Response:
     """Rank `shelves` into `slots` slots. The decision is logged durably before the answer.
 
     `probability` is P(this shelf at this slot | the shelves above it) under the served model.
-    Runs in FastAPI's threadpool: ranking is CPU-bound and must not block the event loop.
+    Ranking runs on the service's ranking thread, so the event loop is never blocked by it.
     """
     context, shelves, baseline = rank_inputs(body, service.settings)
-    decision = service.rank(context, shelves, body.slots, body.event_id, baseline)
+    decision = await service.rank(context, shelves, body.slots, body.event_id, baseline)
     request.state.event_id = decision.event_id
     return Response(ranking_json(decision), media_type="application/json")

@@ -1,0 +1,282 @@
+"""Benchmark: POST /v1/rank (20 shelves x 8 slots, durable decision log on) against two floors.
+
+Three apps are served the same way (uvicorn, same worker count, same body):
+  service     the decision service (`shelfbandit serve`, default settings: group-commit log,
+              metrics, JSON access log)
+  parse       a FastAPI endpoint that only parses the body with the service's pydantic schema
+  vw_predict  parse + the same VW model's predict on example lines built once at start
+
+For each worker count: the maximum throughput in a closed loop at a fixed concurrency
+(median of repeats), then the latency at half of that throughput in an open loop (latency
+counted from each request's scheduled send time, so queueing is included). The load comes
+from a separate process (asyncio, raw HTTP/1.1 keep-alive), bounded in count and time.
+
+    python bench/service.py [--seconds 5] [--repeats 3] [--concurrency 16] [--workers 1,2]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# run as a script, this file's directory comes first on sys.path and its name would hide the
+# `service` package: drop it
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+APPS = ("service", "parse", "vw_predict")
+MAX_REQUESTS = 200_000  # per measurement, on top of the time bound
+
+
+def request_body(n_shelves: int, n_slots: int) -> bytes:
+    shelves = [{"id": f"shelf-{i}", "features": {"kind": f"kind-{i % 8}", "age_days": i}} for i in range(n_shelves)]
+    body = {"user": {"country": "SE", "platform": "ios", "hour": 20}, "shelves": shelves, "slots": n_slots}
+    return json.dumps(body).encode()
+
+
+def http_request(port: int, body: bytes) -> bytes:
+    head = (
+        f"POST /v1/rank HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# -- load generator (runs in its own process) ------------------------------------------------------
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def _closed_loop(port: int, request: bytes, concurrency: int, seconds: float) -> dict:
+    loop = asyncio.get_running_loop()
+    deadline = time.perf_counter() + seconds
+    latencies: list[float] = []
+    failures = 0
+
+    async def client() -> None:
+        nonlocal failures
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < deadline and len(latencies) < MAX_REQUESTS:
+            started = time.perf_counter()
+            if await _exchange(reader, writer, request) != 200:
+                failures += 1
+            latencies.append(time.perf_counter() - started)
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {"n": len(latencies), "rps": len(latencies) / elapsed, "latencies": latencies, "failures": failures}
+
+
+async def _open_loop(port: int, request: bytes, rate: float, seconds: float, connections: int) -> dict:
+    loop = asyncio.get_running_loop()
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    latencies: list[float] = []
+    failures = 0
+
+    async def one(scheduled: float) -> None:
+        nonlocal failures
+        reader, writer = await pool.get()
+        if await _exchange(reader, writer, request) != 200:
+            failures += 1
+        latencies.append(time.perf_counter() - scheduled)
+        pool.put_nowait((reader, writer))
+
+    start = time.perf_counter()
+    n_requests = min(int(rate * seconds), MAX_REQUESTS)
+    tasks = []
+    for i in range(n_requests):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    return {"n": len(latencies), "rps": len(latencies) / elapsed, "latencies": latencies, "failures": failures}
+
+
+def _load_process(kind: str, port: int, request: bytes, params: dict, out) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    if kind == "closed":
+        result = asyncio.run(_closed_loop(port, request, params["concurrency"], params["seconds"]))
+    else:
+        result = asyncio.run(_open_loop(port, request, params["rate"], params["seconds"], params["connections"]))
+    out.send(result)
+
+
+def run_load(kind: str, port: int, request: bytes, **params) -> dict:
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_load_process, args=(kind, port, request, params, send))
+    process.start()
+    result = receive.recv()
+    process.join(timeout=30)
+    latencies = np.array(result["latencies"])
+    return {
+        "rps": result["rps"],
+        "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+        "p99_ms": float(np.percentile(latencies, 99) * 1e3),
+        "failures": result["failures"],
+        "n": result["n"],
+    }
+
+
+# -- servers -------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(app: str, port: int, workers: int, data_dir: Path, env: dict, log) -> subprocess.Popen:
+    python = sys.executable
+    if app == "service":
+        command = [python, "-c", "from shelfbandit.cli import main; main()", "serve", "--data-dir", str(data_dir),
+                   "--port", str(port), "--workers", str(workers)]
+    else:
+        factory = {"parse": "service_apps:parse_only_app", "vw_predict": "service_apps:vw_predict_app"}[app]
+        # bench/ goes last on the path, so that `service` stays the package, not this file
+        launcher = f"import sys; sys.path.append({str(HERE)!r}); import uvicorn; uvicorn.main()"
+        command = [python, "-c", launcher, "--factory", factory, "--host", "127.0.0.1", "--port", str(port),
+                   "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{app} server exited with status {process.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=1).read()
+            return process
+        except OSError:
+            time.sleep(0.2)
+    stop_server(process)
+    raise RuntimeError(f"{app} server did not start within 60 s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def measure(app: str, workers: int, args, data_dir: Path, env: dict, log) -> dict:
+    port = free_port()
+    request = http_request(port, request_body(args.shelves, args.slots))
+    server = start_server(app, port, workers, data_dir, env, log)
+    try:
+        run_load("closed", port, request, concurrency=args.concurrency, seconds=1.0)  # warm-up
+        closed = [run_load("closed", port, request, concurrency=args.concurrency, seconds=args.seconds) for _ in range(args.repeats)]
+        max_rps = float(np.median([c["rps"] for c in closed]))
+        half = [
+            run_load("open", port, request, rate=max_rps / 2, seconds=args.seconds, connections=2 * args.concurrency)
+            for _ in range(args.repeats)
+        ]
+    finally:
+        stop_server(server)
+    return {
+        "max_rps": max_rps,
+        "p50_ms": float(np.median([c["p50_ms"] for c in closed])),
+        "p99_ms": float(np.median([c["p99_ms"] for c in closed])),
+        "half_rps": float(np.median([h["rps"] for h in half])),
+        "half_p50_ms": float(np.median([h["p50_ms"] for h in half])),
+        "half_p99_ms": float(np.median([h["p99_ms"] for h in half])),
+        "failures": sum(c["failures"] for c in closed) + sum(h["failures"] for h in half),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", default="1,2", help="comma-separated uvicorn worker counts")
+    parser.add_argument("--shelves", type=int, default=20)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--apps", default=",".join(APPS), help="comma-separated subset of " + ", ".join(APPS))
+    args = parser.parse_args()
+    apps = [a for a in APPS if a in args.apps.split(",")]
+    results: dict[int, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+        data_dir = Path(tmp) / "data"
+        env = {**os.environ, "SHELFBANDIT_DATA_DIR": str(data_dir), "BENCH_SHELVES": str(args.shelves), "BENCH_SLOTS": str(args.slots)}
+        env.pop("SHELFBANDIT_SETTINGS_JSON", None)
+        with open(Path(tmp) / "servers.log", "wb") as log:
+            for workers in [int(w) for w in args.workers.split(",")]:
+                # the service first: it creates the model the vw_predict floor then loads
+                results[workers] = {app: measure(app, workers, args, data_dir, env, log) for app in apps}
+    print(f"POST /v1/rank, {args.shelves} shelves x {args.slots} slots, concurrency {args.concurrency}, "
+          f"medians of {args.repeats} x {args.seconds:g} s")
+    print(f"{'workers':>7} {'app':<11} {'max req/s':>10} {'p50 ms':>7} {'p99 ms':>7} | {'at half':>8} {'p50 ms':>7} {'p99 ms':>7} {'fail':>5}")
+    for workers, by_app in results.items():
+        for app, r in by_app.items():
+            print(f"{workers:>7} {app:<11} {r['max_rps']:>10.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} | "
+                  f"{r['half_rps']:>8.0f} {r['half_p50_ms']:>7.2f} {r['half_p99_ms']:>7.2f} {r['failures']:>5}")
+        service = by_app["service"]["max_rps"]
+        print(f"        {workers} worker(s): service / parse = {service / by_app['parse']['max_rps']:.2f}, "
+              f"service / vw_predict = {service / by_app['vw_predict']['max_rps']:.2f} (target >= 0.70), "
+              f"p99 at half load {by_app['service']['half_p99_ms']:.1f} ms (target <= 15)")
+    first = results[min(results)]
+    summary = {
+        "name": "service_rank_throughput",
+        "value": round(first["service"]["max_rps"], 1),
+        "unit": "req/s",
+        "baseline": round(first["vw_predict"]["max_rps"], 1),
+        "ratio": round(first["service"]["max_rps"] / first["vw_predict"]["max_rps"], 3),
+        "shelves": args.shelves,
+        "slots": args.slots,
+        "concurrency": args.concurrency,
+        "by_workers": {
+            str(w): {
+                "service_rps": round(r["service"]["max_rps"], 1),
+                "parse_rps": round(r["parse"]["max_rps"], 1),
+                "vw_predict_rps": round(r["vw_predict"]["max_rps"], 1),
+                "ratio_to_parse": round(r["service"]["max_rps"] / r["parse"]["max_rps"], 3),
+                "ratio_to_vw_predict": round(r["service"]["max_rps"] / r["vw_predict"]["max_rps"], 3),
+                "service_p99_ms_at_half_load": round(r["service"]["half_p99_ms"], 2),
+                "failures": sum(a["failures"] for a in r.values()),
+            }
+            for w, r in results.items()
+        },
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
