@@ -162,11 +162,12 @@ SLATE_TABLE_COLUMNS = (
 def slot_rewards(rewards: pd.DataFrame, aggregation: str) -> pd.Series:
     """Per (event_id, slot), the reward that counts.
 
-    A repeated non-null `reward_id` of an event counts once. `earliest`: the first by
-    `received` (ties: arrival order `seq`); `sum`: the sum of what remains.
+    A repeated non-null `reward_id` of an event counts once (its earliest copy). `earliest`: the
+    first by `received` (ties: arrival order `seq`); `sum`: the sum of what remains.
     """
-    with_id = rewards["reward_id"].notna()
-    unique = pd.concat([rewards[with_id].drop_duplicates(["event_id", "reward_id"]), rewards[~with_id]])
+    ordered = rewards.sort_values(["received", "seq"])
+    with_id = ordered["reward_id"].notna()
+    unique = pd.concat([ordered[with_id].drop_duplicates(["event_id", "reward_id"]), ordered[~with_id]])
     if aggregation == "earliest":
         first = unique.sort_values(["received", "seq"]).drop_duplicates(["event_id", "slot"])
         return first.set_index(["event_id", "slot"])["value"]
@@ -199,7 +200,7 @@ class RewardReader:
 
     def _parse(self, data: bytes) -> pd.DataFrame:
         try:
-            frame = pd.read_json(io.BytesIO(data), lines=True, dtype=False, convert_dates=False)
+            frame = pd.read_json(io.BytesIO(data), lines=True, dtype=False)
         except ValueError:
             rows = []
             for raw in data.splitlines():
@@ -310,14 +311,15 @@ class Joiner:
         if rejected:
             self._write_rejected(rejected)
         low_watermark = min(ready.first_pending, cutoff)
-        self._checkpoint = Checkpoint(
+        committed = Checkpoint(
             next_part=checkpoint.next_part + (part is not None),
             offsets=self._live_offsets(ready.offsets),
             low_watermark=low_watermark,
             n_events=checkpoint.n_events + len(records),
             updated_at=now,
         )
-        self._checkpoint.write(self.paths.joined / CHECKPOINT)
+        committed.write(self.paths.joined / CHECKPOINT)
+        self._checkpoint = committed
         self._rewards.drop({event_id for _, event_id, _ in records}, low_watermark - config.grace_s)
         self._remember(records, now)
         return JoinReport(

@@ -143,7 +143,7 @@ class ModelStore:
         try:
             return ModelVersion(version, path, read_meta(path))
         except ModelFileError as err:
-            raise ModelRefused(str(err)) from None
+            raise ModelRefused(f"version: {version} is refused ({err})") from None
 
     def load(self, version: str) -> tuple[Policy, ModelVersion]:
         """Load a stored version; ModelRefused if it is corrupt or cannot be loaded."""
@@ -163,7 +163,7 @@ class ModelStore:
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ModelRefused(f"{self.pointer_path}: unreadable active pointer ({err})") from None
+            raise ModelRefused(f"pointer: the active pointer {self.pointer_path} is unreadable ({err})") from None
 
     # -- activation ----------------------------------------------------------------------------
     def activate(self, version: str, *, check: Callable[[str], object] | None = None) -> ActivePointer:

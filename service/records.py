@@ -38,7 +38,7 @@ def json_line(record: dict, *, keep_nan: bool = False) -> bytes:
     (what `bandit.vw.format.parse_event` reads for an unknown marginal)."""
     if keep_nan:
         return json.dumps(record, separators=(",", ":")).encode() + b"\n"
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
 
 
 def epoch_seconds(iso: str) -> float:
