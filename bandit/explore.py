@@ -5,6 +5,10 @@ probabilities (B, N) that are 0 outside `available` and sum to 1 per row; every 
 exactly `n_available` shelves available (the slot index fixes it). They reproduce Vowpal Wabbit's
 cb_explore_adf explorers of the same name (greedy, softmax, squarecb), so one VW pass that
 scores every shelf for every slot is enough to sample a whole ordering in numpy.
+
+`explorer.slot_model(costs (K, N), gamma)` is the SlotModel of one decision; it prepares what
+the explorer needs once per decision (cost ranks, softmax weights) so each slot costs only a
+few array operations.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class EpsilonGreedy:
         explore = self.epsilon / n_available
         return np.where(best, explore + (1.0 - self.epsilon) / tied, available * explore)
 
+    def slot_model(self, costs: np.ndarray, gamma: float = 0.0) -> _GreedySlots:
+        return _GreedySlots(self, costs)
+
 
 @dataclass(frozen=True, slots=True)
 class Softmax:
@@ -60,6 +67,9 @@ class Softmax:
         if self.epsilon > 0.0:
             p = _enforce_minimum_probability(p, available, n_available, self.epsilon)
         return p
+
+    def slot_model(self, costs: np.ndarray, gamma: float = 0.0) -> _SoftmaxSlots:
+        return _SoftmaxSlots(self, costs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +97,67 @@ class SquareCB:
         p[rows, a_min] = 1.0 - p.sum(axis=1)
         return p
 
+    def slot_model(self, costs: np.ndarray, gamma: float = 0.0) -> _ExplorerSlots:
+        return _ExplorerSlots(self, costs, gamma)
+
 
 Explorer = EpsilonGreedy | Softmax | SquareCB
+
+
+class _ExplorerSlots:
+    """SlotModel of one decision: the explorer applied to slot k's costs."""
+
+    __slots__ = ("explorer", "costs", "gamma", "n_shelves")
+
+    def __init__(self, explorer: Explorer, costs: np.ndarray, gamma: float = 0.0) -> None:
+        self.explorer = explorer
+        self.costs = costs
+        self.gamma = gamma
+        self.n_shelves = costs.shape[1]
+
+    def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
+        return self.explorer.probs(self.costs[slot], available, self.n_shelves - slot, self.gamma)
+
+
+class _GreedySlots(_ExplorerSlots):
+    """Epsilon-greedy with each slot's cost ranks prepared: where a slot has no tied costs the
+    best available shelf is the one of lowest rank, found in one pass over the masks."""
+
+    __slots__ = ("rank", "tied")
+
+    def __init__(self, explorer: EpsilonGreedy, costs: np.ndarray) -> None:
+        super().__init__(explorer, costs)
+        order = np.argsort(costs, axis=1, kind="stable")
+        self.rank = np.empty_like(order)
+        np.put_along_axis(self.rank, order, np.arange(self.n_shelves)[None, :], axis=1)
+        self.tied = (np.diff(np.take_along_axis(costs, order, axis=1), axis=1) == 0.0).any(axis=1)
+
+    def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
+        if self.tied[slot]:
+            return super().probs(slot, available)
+        epsilon = self.explorer.epsilon
+        best = np.where(available, self.rank[slot], self.n_shelves).argmin(axis=1)
+        p = available * (epsilon / (self.n_shelves - slot))
+        p[np.arange(len(best)), best] += 1.0 - epsilon
+        return p
+
+
+class _SoftmaxSlots(_ExplorerSlots):
+    """Softmax with each slot's weights exp(-lambda (c - min c)) prepared once; normalising over
+    the available shelves gives the same distribution as VW's softmax over them."""
+
+    __slots__ = ("weights",)
+
+    def __init__(self, explorer: Softmax, costs: np.ndarray) -> None:
+        super().__init__(explorer, costs)
+        self.weights = np.exp(-explorer.lam * (costs - costs.min(axis=1, keepdims=True)))
+
+    def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
+        p = available * self.weights[slot]
+        total = p.sum(axis=1, keepdims=True)
+        if self.explorer.epsilon > 0.0 or not total.all():  # floor, or weights that underflowed
+            return super().probs(slot, available)
+        return p / total
 
 
 def _enforce_minimum_probability(p: np.ndarray, available: np.ndarray, m: int, epsilon: float) -> np.ndarray:

@@ -106,17 +106,18 @@ def _exact_marginals(
     available = np.ones((len(live), n), dtype=bool)
     available[np.arange(len(live)), live] = False
     k = 1
-    while k < n_slots and len(weights) * n <= exact_budget:
+    while True:
         p = model.probs(k, available)
         values[k] = weights @ p
         k += 1
         if k == n_slots:
-            break
-        rows, cols = np.nonzero(p > 0.0)
-        weights = weights[rows] * p[rows, cols]
-        available = available[rows]
+            return values, k
+        live_rows, cols = np.nonzero(p > 0.0)
+        if len(cols) * n > exact_budget:
+            return values, k
+        weights = weights[live_rows] * p[live_rows, cols]
+        available = available[live_rows]
         available[np.arange(len(cols)), cols] = False
-    return values, k
 
 
 def logged_probabilities(model: SlotModel, indices: np.ndarray) -> np.ndarray:

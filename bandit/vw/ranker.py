@@ -17,7 +17,6 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from vowpalwabbit.pyvw import Example, LabelType
 from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.errors import ModelFileError, ValidationError
-from bandit.explore import Explorer, SquareCB
+from bandit.explore import SquareCB
 from bandit.model_file import read_meta, write_model
 from bandit.policy import Policy
 from bandit.types import Context, Shelf
@@ -37,22 +36,6 @@ from bandit.vw.format import listener_line, shelf_line, slot_line
 CCB = LabelType.CONDITIONAL_CONTEXTUAL_BANDIT
 SHELF_CACHE_SIZE = 50_000
 SLOT_CACHE_SIZE = 256
-
-
-@dataclass(frozen=True, slots=True)
-class ScoredSlots:
-    """The SlotModel of one VW decision: costs (K, N) from one pass and the explorer."""
-
-    costs: np.ndarray
-    explorer: Explorer
-    gamma: float
-
-    @property
-    def n_shelves(self) -> int:
-        return self.costs.shape[1]
-
-    def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
-        return self.explorer.probs(self.costs[slot], available, self.n_shelves - slot, self.gamma)
 
 
 class _LRU(OrderedDict):
@@ -111,7 +94,7 @@ class VWShelfRanker(Policy):
     def slot_model(self, context: Context, shelves: Sequence[Shelf], n_slots: int, baseline: Sequence[str] = ()):
         costs, slot0_pdf = self.score(context, shelves, n_slots)
         gamma = _squarecb_gamma(costs[0], slot0_pdf) if slot0_pdf is not None else 0.0
-        return ScoredSlots(costs, self._explorer, gamma)
+        return self._explorer.slot_model(costs, gamma)
 
     def score(self, context: Context, shelves: Sequence[Shelf], n_slots: int) -> tuple[np.ndarray, np.ndarray | None]:
         """One VW pass: costs (K, N) of every shelf at every slot, and, for SquareCB (whose gamma
