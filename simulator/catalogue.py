@@ -143,8 +143,9 @@ class Catalogue:
     """The shelves of a world (C of them) and their hidden truth, one row per shelf.
 
     `loading` (C, len(TASTES)); `daypart` (C, 4), `weekend` (C, 2), `platform` (C, 6),
-    `tenure` (C, 3): logit effects of the request context; `local` (C,) bool; `appeal` (C,)
-    hidden logit appeal; `editorial_preference` (C,) what editors add when ordering.
+    `tenure` (C, 3): logit effects of the request context; `local` (C,) bool; `new_release`
+    (C,) bool, the shelves refreshed by the weekly Friday release; `appeal` (C,) hidden logit
+    appeal; `editorial_preference` (C,) what editors add when ordering.
     """
 
     shelves: tuple[Shelf, ...]
@@ -154,6 +155,7 @@ class Catalogue:
     platform: np.ndarray
     tenure: np.ndarray
     local: np.ndarray
+    new_release: np.ndarray
     appeal: np.ndarray
     editorial_preference: np.ndarray
 
@@ -196,6 +198,7 @@ def build_catalogue(n_shelves: int, appeal_sd: float, rng: np.random.Generator) 
         platform=per_shelf(KIND_PLATFORM, TOPIC_PLATFORM, len(PLATFORMS)),
         tenure=per_shelf(KIND_TENURE, {}, len(TENURES)),
         local=np.array([t.local for t in templates]),
+        new_release=np.array([t.kind == "new_releases" for t in templates]),
         appeal=rng.normal(0.0, appeal_sd, size=n_shelves),
         editorial_preference=np.array([EDITORIAL_PREFERENCE.get(t.kind, 0.0) for t in templates]),
     )

@@ -24,16 +24,20 @@ def _world_config(world: str, world_config: str | None) -> WorldConfig:
     """The default world, updated by a JSON file, then by `key=value,...` settings."""
     config = WorldConfig.default()
     if world_config:
-        try:
-            data = json.loads(Path(world_config).read_text())
-        except json.JSONDecodeError as err:
-            raise ValidationError("--world-config", f"not valid JSON ({err.msg} at line {err.lineno})") from None
-        if not isinstance(data, dict):
-            raise ValidationError("--world-config", "must hold a JSON object of world settings", type(data).__name__)
-        config = config.updated(**data)
+        config = config.updated(**_json_object(world_config, "--world-config"))
     if world != "default":
         config = config.updated(**parse_options(world, "world"))
     return config
+
+
+def _json_object(path: str, option: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValidationError(option, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValidationError(option, "must hold a JSON object", type(data).__name__)
+    return data
 
 
 def _positive(name: str, value: int) -> int:
@@ -273,13 +277,7 @@ def sweep(grid_file, policies, worlds, seeds, sessions, learn_every, reward_wind
     from simulator.sweep import SweepGrid, WorldSpec, run_sweep
 
     if grid_file:
-        try:
-            data = json.loads(Path(grid_file).read_text())
-        except json.JSONDecodeError as err:
-            raise ValidationError("--grid", f"not valid JSON ({err.msg} at line {err.lineno})") from None
-        if not isinstance(data, dict):
-            raise ValidationError("--grid", "must hold a JSON object", type(data).__name__)
-        grid = SweepGrid.from_dict(data)
+        grid = SweepGrid.from_dict(_json_object(grid_file, "--grid"))
     else:
         grid = SweepGrid(
             policies=tuple(PolicySpec.parse(p) for p in (policies or DEFAULT_POLICIES)),

@@ -207,15 +207,6 @@ async def drive_async(
     return DriveResult(metrics, summary)
 
 
-def drive(
-    base_url: str,
-    world: World,
-    requests: RequestBatch,
-    rng: np.random.Generator,
-    config: DriverConfig = DriverConfig(),
-    *,
-    name: str = "service",
-    progress: Callable[[int], object] | None = None,
-) -> DriveResult:
-    """Synchronous wrapper of drive_async (runs its own event loop)."""
-    return asyncio.run(drive_async(base_url, world, requests, rng, config, name=name, progress=progress))
+def drive(*args, **kwargs) -> DriveResult:
+    """drive_async (same arguments) in an event loop of its own."""
+    return asyncio.run(drive_async(*args, **kwargs))

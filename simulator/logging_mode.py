@@ -287,15 +287,7 @@ def iter_slate_log(
         yield pd.DataFrame(columns, copy=False)
 
 
-def generate_slate_log(
-    world: World,
-    logging_policy: SlatePolicy,
-    n_events: int,
-    rng: np.random.Generator,
-    *,
-    target: SlatePolicy | Policy | None = None,
-    chunk_events: int = CHUNK_EVENTS,
-) -> pd.DataFrame:
-    """The whole slate table of `n_events` logged events as one DataFrame (see iter_slate_log)."""
-    chunks = list(iter_slate_log(world, logging_policy, n_events, rng, target=target, chunk_events=chunk_events))
+def generate_slate_log(*args, **kwargs) -> pd.DataFrame:
+    """The whole slate table as one DataFrame (same arguments as iter_slate_log)."""
+    chunks = list(iter_slate_log(*args, **kwargs))
     return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]

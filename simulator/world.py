@@ -6,11 +6,13 @@ Stream probability of shelf c for a request b (all terms hidden from the ranker)
 
     a[b, c] = sigmoid(base + appeal_c + taste_scale * taste_segment(b) . loading_c
                       + context_scale * (daypart + weekend + platform + tenure + country effects)[b, c]
-                      + deviation_listener(b) . loading_c + drift_c(t_b))
+                      + deviation_listener(b) . loading_c + drift_c(t_b)
+                      + [c is a new-release shelf] * novelty_scale * 2^(-days since Friday 00:00 UTC / half-life))
 
 The ranker sees the listener's segment, country, platform, tenure, daypart and weekend, and
 each shelf's kind, source, topic and locality; the listener's own taste deviation, the
-shelves' appeal and the drift stay hidden. Requests are drawn in columnar batches.
+shelves' appeal, the drift and the novelty of the weekly release stay hidden. Requests are
+drawn in columnar batches.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ CONTEXT_FIELDS = ("segment", "country", "platform", "daypart", "weekend", "tenur
 MAIN_PLATFORM_SHARE = 0.75  # share of a listener's sessions on their usual platform
 EDITORIAL_SAMPLE = 4096  # requests the editors look at when they set the editorial order
 THURSDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
+FRIDAY = 4  # new music is released on Fridays
 DAYPART_OF_HOUR = (np.searchsorted(DAYPART_START_H, np.arange(24), side="right") - 1) % len(DAYPARTS)
 
 
@@ -72,6 +75,8 @@ class WorldConfig:
     start_epoch_s: float = 1704067200.0  # 2024-01-01T00:00:00Z, a Monday
     drift_scale: float = 0.0  # logit amplitude of drifting shelf appeal and segment tastes
     drift_period_days: float = 7.0  # one full swing of the drift
+    novelty_scale: float = 0.0  # logit boost of new-release shelves right after the Friday release
+    novelty_half_life_days: float = 2.0
     delay_mean_s: float = 0.0  # mean of the exponential reward delay; 0 = rewards arrive at once
 
     def __post_init__(self) -> None:
@@ -84,7 +89,7 @@ class WorldConfig:
         for name in (
             "position_decay", "base_logit", "taste_scale", "context_scale", "individual_taste_sd", "appeal_sd",
             "editorial_noise_sd", "sessions_per_hour", "start_epoch_s", "drift_scale", "drift_period_days",
-            "delay_mean_s",
+            "novelty_scale", "novelty_half_life_days", "delay_mean_s",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -101,10 +106,11 @@ class WorldConfig:
             raise ValidationError("n_segments", f"must not exceed {len(SEGMENTS)}", self.n_segments)
         if self.click_model not in CLICK_MODELS:
             raise ValidationError("click_model", f"must be one of {', '.join(CLICK_MODELS)}", self.click_model)
-        for name in ("position_decay", "individual_taste_sd", "appeal_sd", "editorial_noise_sd", "drift_scale", "delay_mean_s"):
+        for name in ("position_decay", "individual_taste_sd", "appeal_sd", "editorial_noise_sd", "drift_scale",
+                     "novelty_scale", "delay_mean_s"):
             if getattr(self, name) < 0:
                 raise ValidationError(name, "must be >= 0", getattr(self, name))
-        for name in ("sessions_per_hour", "drift_period_days"):
+        for name in ("sessions_per_hour", "drift_period_days", "novelty_half_life_days"):
             if getattr(self, name) <= 0:
                 raise ValidationError(name, "must be > 0", getattr(self, name))
 
@@ -346,6 +352,10 @@ class World:
             segment = context_id // (self.n_contexts // len(self.segments))
             taste_drift = np.sin(phase + self._taste_phase[segment])
             logit += cfg.drift_scale * (np.sin(phase + self._shelf_phase) + taste_drift @ c.loading.T)
+        if cfg.novelty_scale > 0.0:
+            days_since_friday = ((cfg.start_epoch_s + time_s) / 86400.0 + THURSDAY - FRIDAY) % 7.0
+            novelty = cfg.novelty_scale * 0.5 ** (days_since_friday / cfg.novelty_half_life_days)
+            logit += novelty[:, None] * c.new_release
         np.negative(logit, out=logit)
         np.exp(logit, out=logit)
         logit += 1.0

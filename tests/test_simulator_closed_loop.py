@@ -173,3 +173,27 @@ def test_simulate_log_command_writes_the_slate_table(tmp_path):
     assert summary["rows"] == len(table) == 18000
     assert {"target_prob", "target_marginal"} <= set(table)
     assert summary["target_value"]["value"] > summary["logging_value"]["value"]  # the world's own logits rank better
+
+
+@pytest.mark.parametrize("args, message", [
+    (["simulate", "--sessions", "0"], "error: sessions: must be at least 1"),
+    (["simulate", "--world", "click_model=dbn"], "error: click_model: must be one of position, cascade"),
+    (["simulate", "--world", "n_slots=30"], "error: n_slots: must not exceed min_candidates (16)"),
+    (["simulate", "--world-config", "{config}"], "error: --world-config: not valid JSON"),
+    (["simulate-log", "--policy", "greedy"], "error: policy: must be one of uniform, editorial, epsilon, softmax"),
+    (["sweep", "--grid", "{config}"], "error: --grid: not valid JSON"),
+])
+def test_command_errors_are_one_clear_line(tmp_path, args, message):
+    """Through the installed entry point: exit status 2, one line on stderr, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = tmp_path / "bad.json"
+    config.write_text("{not json")
+    args = [a.replace("{config}", str(config)) for a in args]
+    binary = Path(sys.executable).parent / "shelfbandit"
+    result = subprocess.run([str(binary), *args, "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in result.stderr

@@ -238,3 +238,18 @@ def test_listener_contexts_keep_context_semantics():
     assert ctx == plain and plain == ctx and hash(ctx) == hash(plain)
     assert ctx != Context({"a": "c"}, "listener-1") and ctx != Context({"a": "b"})
     assert isinstance(ctx, Context)
+
+
+def test_new_releases_are_most_attractive_right_after_friday():
+    def logit_at(world, t):
+        p = world.attraction(np.array([3]), np.array([t]), np.array([50]))[0]
+        return np.log(p / (1 - p))
+
+    friday = 4 * 86400.0  # the world starts on Monday 2024-01-01 00:00 UTC
+    fresh = World(WorldConfig(novelty_scale=1.0, novelty_half_life_days=1.0), np.random.default_rng(0))
+    plain = World(WorldConfig(), np.random.default_rng(0))
+    new = fresh.catalogue.new_release
+    assert new.sum() == 2
+    for days_after, boost in ((0.0, 1.0), (1.0, 0.5), (2.0, 0.25), (6.999, 0.5 ** 6.999)):
+        gain = logit_at(fresh, friday + days_after * 86400.0) - logit_at(plain, friday + days_after * 86400.0)
+        assert gain[new] == pytest.approx(boost, abs=1e-9) and gain[~new] == pytest.approx(0.0, abs=1e-9)
