@@ -118,7 +118,10 @@ def field_path(loc: tuple) -> str:
 
 async def _request_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
     # no "input" in the answer: it would echo feature values back
-    detail = [{"field": field_path(tuple(e["loc"])), "rule": e["msg"], "type": e["type"]} for e in err.errors()]
+    detail = [
+        {"field": "body" if e["type"] == "json_invalid" else field_path(tuple(e["loc"])), "rule": e["msg"], "type": e["type"]}
+        for e in err.errors()
+    ]
     first = detail[0]
     return problem(422, first["field"], first["rule"], detail)
 

@@ -1,0 +1,45 @@
+"""Fuzzing the decision API from its own OpenAPI schema against a real server: schemathesis
+generates valid and invalid bodies for every POST operation; the service never answers 5xx.
+
+(schemathesis' pytest plugin does not run under this pytest, so its strategies are driven by
+hypothesis directly.)"""
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+
+from tests.service_support import ADMIN_TOKEN, running_service
+
+EXAMPLES = 120
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("fuzz") / "data"
+    with running_service(data_dir, reward_window_s=5.0, max_body_bytes=200_000, access_log=False) as server:
+        server.schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+        yield server
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
+@pytest.mark.parametrize("path", ["/v1/rank", "/v1/reward", "/v1/model/activate"])
+def test_no_input_makes_the_service_fail(live, path, mode):
+    operation = live.schema[path]["POST"]
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if path.endswith("activate") else {}
+    answers = []
+
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def check(case):
+        response = case.call(base_url=live.url, headers=headers, timeout=10)
+        answers.append(response.status_code)
+        assert response.status_code < 500, f"{response.status_code} for {case.body!r}: {response.text[:300]}"
+        if response.status_code >= 400:
+            problem = response.json()
+            assert problem["error"] and problem["detail"], response.text
+
+    check()
+    assert len(answers) >= EXAMPLES // 2
+    if mode == GenerationMode.NEGATIVE:
+        assert all(400 <= status < 500 for status in answers)
