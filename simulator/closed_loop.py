@@ -64,7 +64,9 @@ def reference_columns(world: World, requests: RequestBatch) -> dict[str, np.ndar
     }
 
 
-def session_metrics(name: str, requests: RequestBatch, expected: np.ndarray, streams: np.ndarray, reference: dict[str, np.ndarray]) -> pd.DataFrame:
+def session_metrics(
+    name: str, requests: RequestBatch, expected: np.ndarray, streams: np.ndarray, reference: dict[str, np.ndarray]
+) -> pd.DataFrame:
     """One row per session: true expected reward of the ranking shown, the oracle's and the
     editorial order's, regret (oracle - shown) and its running sum, streams, and per slot."""
     expected_reward = expected.sum(axis=1)

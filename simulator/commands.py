@@ -134,7 +134,8 @@ def simulate(sessions, policies, world, world_config, seed, learn_every, reward_
     lines = [f"true expected streams per session over the last {max(1, round(0.2 * sessions))} sessions:"]
     lines += [f"  {name:<32} {s['expected_reward_last']:.4f}  gap closed {s['gap_closed_last']:+.2f}  regret {s['regret']:.1f}"
               for name, s in summaries.items()]
-    lines += [f"  {'oracle':<32} {first['oracle_reward_last']:.4f}", f"  {'editorial order':<32} {first['editorial_reward_last']:.4f}",
+    lines += [f"  {'oracle':<32} {first['oracle_reward_last']:.4f}",
+              f"  {'editorial order':<32} {first['editorial_reward_last']:.4f}",
               f"metrics {paths['metrics']}  plot {paths['plot']}"]
     _emit(summary, as_json, lines)
 

@@ -26,6 +26,8 @@ from simulator.closed_loop import reference_columns, session_metrics, summarise
 from simulator.world import Request, RequestBatch, World
 
 REWARD_VALUE = 1.0
+REWARD_OUTCOMES = {200: "rewards_accepted", 202: "rewards_accepted", 204: "rewards_accepted",
+                   404: "rewards_unknown_event", 409: "rewards_late"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +153,7 @@ class _Drive:
         except httpx.HTTPError as err:
             self.counts[f"reward_error_{type(err).__name__}"] += 1
             return
-        outcome = {200: "rewards_accepted", 202: "rewards_accepted", 204: "rewards_accepted", 404: "rewards_unknown_event", 409: "rewards_late"}
-        self.counts[outcome.get(response.status_code, f"reward_status_{response.status_code}")] += 1
+        self.counts[REWARD_OUTCOMES.get(response.status_code, f"reward_status_{response.status_code}")] += 1
 
     async def finish_rewards(self) -> None:
         """Wait for scheduled rewards until the deadline plus one call timeout; cancel the rest."""

@@ -226,6 +226,8 @@ class World:
         self.click = ClickModel(config.click_model, (1.0 + np.arange(config.n_slots)) ** -config.position_decay)
         self.vocabulary = self._vocabulary()
         self._code_of = {(name, value): i for i, (name, value) in enumerate(self.vocabulary)}
+        names = [name for name, _ in self.vocabulary]
+        self._field_offsets = np.array([names.index(name) for name in CONTEXT_FIELDS])
         self.context_weights = self._context_weights()
         self._field_sizes = tuple(sum(1 for name, _ in self.vocabulary if name == f) for f in CONTEXT_FIELDS)
         # the logit each context id gives each shelf before the hidden listener and drift terms
@@ -242,10 +244,6 @@ class World:
         """(field, value) for every one-hot context feature, in CONTEXT_FIELDS order."""
         values = (tuple(s.name for s in self.segments), COUNTRIES, PLATFORMS, DAYPARTS, WEEKEND, TENURES)
         return tuple((name, value) for name, options in zip(CONTEXT_FIELDS, values) for value in options)
-
-    def _field_offsets(self) -> np.ndarray:
-        names = [name for name, _ in self.vocabulary]
-        return np.array([names.index(name) for name in CONTEXT_FIELDS])
 
     def _context_weights(self) -> np.ndarray:
         """W (V, C): the logit each one-hot context feature adds to each shelf (the part of the
@@ -303,7 +301,7 @@ class World:
         daypart = DAYPART_OF_HOUR[(local_h % 24.0).astype(np.int64)]
         weekend = ((np.floor(local_h / 24.0).astype(np.int64) + THURSDAY) % 7 >= 5).astype(np.int64)
         fields_ = (self.listener_segment[listener], country, platform, daypart, weekend, self.listener_tenure[listener])
-        codes = np.stack(fields_, axis=1) + self._field_offsets()
+        codes = np.stack(fields_, axis=1) + self._field_offsets
         context_id = self.context_ids(codes)
         return RequestBatch(
             n_slots=cfg.n_slots,
@@ -322,12 +320,12 @@ class World:
 
     def context_ids(self, codes: np.ndarray) -> np.ndarray:
         """One id in [0, n_contexts) per row of vocabulary codes (B, 6)."""
-        return np.ravel_multi_index(tuple((codes - self._field_offsets()).T), self._field_sizes)
+        return np.ravel_multi_index(tuple((codes - self._field_offsets).T), self._field_sizes)
 
     def context_table(self, context_weights: np.ndarray) -> np.ndarray:
         """Per-feature weights (V, C) summed for every context id: (n_contexts, C)."""
         grids = np.meshgrid(*(np.arange(n) for n in self._field_sizes), indexing="ij")
-        codes = np.stack([g.ravel() for g in grids], axis=1) + self._field_offsets()
+        codes = np.stack([g.ravel() for g in grids], axis=1) + self._field_offsets
         return context_weights[codes].sum(axis=1)
 
     def _draw_candidates(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -387,12 +385,14 @@ class World:
         try:
             return np.array([self._code_of[(name, context.features[name])] for name in CONTEXT_FIELDS])
         except KeyError as missing:
-            raise ValidationError("context.features", "needs this world's segment, country, platform, daypart, weekend and tenure", missing.args[0]) from None
+            rule = "needs this world's segment, country, platform, daypart, weekend and tenure"
+            raise ValidationError("context.features", rule, missing.args[0]) from None
 
     def attraction_of(self, context: Context) -> np.ndarray:
         """True stream probability (C,) of every shelf for a context the world drew."""
         if not isinstance(context, ListenerContext) or not 0 <= context.listener_index < self.config.n_listeners:
-            raise ValidationError("context", "the truth is known only for contexts this world drew (ListenerContext)", type(context).__name__)
+            rule = "the truth is known only for contexts this world drew (ListenerContext)"
+            raise ValidationError("context", rule, type(context).__name__)
         context_id = self.context_ids(self.codes_of(context)[None, :])
         return self.attraction(np.array([context.listener_index]), np.array([context.time_s]), context_id)[0]
 

@@ -105,7 +105,8 @@ def test_the_decision_log_is_dsjson_that_vw_s_own_reader_trains_on(tmp_path):
     requests = world.draw_requests(150, np.random.default_rng(5))
     path = tmp_path / "decisions.jsonl"
     with open(path, "w") as log:
-        result = run_closed_loop(world, VWShelfRanker(RankerConfig(explorer="squarecb")), requests, np.random.default_rng(6), log=log)
+        ranker = VWShelfRanker(RankerConfig(explorer="squarecb"))
+        result = run_closed_loop(world, ranker, requests, np.random.default_rng(6), log=log)
     lines = path.read_text().splitlines()
     events = [parse_event(line) for line in lines]
     assert [e.event_id for e in events] == [f"policy-{i}" for i in range(150)]
@@ -145,7 +146,8 @@ def test_policy_specs_carry_vw_options():
     spec = PolicySpec.parse("vw:explorer=squarecb,gamma_scale=5,interactions=listener*shelf")
     config = spec.ranker_config(3)
     assert (config.explorer, config.gamma_scale, config.interactions, config.seed) == ("squarecb", 5, ("listener*shelf",), 3)
-    assert PolicySpec.parse("vw:interactions=listener*shelf+slot*shelf").ranker_config(0).interactions == ("listener*shelf", "slot*shelf")
+    both = PolicySpec.parse("vw:interactions=listener*shelf+slot*shelf").ranker_config(0)
+    assert both.interactions == ("listener*shelf", "slot*shelf")
 
 
 def test_simulate_command_writes_metrics_log_plot_and_json(tmp_path):

@@ -51,7 +51,8 @@ def test_results_have_one_row_per_cell_with_config_columns_and_metrics(two_worke
     assert {"world", "world_click_model", "policy", "policy_kind", "ranker_explorer", "ranker_gamma_scale", "replicate",
             "sessions", "expected_reward_last", "gap_closed_last", "regret", "regret_curve"} <= set(results)
     vw = results[results["policy_kind"] == "vw"]
-    assert (vw["ranker_explorer"] == "squarecb").all() and results.loc[results["policy_kind"] == "editorial", "ranker_explorer"].isna().all()
+    assert (vw["ranker_explorer"] == "squarecb").all()
+    assert results.loc[results["policy_kind"] == "editorial", "ranker_explorer"].isna().all()
     assert set(results["world_click_model"]) == {"position", "cascade"}
     assert all(len(curve) == 50 for curve in results["regret_curve"])
     for path in two_workers["first"].paths.values():
