@@ -34,14 +34,24 @@ NEEDS = {
 
 
 @dataclass(frozen=True, slots=True)
+class ModelPredictions:
+    """A cross-fitted model on the log, for one target: its prediction for the logged shelf, and its
+    expectation under the target's distribution at the slot; both (n, K)."""
+
+    logged: np.ndarray
+    expected: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
 class EstimatorInputs:
-    """A log, a target, and (for the model-based estimators) cross-fitted reward predictions (n, K, N):
-    `rewards` q_k(x_i, candidate), `q_values` the cascade Q_k(x_i, a_i<k, candidate)."""
+    """A log, a target, and (for the model-based estimators) cross-fitted predictions: `rewards`
+    for q_k (expected under the target's marginals), `q_values` for the cascade Q_k (expected
+    under the target's distribution given the logged shelves above)."""
 
     log: SlateLog
     target: TargetProbs
-    rewards: np.ndarray | None = None
-    q_values: np.ndarray | None = None
+    rewards: ModelPredictions | None = None
+    q_values: ModelPredictions | None = None
 
     def has(self, need: str) -> bool:
         log, target = self.log, self.target
@@ -63,32 +73,27 @@ class EstimatorInputs:
         return self.target.prob / self.log.logging_prob
 
     def slate_weight(self) -> np.ndarray:
-        """w_i, (n, 1)."""
-        return self.ratio().prod(axis=1, keepdims=True)
+        """w_i = prod_k pi / prod_k mu, (n, 1) (two reductions; no (n, K) temporary)."""
+        return self.target.prob.prod(axis=1, keepdims=True) / self.log.logging_prob.prod(axis=1, keepdims=True)
 
     def prefix_weight(self) -> np.ndarray:
-        """W_ik, (n, K)."""
-        return np.cumprod(self.ratio(), axis=1)
+        """W_ik, (n, K): a running product over the slot columns (np.cumprod along slots is slower)."""
+        weights = self.ratio()
+        for k in range(1, weights.shape[1]):
+            np.multiply(weights[:, k - 1], weights[:, k], out=weights[:, k])
+        return weights
 
     def marginal_weight(self) -> np.ndarray:
         """v_ik, (n, K); 0 where a slot is not observed."""
         v = self.target.marginal / self.log.logging_marginal
         return v if self.log.complete else np.where(self.log.observed, v, 0.0)
 
-    def observed(self) -> np.ndarray:
-        """1.0 on observed slots, (n, K): the denominator of a plain mean."""
-        return self.log.observed.astype(np.float64)
-
     def reward(self) -> np.ndarray:
         return self.log.reward if self.log.complete else np.where(self.log.observed, self.log.reward, 0.0)
 
-    def logged_reward_prediction(self) -> np.ndarray:
-        """q_k(x_i, a_ik), (n, K)."""
-        return np.take_along_axis(self.rewards, self.log.action_position[:, :, None], axis=2)[:, :, 0]
-
-    def direct_method(self) -> np.ndarray:
-        """sum_a pi(a at k | x_i) q_k(x_i, a), (n, K)."""
-        return np.einsum("ikc,ikc->ik", self.target.marginal_distribution, self.rewards)
+    def mean(self, numerator: np.ndarray) -> Ratio:
+        """(1/n_k) sum_i numerator_ik over the n_k events that observe slot k."""
+        return Ratio(numerator, None if self.log.complete else self.log.observed.astype(np.float64))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +127,6 @@ class Estimator(ABC):
         """The estimate's parts and weights."""
 
 
-def _mean(numerator: np.ndarray, inputs: EstimatorInputs) -> Ratio:
-    return Ratio(numerator, inputs.observed())
-
-
 class IPS(Estimator):
     """Standard (slate) IPS: V_k = (1/n) sum_i w_i r_ik."""
 
@@ -136,7 +137,7 @@ class IPS(Estimator):
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
         w = inputs.slate_weight()
-        return Terms((_mean(w * inputs.reward(), inputs),), np.broadcast_to(w, inputs.log.reward.shape))
+        return Terms((inputs.mean(w * inputs.reward()),), w)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class ClippedIPS(Estimator):
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
         w = np.minimum(inputs.slate_weight(), self.clip)
-        return Terms((_mean(w * inputs.reward(), inputs),), np.broadcast_to(w, inputs.log.reward.shape))
+        return Terms((inputs.mean(w * inputs.reward()),), w)
 
 
 class SNIPS(Estimator):
@@ -167,8 +168,8 @@ class SNIPS(Estimator):
     needs = ("complete", "conditional")
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
-        w = np.broadcast_to(inputs.slate_weight(), inputs.log.reward.shape)
-        return Terms((Ratio(w * inputs.reward(), w),), w)
+        w = inputs.slate_weight()
+        return Terms((Ratio(w * inputs.reward(), np.broadcast_to(w, inputs.log.reward.shape)),), w)
 
 
 class IIPS(Estimator):
@@ -181,7 +182,7 @@ class IIPS(Estimator):
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
         v = inputs.marginal_weight()
-        return Terms((_mean(v * inputs.reward(), inputs),), v)
+        return Terms((inputs.mean(v * inputs.reward()),), v)
 
 
 class SNIIPS(Estimator):
@@ -207,7 +208,7 @@ class RIPS(Estimator):
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
         big_w = inputs.prefix_weight()
-        return Terms((_mean(big_w * inputs.reward(), inputs),), big_w)
+        return Terms((inputs.mean(big_w * inputs.reward()),), big_w)
 
 
 class SNRIPS(Estimator):
@@ -253,8 +254,7 @@ class PseudoInverse(Estimator):
                     "warning: the exact weight for a uniform logger needs the target's marginals over every "
                     "candidate (score a policy on an event log); the product form used here is biased for it",
                 )
-        weights = np.broadcast_to(weight, inputs.log.reward.shape)
-        return Terms((_mean(weight * inputs.reward(), inputs),), weights, notes)
+        return Terms((inputs.mean(weight * inputs.reward()),), weight, notes)
 
 
 def _uniform_pseudoinverse_weight(inputs: EstimatorInputs) -> np.ndarray:
@@ -267,6 +267,13 @@ def _uniform_pseudoinverse_weight(inputs: EstimatorInputs) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         spread = ((m - 1.0) * shown - (n_slots - 1)).sum(axis=1, keepdims=True) / (m - n_slots)
     return np.where(m > n_slots, (m - 1.0) * q + 1.0 - n_slots + spread, (m - 1.0) * q + 2.0 - m)
+
+
+def _all_close(a: np.ndarray, b: np.ndarray, head: int = 4096) -> bool:
+    """np.allclose (rtol 1e-6), looking at the first `head` events first: most logs fail there."""
+    b = np.broadcast_to(b, a.shape)
+    close = lambda x, y: np.allclose(x, y, rtol=1e-6, atol=1e-9)  # noqa: E731
+    return close(a[:head], b[:head]) and close(a[head:], b[head:])
 
 
 def logging_structure(log: SlateLog) -> tuple[str, tuple[str, ...]]:
@@ -283,11 +290,13 @@ def logging_structure(log: SlateLog) -> tuple[str, tuple[str, ...]]:
     if conditional is None:
         notes.append("unchecked: without logging_prob the log cannot show how the logger filled the slots")
         return "unknown", tuple(notes)
-    if np.allclose(conditional, marginal, rtol=1e-6, atol=1e-9):
+    if _all_close(conditional, marginal):
         notes.append("checked: logging_prob equals logging_marginal at every slot (slots filled independently): exact")
         return "independent", tuple(notes)
     m = 1.0 / marginal[:, :1]
-    if np.allclose(marginal, marginal[:, :1], rtol=1e-6) and np.allclose(conditional, 1.0 / (m - np.arange(log.n_slots)), rtol=1e-6):
+    if _all_close(marginal, np.broadcast_to(marginal[:, :1], marginal.shape)) and _all_close(
+        conditional, 1.0 / (m - np.arange(log.n_slots))
+    ):
         notes.append("checked: the logger is uniform over orderings (P = 1/(m - k), marginals 1/m)")
         return "uniform", tuple(notes)
     notes.append(
@@ -307,7 +316,7 @@ class DirectMethod(Estimator):
     uses_rewards = True
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
-        return Terms((_mean(inputs.direct_method(), inputs),), None)
+        return Terms((inputs.mean(inputs.rewards.expected),), None)
 
 
 class DoublyRobust(Estimator):
@@ -321,9 +330,8 @@ class DoublyRobust(Estimator):
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
         w = inputs.slate_weight()
-        correction = w * (inputs.reward() - inputs.logged_reward_prediction())
-        weights = np.broadcast_to(w, inputs.log.reward.shape)
-        return Terms((_mean(inputs.direct_method() + correction, inputs),), weights)
+        q = inputs.rewards
+        return Terms((inputs.mean(q.expected + w * (inputs.reward() - q.logged)),), w)
 
 
 class SNDR(Estimator):
@@ -336,9 +344,10 @@ class SNDR(Estimator):
     uses_rewards = True
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
-        w = np.broadcast_to(inputs.slate_weight(), inputs.log.reward.shape)
-        correction = Ratio(w * (inputs.reward() - inputs.logged_reward_prediction()), w)
-        return Terms((_mean(inputs.direct_method(), inputs), correction), w)
+        w = inputs.slate_weight()
+        q = inputs.rewards
+        correction = Ratio(w * (inputs.reward() - q.logged), np.broadcast_to(w, q.logged.shape))
+        return Terms((inputs.mean(q.expected), correction), w)
 
 
 @dataclass(frozen=True)
@@ -359,9 +368,8 @@ class SwitchDR(Estimator):
     def terms(self, inputs: EstimatorInputs) -> Terms:
         w = inputs.slate_weight()
         kept = np.where(w <= self.threshold, w, 0.0)
-        correction = kept * (inputs.reward() - inputs.logged_reward_prediction())
-        weights = np.broadcast_to(kept, inputs.log.reward.shape)
-        return Terms((_mean(inputs.direct_method() + correction, inputs),), weights)
+        q = inputs.rewards
+        return Terms((inputs.mean(q.expected + kept * (inputs.reward() - q.logged)),), kept)
 
 
 class CascadeDR(Estimator):
@@ -376,11 +384,11 @@ class CascadeDR(Estimator):
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
         big_w = inputs.prefix_weight()
-        above = np.ones_like(big_w)
-        above[:, 1:] = big_w[:, :-1]
-        q_logged = np.take_along_axis(inputs.q_values, inputs.log.action_position[:, :, None], axis=2)[:, :, 0]
-        baseline = np.einsum("ikc,ikc->ik", inputs.target.conditional_distribution, inputs.q_values)
-        return Terms((_mean(big_w * (inputs.reward() - q_logged) + above * baseline, inputs),), big_w)
+        q = inputs.q_values
+        terms = big_w * (inputs.reward() - q.logged)
+        terms[:, 0] += q.expected[:, 0]
+        terms[:, 1:] += big_w[:, :-1] * q.expected[:, 1:]
+        return Terms((inputs.mean(terms),), big_w)
 
 
 ESTIMATOR_CLASSES: dict[str, type[Estimator]] = {

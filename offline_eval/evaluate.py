@@ -10,7 +10,7 @@ import numpy as np
 
 from bandit.errors import ValidationError
 from offline_eval.estimators import ALIASES, ESTIMATOR_CLASSES, SHORT_NAMES, ClippedIPS, Estimator, EstimatorInputs, SwitchDR, Terms
-from offline_eval.intervals import Interval, Intervals, slot_values
+from offline_eval.intervals import Interval, Intervals, column_sums, slot_values
 from offline_eval.reward_model import RewardModel, cross_fitted
 from offline_eval.slate import SlateLog, TargetProbs, check_target, unsupported_share
 
@@ -151,24 +151,31 @@ def prepare(
         folds = rng.permutation(log.n_events) % options.reward_model.n_folds
     rewards = q_values = None
     if any(e.uses_rewards for e in estimators):
-        rewards = cross_fitted(log, options.reward_model, rng, folds=folds)
+        rewards = cross_fitted(log, options.reward_model, rng, target.marginal_distribution, folds=folds)
     if any(e.uses_q_values for e in estimators):
-        q_values = cross_fitted(log, options.reward_model, rng, conditional=target.conditional_distribution, folds=folds)
+        q_values = cross_fitted(log, options.reward_model, rng, target.conditional_distribution, cascade=True, folds=folds)
     return EstimatorInputs(log, target, rewards, q_values)
 
 
 def diagnostics(terms: Terms, log: SlateLog) -> tuple[float, tuple[float, ...], float | None, float | None]:
-    """ESS (worst slot), ESS per slot, max and mean weight over observed (event, slot) pairs."""
+    """ESS (worst slot), ESS per slot, max and mean weight over observed (event, slot) pairs.
+    Weights are (n, K), or (n, 1) when one weight applies to every slot of an event."""
     if terms.weights is None:
         per_slot = log.observed.sum(axis=0).astype(float)
         return float(per_slot.min()), tuple(per_slot.tolist()), None, None
-    weights = terms.weights if log.complete else np.where(log.observed, terms.weights, 0.0)
-    total = weights.sum(axis=0)
+    weights = terms.weights
+    if not log.complete:
+        weights = np.where(log.observed, weights, 0.0)
+    total = column_sums(weights)
     squares = np.einsum("ik,ik->k", weights, weights)
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_slot = np.where(squares > 0.0, total * total / squares, 0.0)
-    observed = weights if log.complete else weights[log.observed]
-    return float(per_slot.min()), tuple(per_slot.tolist()), float(observed.max()), float(observed.mean())
+        per_slot = np.broadcast_to(np.where(squares > 0.0, total * total / squares, 0.0), (log.n_slots,))
+    if log.complete:
+        max_weight, mean_weight = float(weights.max()), float(total.sum() / weights.size)
+    else:
+        observed = weights[log.observed]
+        max_weight, mean_weight = float(observed.max()), float(observed.mean())
+    return float(per_slot.min()), tuple(per_slot.tolist()), max_weight, mean_weight
 
 
 def summarise(

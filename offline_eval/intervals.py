@@ -23,14 +23,33 @@ MAX_BLOCKS = 4096
 
 @dataclass(frozen=True, slots=True)
 class Ratio:
-    """coefficient * sum_i numerator[i, k] / sum_i denominator[i, k], per slot k; arrays (n, K)."""
+    """coefficient * sum_i numerator[i, k] / sum_i denominator[i, k], per slot k; arrays (n, K).
+    A denominator of None stands for 1 at every event and slot (a plain mean)."""
 
     numerator: np.ndarray
-    denominator: np.ndarray
+    denominator: np.ndarray | None
     coefficient: float = 1.0
 
     def negated(self) -> Ratio:
         return Ratio(self.numerator, self.denominator, -self.coefficient)
+
+    def dense_denominator(self) -> np.ndarray:
+        return np.ones(self.numerator.shape) if self.denominator is None else self.denominator
+
+    def denominator_sums(self) -> np.ndarray:
+        if self.denominator is None:
+            return np.full(self.numerator.shape[1], float(len(self.numerator)))
+        return column_sums(self.denominator)
+
+
+def column_sums(values: np.ndarray) -> np.ndarray:
+    """(K,) sums over the rows of an (n, K) array: a broadcast column is summed once, a row-major
+    array by one BLAS product (its sum(axis=0) is a slow strided reduction)."""
+    if values.strides[1] == 0:
+        return np.full(values.shape[1], values[:, 0].sum())
+    if values.flags.f_contiguous:
+        return values.sum(axis=0)
+    return np.ones(len(values)) @ values
 
 
 Parts = tuple[Ratio, ...]
@@ -52,9 +71,9 @@ def slot_values(parts: Parts) -> np.ndarray:
     """(K,) value of each slot: sum_j c_j sum_i a_jik / sum_i b_jik (NaN where a denominator sums to 0)."""
     total = 0.0
     for part in parts:
-        den = part.denominator.sum(axis=0)
+        den = part.denominator_sums()
         with np.errstate(invalid="ignore", divide="ignore"):
-            total = total + part.coefficient * np.where(den != 0.0, part.numerator.sum(axis=0) / den, np.nan)
+            total = total + part.coefficient * np.where(den != 0.0, column_sums(part.numerator) / den, np.nan)
     return total
 
 
@@ -62,10 +81,11 @@ def influence(parts: Parts) -> np.ndarray:
     """(n, K) linearised contribution of each event: sum_j c_j (a_jik - v_jk b_jik) / mean_i b_jik."""
     psi = 0.0
     for part in parts:
-        mean_den = part.denominator.mean(axis=0)
+        n = len(part.numerator)
+        mean_den = part.denominator_sums() / n
         with np.errstate(invalid="ignore", divide="ignore"):
-            value = part.numerator.mean(axis=0) / mean_den
-            psi = psi + part.coefficient * (part.numerator - value * part.denominator) / mean_den
+            value = column_sums(part.numerator) / n / mean_den
+            psi = psi + part.coefficient * (part.numerator - value * part.dense_denominator()) / mean_den
     return psi
 
 
@@ -133,8 +153,9 @@ class Intervals:
         return np.sqrt(2.0 * variance * log_term / n) + 7.0 * spread * log_term / (3.0 * (n - 1))
 
     def _resampling(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """Multinomial counts (B, G) over G blocks of events; events fall into blocks at random when
-        there are more than `max_blocks` of them (a block's sum is then resampled as one unit)."""
+        """Multinomial counts (B, G) over G blocks of events, and each event's block (None: one event
+        per block). With more than `max_blocks` events they fall into blocks at random, and a
+        block's sum is resampled as one unit."""
         if self._counts is None:
             n_blocks = min(self.n_events, self._max_blocks)
             if n_blocks < self.n_events:
@@ -145,10 +166,12 @@ class Intervals:
 
     def _bootstrap(self, parts: Parts) -> tuple[np.ndarray, np.ndarray, float, float]:
         counts, block_of = self._resampling()
-        columns = np.concatenate([a for part in parts for a in (part.numerator, part.denominator)], axis=1)
-        if block_of is not None:
+        arrays = [a for part in parts for a in (part.numerator, part.dense_denominator())]
+        if block_of is None:
+            columns = np.concatenate(arrays, axis=1)
+        else:  # per-column sums by block (each slot's column is contiguous)
             columns = np.stack(
-                [np.bincount(block_of, weights=columns[:, m], minlength=counts.shape[1]) for m in range(columns.shape[1])],
+                [np.bincount(block_of, weights=a[:, k], minlength=counts.shape[1]) for a in arrays for k in range(a.shape[1])],
                 axis=1,
             )
         sums = counts @ columns

@@ -79,12 +79,20 @@ def read_dsjson(path: str | Path, *, progress: bool = False) -> list[LoggedEvent
 
 
 def _codes(values) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes in order of first appearance, and the distinct values."""
+    """Integer codes 0..m-1 and the m distinct values (first-appearance order, or the order of an
+    Arrow dictionary's used entries)."""
     if isinstance(values, pa.ChunkedArray | pa.Array):
-        encoded = pc.dictionary_encode(values)
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.unify_dictionaries().combine_chunks()
-        return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_numpy(zero_copy_only=False)
+        if isinstance(values, pa.ChunkedArray):  # one dictionary for all chunks (unifying many is slow)
+            values = values.unify_dictionaries().combine_chunks() if pa.types.is_dictionary(values.type) else values.combine_chunks()
+        if not pa.types.is_dictionary(values.type):
+            values = pc.dictionary_encode(values)
+        if values.null_count:
+            raise ValidationError("event_id/action", "must not be missing", values.null_count)
+        indices = values.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        used = np.zeros(len(values.dictionary), dtype=bool)
+        used[indices] = True
+        compact = np.cumsum(used) - 1
+        return compact[indices], values.dictionary.to_numpy(zero_copy_only=False)[used]
     codes, uniques = pd.factorize(np.asarray(values), use_na_sentinel=True)
     if (codes < 0).any():
         raise ValidationError("event_id/action", "must not be missing", int((codes < 0).sum()))
@@ -120,7 +128,8 @@ def table_log(columns: Mapping[str, object]) -> LoadedLog:
     if (counts != n_slots).any():
         short = event_ids[np.flatnonzero(counts != n_slots)[:3]].tolist()
         raise ValidationError("slot", f"every event must fill the same slots 0..K-1 (K = {n_slots} here)", short)
-    in_order = bool((np.diff(event_codes) >= 0).all() and (np.diff(slot)[np.diff(event_codes) == 0] > 0).all())
+    event_steps = np.diff(event_codes)
+    in_order = bool((event_steps >= 0).all() and (np.diff(slot)[event_steps == 0] > 0).all())
     order = None if in_order else np.lexsort((slot, event_codes))
     expected = np.tile(np.arange(n_slots), n_events)
     arranged = slot if order is None else slot[order]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bandit.errors import ValidationError
+from offline_eval.estimators import ModelPredictions
 from offline_eval.slate import SlateLog
 
 
@@ -74,16 +75,18 @@ def cross_fitted(
     log: SlateLog,
     model: RewardModel,
     rng: np.random.Generator,
+    distribution: np.ndarray,
     *,
-    conditional: np.ndarray | None = None,
+    cascade: bool = False,
     folds: np.ndarray | None = None,
-) -> np.ndarray:
-    """(n, K, N) cross-fitted predictions for every slot and candidate.
+) -> ModelPredictions:
+    """Cross-fitted predictions at the logged shelves and in expectation under `distribution`
+    (n, K, N), a target's distribution over each event's candidates at each slot.
 
-    Without `conditional`: the immediate reward, q_k(x, a) ~ E[r_k | x, a at k].
-    With the target's `conditional` (n, K, N) = P(a at k | x, logged shelves above): the cascade
-    Q-function fitted backwards (Kiyohara et al. 2022), Q_k(x, a) ~ E[r_k + V_{k+1} | x, a at k] with
-    V_{k+1} = sum_a pi(a at k+1 | x, logged shelves above) Q_{k+1}(x, a) along the logged prefix.
+    Immediate reward (cascade False): q_k(x, a) ~ E[r_k | x, a at k].
+    Cascade (Kiyohara et al. 2022), with `distribution` the target's P(a at k | x, logged shelves
+    above): Q_k(x, a) ~ E[r_k + V_{k+1} | x, a at k], fitted from the last slot up, where
+    V_{k+1} = sum_a P(a at k+1 | x, logged shelves above) Q_{k+1}(x, a) along the logged prefix.
     `folds` (n,) fixes each event's fold (else drawn from `rng`).
     """
     if log.candidates is None:
@@ -92,18 +95,23 @@ def cross_fitted(
     if folds is None:
         folds = rng.permutation(n) % model.n_folds
     n_values = tuple(int(log.context[:, f].max(initial=-1)) + 1 for f in range(log.context.shape[1]))
-    predictions = np.zeros((n, n_slots, log.candidates.shape[1]))
+    logged = np.zeros((n, n_slots), order="F")
+    expected = np.zeros((n, n_slots), order="F")
     for fold in np.unique(folds):
-        train = folds != fold
-        test = ~train
+        held_out = folds == fold
+        train = ~held_out
+        scored = np.ones(n, dtype=bool) if cascade else held_out  # the cascade needs V_{k+1} on train events too
         future = np.zeros(n)
         for k in reversed(range(n_slots)):
             rows = train & log.observed[:, k]
             fit = fit_slot(
                 model, log.action[rows, k], log.context[rows], log.reward[rows, k] + future[rows], log.n_actions, n_values
             )
-            slot_predictions = fit.predict(log.candidates, log.context)
-            predictions[test, k] = slot_predictions[test]
-            if conditional is not None:
-                future = np.einsum("ic,ic->i", conditional[:, k], slot_predictions)
-    return predictions
+            predictions = fit.predict(log.candidates[scored], log.context[scored])
+            slot_expected = np.einsum("ic,ic->i", distribution[scored, k], predictions)
+            slot_logged = predictions[np.arange(len(predictions)), log.action_position[scored, k]]
+            logged[held_out, k] = slot_logged[held_out[scored]]
+            expected[held_out, k] = slot_expected[held_out[scored]]
+            if cascade:
+                future = slot_expected
+    return ModelPredictions(logged, expected)

@@ -43,6 +43,15 @@ def _check_distribution(name: str, values: np.ndarray, candidates: np.ndarray, o
         raise ValidationError(name, "must sum to 1 over the event's candidates at every slot", totals[off][:3].tolist())
 
 
+def _slot_columns_contiguous(obj: object, names: tuple[str, ...]) -> None:
+    """Store (n, K) arrays column-major: each slot's column is contiguous, so per-slot sums and
+    products over slots run as contiguous vector operations (several times faster for few slots)."""
+    for name in names:
+        values = getattr(obj, name)
+        if values is not None:
+            object.__setattr__(obj, name, np.asfortranarray(values))
+
+
 @dataclass(frozen=True, slots=True)
 class SlateLog:
     """What the logging policy did, per event and slot.
@@ -70,6 +79,7 @@ class SlateLog:
     complete: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        _slot_columns_contiguous(self, ("action", "reward", "logging_prob", "logging_marginal", "observed", "action_position"))
         if self.reward.ndim != 2 or self.reward.shape[0] == 0 or self.reward.shape[1] == 0:
             raise ValidationError("reward", "a log needs at least one event with at least one slot", self.reward.shape)
         n, k = self.reward.shape
@@ -142,6 +152,7 @@ class TargetProbs:
     name: str = "target"
 
     def __post_init__(self) -> None:
+        _slot_columns_contiguous(self, ("prob", "marginal"))
         for name in ("prob", "marginal", "conditional_distribution", "marginal_distribution"):
             values = getattr(self, name)
             if values is not None:

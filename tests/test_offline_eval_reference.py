@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from offline_eval.estimators import SHORT_NAMES, EstimatorInputs
+from offline_eval.estimators import SHORT_NAMES, EstimatorInputs, ModelPredictions
 from offline_eval.evaluate import EstimatorOptions, make_estimator
 from offline_eval.intervals import Intervals, slot_values
 from offline_eval.reward_model import RewardModel, cross_fitted
@@ -24,8 +24,8 @@ TARGET_MARGINAL = np.array([[0.8, 0.4], [0.1, 0.5], [0.1, 0.1], [0.8, 0.5]])
 # the target's distribution at slot 1 given the logged shelf above (slot 0: A 0.8, B 0.1, C 0.1)
 TARGET_SLOT1 = np.array([[0.0, 0.25, 0.75], [0.5, 0.0, 0.5], [0.2, 0.8, 0.0], [0.0, 0.5, 0.5]])
 TARGET_MARGINAL_SLOTS = np.array([[0.8, 0.1, 0.1], [0.1, 0.4, 0.5]])
-REWARD_MODEL = np.array([[0.6, 0.2, 0.4], [0.3, 0.1, 0.5]])  # q_k(A), q_k(B), q_k(C)
-Q_FUNCTION = np.array([[0.9, 0.3, 0.6], [0.3, 0.1, 0.5]])  # Q_k(A), Q_k(B), Q_k(C)
+# reward model q_k(A), q_k(B), q_k(C): slot 0 (0.6, 0.2, 0.4), slot 1 (0.3, 0.1, 0.5)
+# cascade Q-function Q_k(A), Q_k(B), Q_k(C): slot 0 (0.9, 0.3, 0.6), slot 1 (0.3, 0.1, 0.5)
 
 
 def tiny_log() -> SlateLog:
@@ -51,12 +51,18 @@ def tiny_inputs() -> EstimatorInputs:
         conditional_distribution=conditional,
         marginal_distribution=np.broadcast_to(TARGET_MARGINAL_SLOTS, (4, 2, 3)).copy(),
     )
-    return EstimatorInputs(
-        tiny_log(),
-        target,
-        rewards=np.broadcast_to(REWARD_MODEL, (4, 2, 3)).copy(),
-        q_values=np.broadcast_to(Q_FUNCTION, (4, 2, 3)).copy(),
+    # the models at the logged shelves, and in expectation under the target's distributions:
+    # q: sum_a pi(a at k) q_k(a) = slot 0: 0.8*0.6 + 0.1*0.2 + 0.1*0.4 = 0.54; slot 1: 0.1*0.3 + 0.4*0.1 + 0.5*0.5 = 0.32
+    # Q: slot 0: 0.8*0.9 + 0.1*0.3 + 0.1*0.6 = 0.81; slot 1, given the shelf above:
+    #    e0 0.25*0.1 + 0.75*0.5 = 0.4, e1 0.5*0.3 + 0.5*0.5 = 0.4, e2 0.2*0.3 + 0.8*0.1 = 0.14, e3 0.5*0.1 + 0.5*0.5 = 0.3
+    rewards = ModelPredictions(
+        logged=np.array([[0.6, 0.1], [0.2, 0.5], [0.4, 0.3], [0.6, 0.5]]), expected=np.tile([0.54, 0.32], (4, 1))
     )
+    q_values = ModelPredictions(
+        logged=np.array([[0.9, 0.1], [0.3, 0.5], [0.6, 0.3], [0.9, 0.5]]),
+        expected=np.array([[0.81, 0.4], [0.81, 0.4], [0.81, 0.14], [0.81, 0.3]]),
+    )
+    return EstimatorInputs(tiny_log(), target, rewards, q_values)
 
 
 # Conditional ratios rho = target/logging: e0 (1.6, 0.5), e1 (0.4, 1.0), e2 (0.4, 0.25), e3 (1.6, 1.25)
@@ -190,25 +196,45 @@ def test_unsupported_share_by_hand():
     assert unsupported_share(log, target) == 0.5
 
 
-def test_cross_fitted_reward_model_by_hand():
-    # One slot, no context, two folds fixed as (0, 0, 1, 1), ridge 1e-9, one sweep:
-    # each fold is scored by the shelf means of the other fold.
-    # fold 1 (e2, e3) trains on e0: A reward 1, e1: B reward 0 -> mean 0.5, alpha A +0.5, B -0.5, C 0
-    # fold 0 (e0, e1) trains on e2: C reward 1, e3: A reward 0 -> mean 0.5, alpha C +0.5, A -0.5, B 0
-    log = SlateLog(
+def two_slot_log() -> SlateLog:
+    # e0 (A, B) rewards (1, 1); e1 (B, A) (0, 0); e2 (C, A) (1, 0); e3 (A, C) (0, 0)
+    action = np.array([[0, 1], [1, 0], [2, 0], [0, 2]])
+    return SlateLog(
         event_ids=np.array(["e0", "e1", "e2", "e3"], dtype=object),
-        action=np.array([[0], [1], [2], [0]]),
+        action=action,
         action_ids=np.array(["A", "B", "C"], dtype=object),
-        reward=np.array([[1.0], [0.0], [1.0], [0.0]]),
-        logging_prob=np.full((4, 1), 0.5),
+        reward=np.array([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]),
+        logging_prob=np.full((4, 2), 0.5),
         logging_marginal=None,
-        observed=np.ones((4, 1), dtype=bool),
+        observed=np.ones((4, 2), dtype=bool),
         context=np.zeros((4, 0), dtype=np.int64),
         candidates=np.tile([0, 1, 2], (4, 1)),
-        action_position=np.array([[0], [1], [2], [0]]),
+        action_position=action,
     )
-    model = RewardModel(ridge=1e-9, n_iterations=1, n_folds=2)
-    predictions = cross_fitted(log, model, np.random.default_rng(0), folds=np.array([0, 0, 1, 1]))
-    fold0 = [0.0, 0.5, 1.0]  # A, B, C from e2, e3
-    fold1 = [1.0, 0.0, 0.5]  # A, B, C from e0, e1
-    np.testing.assert_allclose(predictions[:, 0], [fold0, fold0, fold1, fold1], atol=1e-6)
+
+
+# the target's distribution at each slot, the same for every event: slot 0 (0.6, 0.2, 0.2), slot 1 (0.2, 0.3, 0.5)
+DISTRIBUTION = np.tile([[0.6, 0.2, 0.2], [0.2, 0.3, 0.5]], (4, 1, 1))
+# folds (0, 0, 1, 1), ridge ~0, one backfitting sweep: each fold is scored by shelf means over the other fold
+MODEL, FOLDS = RewardModel(ridge=1e-9, n_iterations=1, n_folds=2), np.array([0, 0, 1, 1])
+
+
+def test_cross_fitted_reward_model_by_hand():
+    # fold 1 (e2, e3) from e0, e1: slot 0 A 1, B 0 -> q_0 = (1, 0, 0.5); slot 1 B 1, A 0 -> q_1 = (0, 1, 0.5)
+    # fold 0 (e0, e1) from e2, e3: slot 0 C 1, A 0 -> q_0 = (0, 0.5, 1); slot 1 A 0, C 0 -> q_1 = (0, 0, 0)
+    # expected under the distribution: fold 0 slot 0 0.6*0 + 0.2*0.5 + 0.2*1 = 0.3, slot 1 0;
+    # fold 1 slot 0 0.6*1 + 0.2*0 + 0.2*0.5 = 0.7, slot 1 0.2*0 + 0.3*1 + 0.5*0.5 = 0.55
+    predictions = cross_fitted(two_slot_log(), MODEL, np.random.default_rng(0), DISTRIBUTION, folds=FOLDS)
+    np.testing.assert_allclose(predictions.logged, [[0.0, 0.0], [0.5, 0.0], [0.5, 0.0], [1.0, 0.5]], atol=1e-6)
+    np.testing.assert_allclose(predictions.expected, [[0.3, 0.0], [0.3, 0.0], [0.7, 0.55], [0.7, 0.55]], atol=1e-6)
+
+
+def test_cascade_q_function_by_hand():
+    # fold 1 (e2, e3) from e0, e1: Q_1 = (A 0, B 1, C 0.5) as above, so V_1 = 0.2*0 + 0.3*1 + 0.5*0.5 = 0.55
+    #   on every event; slot 0 targets r_0 + V_1: e0 (A) 1.55, e1 (B) 0.55 -> Q_0 = (1.55, 0.55, 1.05)
+    #   expected slot 0: 0.6*1.55 + 0.2*0.55 + 0.2*1.05 = 1.25
+    # fold 0 (e0, e1) from e2, e3: Q_1 = 0 everywhere, V_1 = 0; slot 0 targets e2 (C) 1, e3 (A) 0
+    #   -> Q_0 = (0, 0.5, 1), expected slot 0: 0.2*0.5 + 0.2*1 = 0.3
+    predictions = cross_fitted(two_slot_log(), MODEL, np.random.default_rng(0), DISTRIBUTION, cascade=True, folds=FOLDS)
+    np.testing.assert_allclose(predictions.logged, [[0.0, 0.0], [0.5, 0.0], [1.05, 0.0], [1.55, 0.5]], atol=1e-6)
+    np.testing.assert_allclose(predictions.expected, [[0.3, 0.0], [0.3, 0.0], [1.25, 0.55], [1.25, 0.55]], atol=1e-6)
