@@ -1,0 +1,173 @@
+"""Operations: the alert rules and the Grafana dashboard parse as PromQL and only use metrics
+and labels the service exports; `shelfbandit doctor`, `join` and `serve --help` on real data."""
+
+import json
+import re
+from pathlib import Path
+
+import promql_parser
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from service.joiner import JoinConfig, Joiner
+from service.metrics import ServiceMetrics
+from service.model_store import ModelStore
+from service.paths import DataPaths
+from shelfbandit.cli import cli
+from tests.service_support import logged_decisions, reward, write_segment
+from tests.test_service_model_store import trained_ranker
+
+OPS = Path(__file__).resolve().parents[1] / "service" / "ops"
+BUILTIN = {"up": {"job", "instance"}}  # series Prometheus makes itself
+# what the on-call engineer needs beyond request counts (issue: operations)
+ON_CALL = (
+    "shelfbandit_join_lag_seconds",
+    "shelfbandit_default_reward_slots_total",
+    "shelfbandit_explored_decisions_total",
+    "shelfbandit_min_logged_probability",
+    "shelfbandit_model_created_timestamp_seconds",
+)
+
+
+def exported_series() -> dict[str, set[str]]:
+    """series name -> label names, from the service's own registry (prometheus_client keeps the
+    names of every series a collector exports, and a metric's label names, only privately)."""
+    collectors = ServiceMetrics().registry._names_to_collectors  # noqa: SLF001
+    series = {name: set(c._labelnames) | ({"le"} if name.endswith("_bucket") else set()) for name, c in collectors.items()}  # noqa: SLF001
+    return series | BUILTIN
+
+
+def selectors(expr: str) -> list[tuple[str, set[str]]]:
+    """(metric name, label names matched) of every vector selector in a PromQL expression."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append((node.name, {m.name for m in node.matchers.matchers}))
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def check_expr(expr: str, series: dict[str, set[str]]) -> list[str]:
+    for name, labels in selectors(expr):
+        assert name in series, f"{name} is not exported by the service"
+        assert labels <= series[name], f"{name} has no label(s) {labels - series[name]}"
+    return [name for name, _ in selectors(expr)]
+
+
+def test_alert_rules_are_valid_promql_over_exported_metrics():
+    rules = yaml.safe_load((OPS / "alerts.yml").read_text())
+    series = exported_series()
+    used = set()
+    names = set()
+    for group in rules["groups"]:
+        assert group["name"] and group["rules"]
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+            assert rule["alert"] not in names
+            names.add(rule["alert"])
+            assert re.fullmatch(r"\d+[smhd]", rule["for"]), rule["for"]
+            assert rule["labels"]["severity"] in {"page", "ticket"}
+            assert rule["annotations"]["summary"] and rule["annotations"]["runbook"]
+            used.update(check_expr(rule["expr"], series))
+    assert set(ON_CALL) <= used
+
+
+def test_the_dashboard_is_grafana_json_over_exported_metrics():
+    dashboard = json.loads((OPS / "dashboard.json").read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 30
+    series = exported_series()
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    used = set()
+    for panel in dashboard["panels"]:
+        assert panel["title"] and panel["targets"] and {"x", "y", "w", "h"} <= set(panel["gridPos"])
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$__rate_interval", "5m")  # Grafana's variable
+            used.update(check_expr(expr, series))
+    assert set(ON_CALL) <= used
+    assert "shelfbandit_request_duration_seconds_bucket" in used and "shelfbandit_requests_total" in used
+
+
+def test_a_broken_expression_is_caught():
+    with pytest.raises(ValueError):
+        promql_parser.parse("sum(rate(shelfbandit_decisions_total[5m])")
+    with pytest.raises(AssertionError, match="not exported"):
+        check_expr("rate(shelfbandit_decisionz_total[5m])", exported_series())
+    with pytest.raises(AssertionError, match="no label"):
+        check_expr('rate(shelfbandit_decisions_total{arm="a"}[5m])', exported_series())
+
+
+def run_cli(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def healthy_data_dir(root: Path) -> DataPaths:
+    paths = DataPaths(root)
+    ModelStore(paths.models).publish(trained_ranker(1), activate=True)
+    ids, lines, _, _ = logged_decisions(6, 1_700_000_000.0, 1.0)
+    write_segment(paths.decisions, "decisions", lines, 1)
+    write_segment(paths.rewards, "rewards", [reward(ids[0], 0, 1.0, 1_700_000_001.0, 1_700_000_000.0)], 2)
+    return paths
+
+
+def test_doctor_finds_a_healthy_directory_healthy_and_names_each_problem(tmp_path):
+    paths = healthy_data_dir(tmp_path)
+    backlog = run_cli("doctor", "--data-dir", str(tmp_path), "--json")
+    verdict = json.loads(backlog.output.splitlines()[-1])
+    assert backlog.exit_code == 1 and not verdict["healthy"]
+    assert [f["message"] for f in verdict["findings"] if f["status"] == "problem"] == [
+        "6 decision(s) are past their reward window but not joined (the oldest has waited "
+        + re.search(r"waited (\d+) s", backlog.output).group(1)
+        + " s); is a joiner running (the service's, or `shelfbandit join`)?"
+    ]
+    joined = run_cli("join", "--data-dir", str(tmp_path), "--once", "--json")
+    assert json.loads(joined.output.splitlines()[-1])["events"] == 6
+    healthy = run_cli("doctor", "--data-dir", str(tmp_path))
+    assert healthy.exit_code == 0, healthy.output
+    assert "6 decisions joined in 1 part(s)" in healthy.output
+
+    # now break it in every way the doctor checks
+    segment = next(paths.decisions.glob("*.jsonl"))
+    record = json.loads(segment.read_bytes().splitlines()[0])
+    record["EventId"], record["_outcomes"][0]["_p"][0] = "bad-prob", 1.5
+    with open(segment, "ab") as handle:
+        handle.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        handle.write(b"this is not json\n")
+        handle.write(b'{"EventId":"torn","Time')
+    store = ModelStore(paths.models)
+    version = store.active().version
+    store.path_of(version).write_bytes(b"garbage")
+    broken = run_cli("doctor", "--data-dir", str(tmp_path))
+    assert broken.exit_code == 1
+    text = broken.output
+    assert "ends in a torn line of 23 bytes" in text
+    assert "1 line(s) are not readable decisions records" in text
+    assert "1 decision(s) log a probability outside (0, 1]" in text and "slot 0 has probability 1.5" in text
+    assert f"the active version cannot serve: version: {version} is refused" in text
+    assert "Traceback" not in text
+
+
+def test_doctor_on_a_missing_directory_says_so(tmp_path):
+    result = run_cli("doctor", "--data-dir", str(tmp_path / "nowhere"))
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_every_service_command_has_help():
+    for command in ("serve", "join", "doctor"):
+        result = run_cli(command, "--help")
+        assert result.exit_code == 0 and "--data-dir" in result.output
+    assert "--json" in run_cli("doctor", "--help").output and "--json" in run_cli("join", "--help").output
+
+
+def test_join_refuses_to_run_beside_another_joiner(tmp_path):
+    healthy_data_dir(tmp_path)
+    holder = Joiner(tmp_path, JoinConfig(600.0))
+    assert holder.acquire()
+    try:
+        result = CliRunner().invoke(cli, ["join", "--data-dir", str(tmp_path), "--once"])
+        assert result.exit_code != 0 and "another joiner is running" in str(result.exception)
+    finally:
+        holder.release()
