@@ -104,70 +104,25 @@ class SlatePolicy:
     def context_free(self) -> bool:
         return len(self.scores) == 1
 
-    def scores_for(self, batch: RequestBatch) -> np.ndarray:
-        """Scores (B, C), non-candidates at -inf."""
-        scores = self.scores[0] if self.context_free else np.take(self.scores, batch.context_id, axis=0)
-        return np.where(batch.candidate_mask, scores, -np.inf)
+    def scored(self, batch: RequestBatch) -> ScoredRequests:
+        """This policy on a batch of requests, its scores (and greedy rankings) computed once."""
+        if self.rule == "uniform":
+            return ScoredRequests(self, batch, None, None)
+        table = self.scores[0] if self.context_free else np.take(self.scores, batch.context_id, axis=0)
+        scores = np.where(batch.candidate_mask, table, -np.inf)
+        return ScoredRequests(self, batch, scores, _top_k(scores, batch.n_slots) if self.rule == "epsilon" else None)
 
     def sample(self, batch: RequestBatch, rng: np.random.Generator) -> np.ndarray:
         """Rankings (B, K) as catalogue indices."""
-        if self.rule == "uniform":
-            return _top_k(_uniform_keys(batch, rng), batch.n_slots)
-        scores = self.scores_for(batch)
-        if self.rule == "softmax":
-            return _top_k(scores / self.temperature + rng.gumbel(size=scores.shape), batch.n_slots)
-        greedy = _top_k(scores, batch.n_slots)
-        explore = rng.random(len(batch)) < self.epsilon
-        if explore.any():
-            greedy[explore] = _top_k(_uniform_keys(batch[explore], rng), batch.n_slots)
-        return greedy
+        return self.scored(batch).sample(rng)
 
     def conditional_probs(self, batch: RequestBatch, rankings: np.ndarray) -> np.ndarray:
         """P(r_k at slot k | r_<k above) (B, K) for rankings (B, K)."""
-        n = batch.n_candidates[:, None].astype(np.float64)
-        slots = np.arange(rankings.shape[1])
-        if self.rule == "uniform":
-            return np.broadcast_to(1.0 / (n - slots), rankings.shape).copy()
-        if self.rule == "softmax":
-            w = self._plackett_luce_weights(batch)
-            chosen = np.take_along_axis(w, rankings, axis=1)
-            return chosen / _remaining(w.sum(axis=1), chosen)
-        scores = self.scores_for(batch)
-        uniform_prefix = np.cumprod(1.0 / (n - slots), axis=1)
-        matches = np.logical_and.accumulate(rankings == _top_k(scores, rankings.shape[1]), axis=1)
-        prefix = (1.0 - self.epsilon) * matches + self.epsilon * uniform_prefix
-        above = np.concatenate((np.ones((len(prefix), 1)), prefix[:, :-1]), axis=1)
-        if self.epsilon > 0.0:
-            return prefix / above
-        # a deterministic policy still ranks the shelves left below a prefix it would not show
-        return np.where(above > 0.0, prefix / np.where(above > 0.0, above, 1.0), _best_remaining(scores, rankings))
+        return self.scored(batch).conditional_probs(rankings)
 
     def marginal_probs(self, batch: RequestBatch, rankings: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """P(r_k at slot k) (B, K), exact for uniform and epsilon, Rao-Blackwellised Monte Carlo
-        over `marginal_draws` sampled prefixes for softmax (slot 0 exact)."""
-        n = batch.n_candidates[:, None].astype(np.float64)
-        if self.rule == "uniform":
-            return np.broadcast_to(1.0 / n, rankings.shape).copy()
-        if self.rule == "epsilon":
-            greedy = _top_k(self.scores_for(batch), rankings.shape[1])
-            return (1.0 - self.epsilon) * (rankings == greedy) + self.epsilon / n
-        w = self._plackett_luce_weights(batch)
-        total = w.sum(axis=1)
-        chosen = np.take_along_axis(w, rankings, axis=1)
-        n_slots = rankings.shape[1]
-        below = np.tri(n_slots, k=-1, dtype=bool)  # below[k, j]: slot j lies above slot k
-        estimate = np.zeros(rankings.shape)
-        for _ in range(self.marginal_draws):
-            drawn = self.sample(batch, rng)
-            taken = ((rankings[:, :, None] == drawn[:, None, :]) & below).any(axis=2)
-            estimate += np.where(taken, 0.0, chosen / _remaining(total, np.take_along_axis(w, drawn, axis=1)))
-        estimate /= self.marginal_draws
-        estimate[:, 0] = chosen[:, 0] / total
-        return estimate
-
-    def _plackett_luce_weights(self, batch: RequestBatch) -> np.ndarray:
-        scores = self.scores_for(batch) / self.temperature
-        return np.exp(scores - scores.max(axis=1, keepdims=True))
+        """P(r_k at slot k) (B, K): exact for uniform and epsilon, Monte Carlo for softmax."""
+        return self.scored(batch).marginal_probs(rankings, rng)
 
     def value(self, world: World, batch: RequestBatch, rng: np.random.Generator, *, draws: int = 64) -> PolicyValue:
         """True value on these requests: exact for a deterministic policy, else the mean over
@@ -189,6 +144,76 @@ class SlatePolicy:
         )
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class ScoredRequests:
+    """A SlatePolicy on one batch: `scores` (B, C) with non-candidates at -inf (None for
+    uniform) and, for epsilon, the `greedy` rankings (B, K)."""
+
+    policy: SlatePolicy
+    batch: RequestBatch
+    scores: np.ndarray | None
+    greedy: np.ndarray | None
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """Rankings (B, K) as catalogue indices."""
+        batch, policy = self.batch, self.policy
+        if policy.rule == "uniform":
+            return _top_k(_uniform_keys(batch, rng), batch.n_slots)
+        if policy.rule == "softmax":
+            return _top_k(self.scores / policy.temperature + rng.gumbel(size=self.scores.shape), batch.n_slots)
+        rankings = self.greedy.copy()
+        explore = rng.random(len(batch)) < policy.epsilon
+        if explore.any():
+            rankings[explore] = _top_k(_uniform_keys(batch[explore], rng), batch.n_slots)
+        return rankings
+
+    def conditional_probs(self, rankings: np.ndarray) -> np.ndarray:
+        """P(r_k at slot k | r_<k above) (B, K) for rankings (B, K)."""
+        n = self.batch.n_candidates[:, None].astype(np.float64)
+        slots = np.arange(rankings.shape[1])
+        if self.policy.rule == "uniform":
+            return np.broadcast_to(1.0 / (n - slots), rankings.shape).copy()
+        if self.policy.rule == "softmax":
+            w = self._plackett_luce_weights()
+            chosen = np.take_along_axis(w, rankings, axis=1)
+            return chosen / _remaining(w.sum(axis=1), chosen)
+        epsilon = self.policy.epsilon
+        uniform_prefix = np.cumprod(1.0 / (n - slots), axis=1)
+        matches = np.logical_and.accumulate(rankings == self.greedy[:, : rankings.shape[1]], axis=1)
+        prefix = (1.0 - epsilon) * matches + epsilon * uniform_prefix
+        above = np.concatenate((np.ones((len(prefix), 1)), prefix[:, :-1]), axis=1)
+        if epsilon > 0.0:
+            return prefix / above
+        # a deterministic policy still ranks the shelves left below a prefix it would not show
+        return np.where(above > 0.0, prefix / np.where(above > 0.0, above, 1.0), _best_remaining(self.scores, rankings))
+
+    def marginal_probs(self, rankings: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """P(r_k at slot k) (B, K), exact for uniform and epsilon, Rao-Blackwellised Monte Carlo
+        over `marginal_draws` sampled prefixes for softmax (slot 0 exact)."""
+        n = self.batch.n_candidates[:, None].astype(np.float64)
+        if self.policy.rule == "uniform":
+            return np.broadcast_to(1.0 / n, rankings.shape).copy()
+        if self.policy.rule == "epsilon":
+            greedy = self.greedy[:, : rankings.shape[1]]
+            return (1.0 - self.policy.epsilon) * (rankings == greedy) + self.policy.epsilon / n
+        w = self._plackett_luce_weights()
+        total = w.sum(axis=1)
+        chosen = np.take_along_axis(w, rankings, axis=1)
+        below = np.tri(rankings.shape[1], k=-1, dtype=bool)  # below[k, j]: slot j lies above slot k
+        estimate = np.zeros(rankings.shape)
+        for _ in range(self.policy.marginal_draws):
+            drawn = self.sample(rng)
+            taken = ((rankings[:, :, None] == drawn[:, None, :]) & below).any(axis=2)
+            estimate += np.where(taken, 0.0, chosen / _remaining(total, np.take_along_axis(w, drawn, axis=1)))
+        estimate /= self.policy.marginal_draws
+        estimate[:, 0] = chosen[:, 0] / total
+        return estimate
+
+    def _plackett_luce_weights(self) -> np.ndarray:
+        scores = self.scores / self.policy.temperature
+        return np.exp(scores - scores.max(axis=1, keepdims=True))
+
+
 def _options(text: str, spec: str) -> dict[str, float]:
     values: dict[str, float] = {}
     for item in filter(None, text.split(",")):
@@ -207,8 +232,8 @@ def _uniform_keys(batch: RequestBatch, rng: np.random.Generator) -> np.ndarray:
 
 
 def _top_k(keys: np.ndarray, k: int) -> np.ndarray:
-    """Column indices (B, k) of the k largest keys per row, largest first (ties: lower index)."""
-    return np.argsort(-keys, axis=1, kind="stable")[:, :k]
+    """Column indices (B, k) of the k largest keys per row, largest first."""
+    return np.argsort(-keys, axis=1)[:, :k]
 
 
 def _best_remaining(scores: np.ndarray, rankings: np.ndarray) -> np.ndarray:
@@ -268,18 +293,20 @@ def iter_slate_log(
     for first in range(0, n_events, chunk_events):
         batch = world.draw_requests(min(chunk_events, n_events - first), rng, start_s=start_s)
         start_s = float(batch.time_s[-1])
-        rankings = logging_policy.sample(batch, rng)
+        logging = logging_policy.scored(batch)
+        rankings = logging.sample(rng)
         columns = {
             "event_id": np.repeat(np.arange(first, first + len(batch), dtype=np.int64), n_slots),
             "slot": np.tile(np.arange(n_slots, dtype=np.int64), len(batch)),
             "action": pd.Categorical.from_codes(rankings.ravel(), dtype=actions),
             "reward": world.sample_rewards(batch, rankings, rng).ravel(),
-            "logging_prob": logging_policy.conditional_probs(batch, rankings).ravel(),
-            "logging_marginal": logging_policy.marginal_probs(batch, rankings, rng).ravel(),
+            "logging_prob": logging.conditional_probs(rankings).ravel(),
+            "logging_marginal": logging.marginal_probs(rankings, rng).ravel(),
         }
         if isinstance(target, SlatePolicy):
-            columns["target_prob"] = target.conditional_probs(batch, rankings).ravel()
-            columns["target_marginal"] = target.marginal_probs(batch, rankings, rng).ravel()
+            scored = target.scored(batch)
+            columns["target_prob"] = scored.conditional_probs(rankings).ravel()
+            columns["target_marginal"] = scored.marginal_probs(rankings, rng).ravel()
         elif target is not None:
             conditional, marginal = _policy_probs(target, world, batch, rankings, rng)
             columns["target_prob"] = conditional.ravel()
@@ -290,4 +317,11 @@ def iter_slate_log(
 def generate_slate_log(*args, **kwargs) -> pd.DataFrame:
     """The whole slate table as one DataFrame (same arguments as iter_slate_log)."""
     chunks = list(iter_slate_log(*args, **kwargs))
-    return pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
+    columns = {}
+    for name, column in chunks[0].items():
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            codes = np.concatenate([chunk[name].cat.codes.to_numpy() for chunk in chunks])
+            columns[name] = pd.Categorical.from_codes(codes, dtype=column.dtype)
+        else:
+            columns[name] = np.concatenate([chunk[name].to_numpy() for chunk in chunks])
+    return pd.DataFrame(columns, copy=False)
