@@ -199,3 +199,14 @@ def test_command_errors_are_one_clear_line(tmp_path, args, message):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in result.stderr
+
+
+def test_simulate_reads_a_world_config_file(tmp_path):
+    config = tmp_path / "world.json"
+    config.write_text(json.dumps({"n_shelves": 12, "min_candidates": 8, "max_candidates": 12, "n_slots": 4}))
+    result = CliRunner().invoke(cli, ["simulate", "--sessions", "40", "--policy", "uniform", "--world-config", str(config),
+                                      "--world", "click_model=cascade", "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    world = json.loads(result.stdout.strip().splitlines()[-1])["world"]
+    assert (world["n_shelves"], world["n_slots"], world["click_model"]) == (12, 4, "cascade")
+    assert "expected_slot_3" in pd.read_parquet(tmp_path / "out" / "metrics.parquet")

@@ -118,3 +118,24 @@ def test_bad_grids_fail_before_any_work(grid, message):
     with pytest.raises(ValidationError) as err:
         SweepGrid.from_dict(grid)
     assert str(err.value).startswith(message)
+
+
+def test_a_grid_file_names_its_cells():
+    grid = SweepGrid.from_dict({
+        "policies": [{"policy": "vw", "name": "squarecb", "explorer": "squarecb"},
+                     {"policy": "vw", "explorer": "epsilon", "epsilon": 0.1}, {"policy": "editorial"}],
+        "worlds": [{"name": "default"}, {"click_model": "cascade"}],
+        "seeds": 2, "sessions": 500, "learn_every": 5, "seed": 4,
+    })
+    cells = grid.cells()
+    assert len(cells) == 3 * 2 * 2 and len({c.cell_id() for c in cells}) == 12
+    assert [p.label for p in grid.policies] == ["squarecb", "vw:explorer=epsilon,epsilon=0.1", "editorial"]
+    assert [w.label for w in grid.worlds] == ["default", "click_model=cascade"]
+    assert grid.worlds[1].config.click_model == "cascade" and grid.loop.learn_every == 5
+    # a cell's seeds follow its world's config, not its place in the grid
+    worlds = [{"name": "x", "click_model": "cascade"}]
+    relabelled = SweepGrid.from_dict({"policies": [{"policy": "editorial"}], "worlds": worlds, "seed": 4}).cells()[0]
+    cascade = next(c for c in cells if c.world.label == "click_model=cascade" and c.replicate == 0)
+    default = next(c for c in cells if c.world.label == "default" and c.replicate == 0)
+    assert relabelled.seeds()[0].spawn_key == cascade.seeds()[0].spawn_key
+    assert relabelled.seeds()[0].spawn_key != default.seeds()[0].spawn_key
