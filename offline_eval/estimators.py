@@ -159,17 +159,22 @@ class ClippedIPS(Estimator):
         return Terms((inputs.mean(w * inputs.reward()),), w)
 
 
-class SNIPS(Estimator):
+def self_normalised(terms: Terms) -> Terms:
+    """A weighted mean (1/n) sum_i w_ik r_ik made self-normalised: sum_i w_ik r_ik / sum_i w_ik."""
+    (part,) = terms.parts
+    weights = np.broadcast_to(terms.weights, part.numerator.shape)
+    return Terms((Ratio(part.numerator, weights),), terms.weights, terms.notes)
+
+
+class SNIPS(IPS):
     """Self-normalised IPS: V_k = sum_i w_i r_ik / sum_i w_i."""
 
     name = "snips"
     title = "self-normalised IPS (whole-ordering weight)"
     assumption = "none beyond common support; bias O(1/n)"
-    needs = ("complete", "conditional")
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
-        w = inputs.slate_weight()
-        return Terms((Ratio(w * inputs.reward(), np.broadcast_to(w, inputs.log.reward.shape)),), w)
+        return self_normalised(super().terms(inputs))
 
 
 class IIPS(Estimator):
@@ -185,17 +190,15 @@ class IIPS(Estimator):
         return Terms((inputs.mean(v * inputs.reward()),), v)
 
 
-class SNIIPS(Estimator):
+class SNIIPS(IIPS):
     """Self-normalised independent IPS: V_k = sum_i v_ik r_ik / sum_i v_ik."""
 
     name = "snips_iips"
     title = "self-normalised independent IPS"
     assumption = "as iips; bias O(1/n)"
-    needs = ("marginal",)
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
-        v = inputs.marginal_weight()
-        return Terms((Ratio(v * inputs.reward(), v),), v)
+        return self_normalised(super().terms(inputs))
 
 
 class RIPS(Estimator):
@@ -211,17 +214,15 @@ class RIPS(Estimator):
         return Terms((inputs.mean(big_w * inputs.reward()),), big_w)
 
 
-class SNRIPS(Estimator):
+class SNRIPS(RIPS):
     """Self-normalised RIPS: V_k = sum_i W_ik r_ik / sum_i W_ik."""
 
     name = "snips_rips"
     title = "self-normalised reward-interaction IPS"
     assumption = "as rips; bias O(1/n)"
-    needs = ("complete", "conditional")
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
-        big_w = inputs.prefix_weight()
-        return Terms((Ratio(big_w * inputs.reward(), big_w),), big_w)
+        return self_normalised(super().terms(inputs))
 
 
 class PseudoInverse(Estimator):

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from bandit.errors import ValidationError
-from offline_eval.estimators import ALIASES, ESTIMATOR_CLASSES, SHORT_NAMES, ClippedIPS, Estimator, EstimatorInputs, SwitchDR, Terms
-from offline_eval.intervals import Interval, Intervals, column_sums, slot_values
+from offline_eval.estimators import (
+    ALIASES,
+    ESTIMATOR_CLASSES,
+    SHORT_NAMES,
+    ClippedIPS,
+    Estimator,
+    EstimatorInputs,
+    SwitchDR,
+    Terms,
+)
+from offline_eval.intervals import Interval, Intervals, column_sums, finite_or_none, slot_values
 from offline_eval.reward_model import RewardModel, cross_fitted
 from offline_eval.slate import SlateLog, TargetProbs, check_target, unsupported_share
 
@@ -98,17 +106,6 @@ class Estimate:
             "notes": list(self.notes),
         }
         return finite_or_none(out)
-
-
-def finite_or_none(value):
-    """Replace NaN and infinities (not JSON) by None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite_or_none(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True, slots=True)

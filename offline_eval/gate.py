@@ -28,14 +28,13 @@ from offline_eval.evaluate import (
     Estimate,
     EstimatorOptions,
     Evaluation,
-    finite_or_none,
     make_estimator,
     parse_names,
     prepare,
     summarise,
     supported,
 )
-from offline_eval.intervals import Intervals
+from offline_eval.intervals import Interval, Intervals
 from offline_eval.readers import LoadedLog, batch_log, dsjson_log
 from offline_eval.scoring import score_policy
 from offline_eval.slate import SlateLog, TargetProbs, unsupported_share
@@ -63,21 +62,6 @@ class GateRule:
 
 
 @dataclass(frozen=True, slots=True)
-class Difference:
-    """candidate - baseline for one estimator, with its paired interval."""
-
-    value: float
-    lower: float
-    upper: float
-    per_slot: tuple[float, ...]
-    per_slot_lower: tuple[float, ...]
-    per_slot_upper: tuple[float, ...]
-
-    def to_dict(self) -> dict:
-        return finite_or_none(asdict(self))
-
-
-@dataclass(frozen=True, slots=True)
 class GateResult:
     """The verdict, why, and every estimate behind it."""
 
@@ -86,7 +70,7 @@ class GateResult:
     rule: GateRule
     candidate: Evaluation
     baseline: Evaluation
-    difference: dict[str, Difference]
+    difference: dict[str, Interval]  # candidate - baseline, paired over events
 
     @property
     def ship(self) -> bool:
@@ -107,7 +91,7 @@ class GateResult:
         }
 
 
-def verdict(rule: GateRule, candidate: Estimate, baseline: Estimate, difference: Difference) -> tuple[str, str]:
+def verdict(rule: GateRule, candidate: Estimate, baseline: Estimate, difference: Interval) -> tuple[str, str]:
     """Apply the gate rule to the primary estimator's results."""
     for who, estimate in (("candidate", candidate), ("baseline", baseline)):
         if not estimate.ess >= rule.min_ess:
@@ -195,15 +179,7 @@ def compare(
         terms = {who: estimator.terms(inputs[who]) for who in targets}
         for who, t in terms.items():
             estimates[who][name] = summarise(name, estimator, t, intervals(t.parts), slate, shares[who])
-        paired = intervals(terms["candidate"].parts + tuple(p.negated() for p in terms["baseline"].parts))
-        difference[name] = Difference(
-            paired.value,
-            paired.lower,
-            paired.upper,
-            tuple(paired.slot_values.tolist()),
-            tuple(paired.slot_lower.tolist()),
-            tuple(paired.slot_upper.tolist()),
-        )
+        difference[name] = intervals(terms["candidate"].parts + tuple(p.negated() for p in terms["baseline"].parts))
     decided, reason = verdict(rule, estimates["candidate"][primary], estimates["baseline"][primary], difference[primary])
     evaluations = {
         who: Evaluation(who, slate.n_events, slate.n_slots, ci, level, estimates[who]) for who in targets

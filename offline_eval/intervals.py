@@ -66,6 +66,27 @@ class Interval:
     slot_lower: np.ndarray
     slot_upper: np.ndarray
 
+    def to_dict(self) -> dict:
+        return finite_or_none({
+            "value": self.value,
+            "lower": self.lower,
+            "upper": self.upper,
+            "per_slot": self.slot_values.tolist(),
+            "per_slot_lower": self.slot_lower.tolist(),
+            "per_slot_upper": self.slot_upper.tolist(),
+        })
+
+
+def finite_or_none(value):
+    """Replace NaN and infinities (not JSON) by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
 
 def slot_values(parts: Parts) -> np.ndarray:
     """(K,) value of each slot: sum_j c_j sum_i a_jik / sum_i b_jik (NaN where a denominator sums to 0)."""

@@ -49,24 +49,30 @@ def plot(path: Path, result: GateResult | Evaluation) -> None:
         right.axvline(result.rule.min_lift, color="tab:red", linestyle="--", linewidth=1, label="min_lift")
         right.set_yticks(range(len(names)), names)
         right.invert_yaxis()
-        right.set_title(f"difference, verdict: {result.verdict}")
+        right.set_title(f"candidate - baseline: {result.verdict}", fontsize=10)
         right.legend(loc="best", fontsize=8)
     else:
         _error_bars(left, _estimate_rows(result), "tab:blue", 0.0, result.target)
     left.set_yticks(range(len(names)), names)
     left.invert_yaxis()
-    left.set_title(f"value (expected reward summed over slots), {evaluation.level:.0%} {evaluation.ci}")
+    left.set_title(f"value per event, {evaluation.level:.0%} {evaluation.ci} intervals", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
 def _estimate_table(evaluation: Evaluation) -> list[str]:
-    lines = ["| estimator | value | interval | per slot | ESS | max weight |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| estimator | value | interval | per slot | ESS | max weight | events with support gaps |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, e in evaluation.estimates.items():
         per_slot = ", ".join(f"{v:.4g}" for v in e.per_slot)
         max_weight = "-" if e.max_weight is None else f"{e.max_weight:.3g}"
-        lines.append(f"| {name} | {e.value:.4g} | {_interval(e.lower, e.upper)} | {per_slot} | {e.ess:.1f} | {max_weight} |")
+        gaps = "unknown" if e.unsupported_share is None else f"{e.unsupported_share:.1%}"
+        lines.append(
+            f"| {name} | {e.value:.4g} | {_interval(e.lower, e.upper)} | {per_slot} | {e.ess:.1f} | {max_weight} | {gaps} |"
+        )
     return lines
 
 

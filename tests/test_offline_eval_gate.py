@@ -16,7 +16,8 @@ from bandit.vw.format import event_line
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.estimators import SHORT_NAMES
 from offline_eval.evaluate import Estimate
-from offline_eval.gate import DO_NOT_SHIP, NOT_ENOUGH_DATA, SHIP, Difference, GateRule, compare, verdict
+from offline_eval.gate import DO_NOT_SHIP, NOT_ENOUGH_DATA, SHIP, GateRule, compare, verdict
+from offline_eval.intervals import Interval
 from offline_eval.readers import slate_table
 from tests.offline_eval_synth import PlackettLuce, draw_log, shelf_world_events, small_world, true_values
 
@@ -82,18 +83,22 @@ def test_a_trainer_can_ask_the_gate_with_policies_on_a_batch():
     assert result.candidate.estimates["rips"].unsupported_share is None
 
 
+def difference(value, lower, upper) -> Interval:
+    return Interval(value, lower, upper, np.array([value]), np.array([lower]), np.array([upper]))
+
+
 def estimate(ess=500.0, unsupported=0.0) -> Estimate:
     return Estimate("x", 1.0, 0.9, 1.1, (1.0,), (0.9,), (1.1,), ess, (ess,), 2.0, 1.0, unsupported, "")
 
 
 RULES = [
-    ("clearly better", estimate(), estimate(), Difference(0.2, 0.1, 0.3, (), (), ()), SHIP),
-    ("clearly worse", estimate(), estimate(), Difference(-0.2, -0.3, -0.1, (), (), ()), DO_NOT_SHIP),
-    ("straddles", estimate(), estimate(), Difference(0.0, -0.1, 0.1, (), (), ()), NOT_ENOUGH_DATA),
-    ("better but below the lift", estimate(), estimate(), Difference(0.04, 0.01, 0.07, (), (), ()), NOT_ENOUGH_DATA),
-    ("candidate ESS too small", estimate(ess=50.0), estimate(), Difference(0.2, 0.1, 0.3, (), (), ()), NOT_ENOUGH_DATA),
-    ("baseline unsupported", estimate(), estimate(unsupported=0.2), Difference(0.2, 0.1, 0.3, (), (), ()), NOT_ENOUGH_DATA),
-    ("no finite interval", estimate(), estimate(), Difference(0.2, float("nan"), 0.3, (), (), ()), NOT_ENOUGH_DATA),
+    ("clearly better", estimate(), estimate(), difference(0.2, 0.1, 0.3), SHIP),
+    ("clearly worse", estimate(), estimate(), difference(-0.2, -0.3, -0.1), DO_NOT_SHIP),
+    ("straddles", estimate(), estimate(), difference(0.0, -0.1, 0.1), NOT_ENOUGH_DATA),
+    ("better but below the lift", estimate(), estimate(), difference(0.04, 0.01, 0.07), NOT_ENOUGH_DATA),
+    ("candidate ESS too small", estimate(ess=50.0), estimate(), difference(0.2, 0.1, 0.3), NOT_ENOUGH_DATA),
+    ("baseline unsupported", estimate(), estimate(unsupported=0.2), difference(0.2, 0.1, 0.3), NOT_ENOUGH_DATA),
+    ("no finite interval", estimate(), estimate(), difference(0.2, float("nan"), 0.3), NOT_ENOUGH_DATA),
 ]
 
 
