@@ -8,6 +8,7 @@ same model the ranker trains from text lines.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -110,9 +111,14 @@ def _shelf_id_feature(shelf: Shelf) -> str:
     return f"{SHELF_ID_FEATURE}={escape_value(shelf.shelf_id)}"
 
 
+@functools.lru_cache(maxsize=65_536)
+def _shelf_features(shelf: Shelf) -> tuple[tuple[str, float], ...]:
+    return ((_shelf_id_feature(shelf), 1.0), *encode_features(shelf.features).items())
+
+
 def shelf_features(shelf: Shelf) -> dict[str, float]:
-    """The shelf's VW features: its id plus its own features."""
-    return {_shelf_id_feature(shelf): 1.0, **encode_features(shelf.features)}
+    """The shelf's VW features: its id plus its own features (encoded once per shelf)."""
+    return dict(_shelf_features(shelf))
 
 
 def slot_features(slot: int) -> dict[str, float]:
