@@ -21,13 +21,20 @@ def meta_path(path: str | Path) -> Path:
     return Path(f"{path}.json")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` durably: a reader sees the old or the new content, never a mix,
+    and after a crash the new content if this returned (temp file, fsync, rename, fsync the directory)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def write_model(path: str | Path, payload: bytes, *, kind: str, config: dict, extra: dict | None = None) -> str:
@@ -45,8 +52,8 @@ def write_model(path: str | Path, payload: bytes, *, kind: str, config: dict, ex
         "created": time.time(),
         **(extra or {}),
     }
-    _write_atomic(path, payload)
-    _write_atomic(meta_path(path), json.dumps(meta, indent=2, sort_keys=True).encode())
+    write_atomic(path, payload)
+    write_atomic(meta_path(path), json.dumps(meta, indent=2, sort_keys=True).encode())
     return version
 
 

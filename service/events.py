@@ -41,7 +41,9 @@ class EventIndex:
         self.decisions_dir = Path(decisions_dir)
         self.memory_s = memory_s
         self._clock = clock
-        self._events: dict[str, KnownEvent] = {}
+        # event id -> (time, shelf ids): tuples of atomic values, which the garbage collector
+        # stops tracking, so a large index does not lengthen its pauses
+        self._events: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._order: deque[tuple[float, str]] = deque()
         self._offsets: dict[str, int] = {}
         self._refresh_lock = threading.Lock()
@@ -55,7 +57,7 @@ class EventIndex:
 
     def add(self, event_id: str, timestamp: float, shelf_ids: tuple[str, ...]) -> None:
         """Remember a decision this worker logged."""
-        self._events[event_id] = KnownEvent(timestamp, tuple(sys.intern(s) for s in shelf_ids))
+        self._events[event_id] = (timestamp, tuple(sys.intern(s) for s in shelf_ids))
         self._order.append((timestamp, event_id))
         if len(self._order) % FORGET_EVERY == 0:
             self._forget(self._clock() - self.memory_s)
@@ -70,7 +72,7 @@ class EventIndex:
         if known is None:
             self.refresh()
             known = self._events.get(event_id)
-        return known
+        return None if known is None else KnownEvent(*known)
 
     def refresh(self) -> None:
         """Read the decisions other writers logged since the last refresh, and forget old ones."""
@@ -113,7 +115,7 @@ class EventIndex:
             while order and order[0][0] < horizon:
                 _, event_id = order.popleft()
                 known = self._events.get(event_id)
-                if known is not None and known.timestamp < horizon:
+                if known is not None and known[0] < horizon:
                     self._events.pop(event_id, None)
         finally:
             self._forget_lock.release()

@@ -39,11 +39,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bandit.errors import ShelfBanditError, ValidationError
+from bandit.model_file import write_atomic
 from bandit.types import Outcome
 from bandit.vw.format import join_record
 from service.paths import DECISION_KIND, REWARD_KIND, DataPaths
 from service.records import json_line, line_head, shown_shelves
-from service.segments import fsync_directory, read_complete_lines, segment_paths, write_atomic
+from service.segments import fsync_directory, read_complete_lines, segment_paths
 
 CHECKPOINT = "checkpoint.json"
 REJECTED = "rejected.jsonl"

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
-from bandit.model_file import load_policy, meta_path, read_meta
+from bandit.model_file import load_policy, meta_path, read_meta, write_atomic
 from bandit.policy import Policy
-from service.segments import fsync_directory, write_atomic
+from service.segments import fsync_directory
 
 POINTER = "ACTIVE"
 MODEL_SUFFIX = ".model"

@@ -8,6 +8,7 @@ import time.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 import uuid
@@ -94,6 +95,9 @@ class Service:
                 daemon=True,
             )
             self._joiner_thread.start()
+        # what start-up built lives as long as the process: keep it out of every garbage
+        # collection (full collections over it were the service's longest pauses)
+        gc.freeze()
         log.info("service started", extra={"fields": {"data_dir": str(paths.root), "durability": settings.durability}})
 
     def stop(self) -> None:
