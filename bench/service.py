@@ -70,7 +70,6 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 async def _closed_loop(port: int, request: bytes, concurrency: int, seconds: float) -> dict:
-    loop = asyncio.get_running_loop()
     deadline = time.perf_counter() + seconds
     latencies: list[float] = []
     failures = 0
@@ -92,7 +91,6 @@ async def _closed_loop(port: int, request: bytes, concurrency: int, seconds: flo
 
 
 async def _open_loop(port: int, request: bytes, rate: float, seconds: float, connections: int) -> dict:
-    loop = asyncio.get_running_loop()
     pool: asyncio.Queue = asyncio.Queue()
     for _ in range(connections):
         pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
@@ -221,6 +219,44 @@ def measure(app: str, workers: int, args, data_dir: Path, env: dict, log) -> dic
     }
 
 
+def stage_costs(n_shelves: int, n_slots: int, repeats: int, calls: int = 300) -> dict[str, float]:
+    """Microseconds per call of each step of a ranking request, in this process (medians of repeats)."""
+    import itertools
+    from bandit.vw.format import listener_line, shelf_line, slot_line
+    from bandit.vw.ranker import VWShelfRanker
+    from service.convert import rank_inputs, ranking_json
+    from service.records import decision_line
+    from service.schemas import RankRequest
+    from service.settings import Settings
+
+    body = request_body(n_shelves, n_slots)
+    request = RankRequest.model_validate_json(body)
+    context, shelves, baseline = rank_inputs(request, Settings())
+    policy = VWShelfRanker()
+    ids = itertools.count()
+    decision = policy.rank(context, shelves, n_slots, event_id="warm-up")
+    lines = [listener_line(context), *(shelf_line(s) for s in shelves), *(slot_line(k) for k in range(n_slots))]
+    steps = {
+        "parse (pydantic)": lambda: RankRequest.model_validate_json(body),
+        "convert to bandit types": lambda: rank_inputs(request, Settings()),
+        "VW one-pass scoring": lambda: policy.score(context, shelves, n_slots),
+        "rank (scoring + sampling + marginals)": lambda: policy.rank(context, shelves, n_slots, event_id=str(next(ids))),
+        "decision log line (DSJSON + JSON)": lambda: decision_line(context, shelves, decision, timestamp=time.time(), baseline=()),
+        "answer JSON": lambda: ranking_json(decision),
+        "floor: VW predict on pre-built lines": lambda: policy.workspace.predict(lines),
+    }
+    costs = {}
+    for name, step in steps.items():
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(calls):
+                step()
+            runs.append((time.perf_counter() - started) / calls * 1e6)
+        costs[name] = float(np.median(runs))
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
@@ -241,6 +277,9 @@ def main() -> None:
             for workers in [int(w) for w in args.workers.split(",")]:
                 # the service first: it creates the model the vw_predict floor then loads
                 results[workers] = {app: measure(app, workers, args, data_dir, env, log) for app in apps}
+    print(f"in-process cost of each step of one request ({args.shelves} shelves x {args.slots} slots), median of {args.repeats}:")
+    for name, micros in stage_costs(args.shelves, args.slots, args.repeats).items():
+        print(f"  {name:<40} {micros:8.1f} us")
     print(f"POST /v1/rank, {args.shelves} shelves x {args.slots} slots, concurrency {args.concurrency}, "
           f"medians of {args.repeats} x {args.seconds:g} s")
     print(f"{'workers':>7} {'app':<11} {'max req/s':>10} {'p50 ms':>7} {'p99 ms':>7} | {'at half':>8} {'p50 ms':>7} {'p99 ms':>7} {'fail':>5}")
@@ -248,17 +287,27 @@ def main() -> None:
         for app, r in by_app.items():
             print(f"{workers:>7} {app:<11} {r['max_rps']:>10.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} | "
                   f"{r['half_rps']:>8.0f} {r['half_p50_ms']:>7.2f} {r['half_p99_ms']:>7.2f} {r['failures']:>5}")
-        service = by_app["service"]["max_rps"]
-        print(f"        {workers} worker(s): service / parse = {service / by_app['parse']['max_rps']:.2f}, "
-              f"service / vw_predict = {service / by_app['vw_predict']['max_rps']:.2f} (target >= 0.70), "
-              f"p99 at half load {by_app['service']['half_p99_ms']:.1f} ms (target <= 15)")
+        if len(by_app) == len(APPS):
+            print(f"        {workers} worker(s): service / parse = {ratio(by_app, 'parse'):.2f}, "
+                  f"service / vw_predict = {ratio(by_app, 'vw_predict'):.2f} (target >= 0.70), "
+                  f"service p99 at half load {by_app['service']['half_p99_ms']:.1f} ms (target <= 15)")
+    if all(len(by_app) == len(APPS) for by_app in results.values()):
+        print(json.dumps(summary(results, args)))
+
+
+def ratio(by_app: dict, baseline: str) -> float:
+    return by_app["service"]["max_rps"] / by_app[baseline]["max_rps"]
+
+
+def summary(results: dict, args) -> dict:
+    """The last line: the service's throughput on the fewest workers against the VW-predict floor."""
     first = results[min(results)]
-    summary = {
+    return {
         "name": "service_rank_throughput",
         "value": round(first["service"]["max_rps"], 1),
         "unit": "req/s",
         "baseline": round(first["vw_predict"]["max_rps"], 1),
-        "ratio": round(first["service"]["max_rps"] / first["vw_predict"]["max_rps"], 3),
+        "ratio": round(ratio(first, "vw_predict"), 3),
         "shelves": args.shelves,
         "slots": args.slots,
         "concurrency": args.concurrency,
@@ -267,15 +316,15 @@ def main() -> None:
                 "service_rps": round(r["service"]["max_rps"], 1),
                 "parse_rps": round(r["parse"]["max_rps"], 1),
                 "vw_predict_rps": round(r["vw_predict"]["max_rps"], 1),
-                "ratio_to_parse": round(r["service"]["max_rps"] / r["parse"]["max_rps"], 3),
-                "ratio_to_vw_predict": round(r["service"]["max_rps"] / r["vw_predict"]["max_rps"], 3),
+                "ratio_to_parse": round(ratio(r, "parse"), 3),
+                "ratio_to_vw_predict": round(ratio(r, "vw_predict"), 3),
+                "service_p50_ms_at_half_load": round(r["service"]["half_p50_ms"], 2),
                 "service_p99_ms_at_half_load": round(r["service"]["half_p99_ms"], 2),
                 "failures": sum(a["failures"] for a in r.values()),
             }
             for w, r in results.items()
         },
     }
-    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

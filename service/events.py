@@ -52,9 +52,6 @@ class EventIndex:
         self._started_ns = time.time_ns()
         self.n_refreshes = 0
 
-    def __len__(self) -> int:
-        return len(self._events)
-
     def add(self, event_id: str, timestamp: float, shelf_ids: tuple[str, ...]) -> None:
         """Remember a decision this worker logged."""
         self._events[event_id] = (timestamp, tuple(sys.intern(s) for s in shelf_ids))

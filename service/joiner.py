@@ -183,7 +183,6 @@ class RewardReader:
         self._offsets: dict[str, int] = {}
         self._seq = 0
         self.frame = _empty_rewards()
-        self.n_unreadable = 0
 
     def read_new(self, since: float) -> None:
         """Append lines written since the last call; segments untouched since `since` are skipped."""
@@ -208,7 +207,7 @@ class RewardReader:
                 try:
                     rows.append(json.loads(raw))
                 except json.JSONDecodeError:
-                    self.n_unreadable += 1
+                    continue  # `shelfbandit doctor` reports unreadable reward lines
             frame = pd.DataFrame.from_records(rows)
         frame = frame.reindex(columns=list(REWARD_COLUMNS))
         frame["event_id"] = frame["event_id"].astype(str)
@@ -251,10 +250,6 @@ class Joiner:
         self._recent_order: deque[tuple[float, str]] = deque()
 
     # -- ownership -----------------------------------------------------------------------------
-    @property
-    def holds_lock(self) -> bool:
-        return self._lock_fd is not None
-
     def acquire(self) -> bool:
         """Take the data directory's joiner lock (without waiting); then clean up after a crash."""
         if self._lock_fd is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 LOGGER = "shelfbandit.service"
 
@@ -50,7 +49,3 @@ def log_config(level: str) -> dict:
 
 def get_logger(name: str = LOGGER) -> logging.Logger:
     return logging.getLogger(name)
-
-
-def elapsed_ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1e3, 3)

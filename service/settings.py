@@ -42,7 +42,9 @@ class Settings(BaseModel):
         "wait for it; fsync: write and fsync per request; write: write per request, no fsync (survives "
         "a crash of the process, not of the machine). In every mode a line is written before the answer.",
     )
-    group_commit_ms: float = Field(1.0, ge=0.0, le=100.0, description="extra wait to gather a group")
+    group_commit_ms: float = Field(
+        0.0, ge=0.0, le=100.0, description="extra wait to gather a group (0: what queued during the last fsync)"
+    )
     segment_max_bytes: int = Field(64 * 2**20, ge=4096)
     segment_max_seconds: float = Field(3600.0, gt=0.0)
 
