@@ -19,6 +19,7 @@ import json
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -119,8 +120,8 @@ def main() -> None:
     n_rows = inputs.log.reward.size
     options = EstimatorOptions(reward_model=RewardModel())
     target = inputs.target
-    fit_rewards = lambda: cross_fitted(inputs.log, options.reward_model, rng, target.marginal_distribution)  # noqa: E731
-    fit_q = lambda: cross_fitted(inputs.log, options.reward_model, rng, target.conditional_distribution, cascade=True)  # noqa: E731
+    fit_rewards = partial(cross_fitted, inputs.log, options.reward_model, rng, target.marginal_distribution)
+    fit_q = partial(cross_fitted, inputs.log, options.reward_model, rng, target.conditional_distribution, cascade=True)
     fit_seconds = {"rewards": median_seconds(fit_rewards, args.rounds), "q_values": median_seconds(fit_q, args.rounds)}
     inputs = EstimatorInputs(inputs.log, inputs.target, fit_rewards(), fit_q())
 

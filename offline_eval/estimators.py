@@ -98,8 +98,9 @@ class EstimatorInputs:
 
 @dataclass(frozen=True, slots=True)
 class Terms:
-    """An estimate as parts (see intervals.Ratio), the weights (n, K) on each slot's reward
-    (None when the estimator uses no weights) and notes about its assumptions."""
+    """An estimate as parts (see intervals.Ratio), the weights on each slot's reward ((n, K), or
+    (n, 1) when one weight serves every slot; None when the estimator uses no weights) and notes
+    about its assumptions."""
 
     parts: Parts
     weights: np.ndarray | None
@@ -273,8 +274,7 @@ def _uniform_pseudoinverse_weight(inputs: EstimatorInputs) -> np.ndarray:
 def _all_close(a: np.ndarray, b: np.ndarray, head: int = 4096) -> bool:
     """np.allclose (rtol 1e-6), looking at the first `head` events first: most logs fail there."""
     b = np.broadcast_to(b, a.shape)
-    close = lambda x, y: np.allclose(x, y, rtol=1e-6, atol=1e-9)  # noqa: E731
-    return close(a[:head], b[:head]) and close(a[head:], b[head:])
+    return all(np.allclose(a[rows], b[rows], rtol=1e-6, atol=1e-9) for rows in (slice(None, head), slice(head, None)))
 
 
 def logging_structure(log: SlateLog) -> tuple[str, tuple[str, ...]]:
@@ -282,7 +282,7 @@ def logging_structure(log: SlateLog) -> tuple[str, tuple[str, ...]]:
     or 'unknown', with notes for the output."""
     marginal, conditional = log.logging_marginal, log.logging_prob
     notes = []
-    deterministic = int((marginal >= 1.0 - 1e-9).sum())
+    deterministic = int((marginal >= 1.0 - 1e-9).sum()) if marginal.max() >= 1.0 - 1e-9 else 0
     if deterministic:
         notes.append(
             f"degenerate: the logger is deterministic at {deterministic} (event, slot) pairs; "

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from offline_eval.evaluate import Estimate, Evaluation  # noqa: E402
-from offline_eval.gate import GateResult  # noqa: E402
+from offline_eval.evaluate import Estimate, Evaluation
+from offline_eval.gate import GateResult
 
 PLOT_NAME = "estimates.png"
 REPORT_NAME = "report.md"
@@ -37,7 +34,8 @@ def plot(path: Path, result: GateResult | Evaluation) -> None:
     evaluation = result.candidate if isinstance(result, GateResult) else result
     names = list(evaluation.estimates)
     panels = 2 if isinstance(result, GateResult) else 1
-    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 0.5 * len(names) + 1.8), squeeze=False)
+    figure = Figure(figsize=(5.5 * panels, 0.5 * len(names) + 1.8))
+    axes = figure.subplots(1, panels, squeeze=False)
     left = axes[0][0]
     if isinstance(result, GateResult):
         _error_bars(left, _estimate_rows(result.candidate), "tab:blue", -0.15, "candidate")
@@ -58,7 +56,6 @@ def plot(path: Path, result: GateResult | Evaluation) -> None:
     left.set_title(f"value per event, {evaluation.level:.0%} {evaluation.ci} intervals", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def _estimate_table(evaluation: Evaluation) -> list[str]:

@@ -43,6 +43,11 @@ def _check_distribution(name: str, values: np.ndarray, candidates: np.ndarray, o
         raise ValidationError(name, "must sum to 1 over the event's candidates at every slot", totals[off][:3].tolist())
 
 
+def _rows_of(events: np.ndarray | slice):
+    """A function taking an optional per-event array to its rows for `events`."""
+    return lambda values: None if values is None else values[events]
+
+
 def _slot_columns_contiguous(obj: object, names: tuple[str, ...]) -> None:
     """Store (n, K) arrays column-major: each slot's column is contiguous, so per-slot sums and
     products over slots run as contiguous vector operations (several times faster for few slots)."""
@@ -119,7 +124,7 @@ class SlateLog:
 
     def subset(self, events: np.ndarray | slice) -> SlateLog:
         """The log restricted to some events (an index array or slice over events)."""
-        pick = lambda a: None if a is None else a[events]  # noqa: E731
+        pick = _rows_of(events)
         return SlateLog(
             event_ids=self.event_ids[events],
             action=self.action[events],
@@ -159,7 +164,7 @@ class TargetProbs:
                 check_probabilities(f"{self.name}.{name}", values, allow_zero=True)
 
     def subset(self, events: np.ndarray | slice) -> TargetProbs:
-        pick = lambda a: None if a is None else a[events]  # noqa: E731
+        pick = _rows_of(events)
         return TargetProbs(
             prob=pick(self.prob),
             marginal=pick(self.marginal),
