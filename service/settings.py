@@ -43,7 +43,7 @@ class Settings(BaseModel):
         "a crash of the process, not of the machine). In every mode a line is written before the answer.",
     )
     group_commit_ms: float = Field(
-        0.0, ge=0.0, le=100.0, description="extra wait to gather a group (0: what queued during the last fsync)"
+        2.0, ge=0.0, le=100.0, description="how long the committer gathers lines before each write + fsync"
     )
     segment_max_bytes: int = Field(64 * 2**20, ge=4096)
     segment_max_seconds: float = Field(3600.0, gt=0.0)

@@ -17,7 +17,7 @@ from service.segments import segment_paths
 from tests.service_support import ADMIN_TOKEN, catalogue, rank_body, running_service, shelves_json
 from tests.test_service_model_store import trained_ranker
 
-WINDOW = 1.5
+WINDOW = 3.0
 LIMITS = {"max_slots": 10, "max_features": 16, "max_body_bytes": 100_000}
 MARKER = "Zanzibar-7731"  # a feature value that must never reach the service's own logs
 

@@ -71,21 +71,33 @@ def test_kill_9_under_load_loses_no_acknowledged_decision(tmp_path):
         assert not any(event_id in path.read_text(errors="replace") for event_id in acknowledged)
 
 
+def writer_of(data_dir, directory: str, kind: str) -> dict[str, str]:
+    """event id -> pid of the worker whose segment holds its line."""
+    found = {}
+    for path in segment_paths(DataPaths(data_dir).root / directory, kind):
+        pid = re.search(r"-(\d+)\.jsonl$", path.name).group(1)
+        for line in path.read_bytes().splitlines():
+            record = json.loads(line)
+            found[record.get("EventId") or record.get("event_id")] = pid
+    return found
+
+
 def test_two_workers_share_a_data_directory(tmp_path):
     data_dir = tmp_path / "data"
-    window = 3.0
+    window = 4.0
     with running_service(data_dir, workers=2, reward_window_s=window, join_grace_s=0.3, join_interval_s=0.2) as server:
         event_ids = [f"w-{i}" for i in range(40)]
         fresh_connections = httpx.Limits(max_keepalive_connections=0)  # each request may reach either worker
         with server.client(limits=fresh_connections) as client:
             for event_id in event_ids:
                 assert client.post("/v1/rank", json=rank_body(6, 3, event_id=event_id)).status_code == 200
-            writers = {re.search(r"-(\d+)\.jsonl$", p.name).group(1) for p in segment_paths(DataPaths(data_dir).decisions, "decisions")}
-            assert len(writers) == 2  # both workers served and each wrote its own segment
-            for event_id in event_ids:  # whichever worker served it, any worker takes its reward
                 answer = client.post("/v1/reward", json={"event_id": event_id, "slot": 1, "value": 1.0})
                 assert answer.status_code == 200, answer.text
             assert client.post("/v1/reward", json={"event_id": "w-unknown", "slot": 0, "value": 1.0}).status_code == 404
+            decided_by = writer_of(data_dir, "decisions", "decisions")
+            rewarded_by = writer_of(data_dir, "rewards", "rewards")
+            assert len(set(decided_by.values())) == 2  # both workers served, each into its own segment
+            assert any(decided_by[e] != rewarded_by[e] for e in event_ids)  # rewards for the other worker's events
             time.sleep(window + 0.2)
             late = [client.post("/v1/reward", json={"event_id": e, "slot": 0, "value": 1.0}).status_code for e in event_ids[:6]]
             assert late == [409] * 6
