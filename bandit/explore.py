@@ -127,10 +127,9 @@ class _GreedySlots(_ExplorerSlots):
 
     def __init__(self, explorer: EpsilonGreedy, costs: np.ndarray) -> None:
         super().__init__(explorer, costs)
-        order = np.argsort(costs, axis=1, kind="stable")
-        self.rank = np.empty_like(order)
-        np.put_along_axis(self.rank, order, np.arange(self.n_shelves)[None, :], axis=1)
-        self.tied = (np.diff(np.take_along_axis(costs, order, axis=1), axis=1) == 0.0).any(axis=1)
+        self.rank = np.argsort(np.argsort(costs, axis=1, kind="stable"), axis=1)
+        ordered = np.sort(costs, axis=1)
+        self.tied = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
 
     def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
         if self.tied[slot]:

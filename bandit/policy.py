@@ -115,10 +115,17 @@ def build_decision(
     n_slots = len(ranking.indices)
     slots = np.arange(n_slots)
     shelf_ids = [s.shelf_id for s in shelves]
-    distributions = []
-    for chosen, row in zip(ranking.indices.tolist(), ranking.distributions.tolist()):
-        first = ((shelf_ids[chosen], row[chosen]),)
-        distributions.append(first + tuple((s, p) for i, (s, p) in enumerate(zip(shelf_ids, row)) if p > 0.0 and i != chosen))
+    # each slot's shelves with positive probability, the chosen one moved to the front
+    rows = ranking.distributions
+    order = np.argsort(rows <= 0.0, axis=1, kind="stable")
+    at = np.argmax(order == ranking.indices[:, None], axis=1)
+    order[slots, at] = order[slots, 0]
+    order[slots, 0] = ranking.indices
+    counts = (rows > 0.0).sum(axis=1).tolist()
+    probs = np.take_along_axis(rows, order, axis=1).tolist()
+    distributions = [
+        tuple(zip([shelf_ids[i] for i in picked[:m]], p[:m])) for picked, p, m in zip(order.tolist(), probs, counts)
+    ]
     return Decision(
         event_id=event_id,
         model_version=model_version,

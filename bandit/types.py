@@ -176,9 +176,9 @@ def _check_distribution(
         raise ValidationError(field_name, "must list the chosen shelf first", distribution[:1])
     if abs(distribution[0][1] - slot_prob) > PROBABILITY_TOLERANCE:
         raise ValidationError(field_name, "the chosen shelf's probability must equal slot_probs", distribution[0][1])
-    total = sum(p for _, p in distribution)
+    ids, probs = zip(*distribution)
+    total = math.fsum(probs)
     if abs(total - 1.0) > 1e-4:
         raise ValidationError(field_name, "probabilities over the slot's candidates must sum to 1", total)
-    above = set(shelf_ids[:slot])
-    if any(shelf_id in above for shelf_id, _ in distribution):
+    if slot and not set(shelf_ids[:slot]).isdisjoint(ids):
         raise ValidationError(field_name, "must not list a shelf already placed above", distribution)
