@@ -22,7 +22,7 @@ class RankerConfig:
     explorer: epsilon | softmax | squarecb. interactions: namespace pairs or triples joined by
     '*', from listener, shelf, slot. The marginal probabilities are exact while the number of
     live prefixes times the number of shelves stays within `exact_budget`, otherwise
-    estimated from `marginal_draws` sampled prefixes.
+    estimated from `marginal_draws` sampled prefixes (0: not estimated, reported as NaN).
     """
 
     explorer: str = "epsilon"
@@ -71,8 +71,8 @@ class RankerConfig:
             raise ValidationError("l2", "must be >= 0", self.l2)
         if not 10 <= self.bits <= 30:
             raise ValidationError("bits", "must lie in [10, 30]", self.bits)
-        if self.marginal_draws < 2:
-            raise ValidationError("marginal_draws", "must be at least 2", self.marginal_draws)
+        if self.marginal_draws == 1 or self.marginal_draws < 0:
+            raise ValidationError("marginal_draws", "must be 0 (exact marginals only) or at least 2", self.marginal_draws)
         if self.exact_budget < 1:
             raise ValidationError("exact_budget", "must be at least 1", self.exact_budget)
 

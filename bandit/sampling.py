@@ -61,15 +61,16 @@ def sample_ranking(
 ) -> tuple[SampledRanking, Marginals]:
     """Draw an ordering slot by slot from `model` with `rng`, and the marginals of every shelf at
     every slot (see `marginals`). The ordering is the first of `draws` simultaneous draws; the
-    others only serve the Monte Carlo part of the marginals."""
-    if draws < 2:
-        raise ValidationError("marginal_draws", "must be at least 2", draws)
+    others only serve the Monte Carlo part of the marginals. With `draws` = 0 there is no
+    Monte Carlo: marginals beyond the exact slots are NaN (unknown)."""
+    if draws == 1 or draws < 0:
+        raise ValidationError("marginal_draws", "must be 0 (exact marginals only) or at least 2", draws)
     n = model.n_shelves
-    available = np.ones((draws, n), dtype=bool)
-    rows = np.arange(draws)
-    probs = np.empty((n_slots, draws, n))
-    chosen = np.empty((n_slots, draws), dtype=np.int64)
-    uniforms = rng.random((n_slots, draws, 1))
+    rows = np.arange(max(draws, 1))
+    available = np.ones((len(rows), n), dtype=bool)
+    probs = np.empty((n_slots, len(rows), n))
+    chosen = np.empty((n_slots, len(rows)), dtype=np.int64)
+    uniforms = rng.random((n_slots, len(rows), 1))
     for k in range(n_slots):
         p = probs[k] = model.probs(k, available)
         picked = chosen[k] = _draw(p, uniforms[k])
@@ -79,12 +80,15 @@ def sample_ranking(
     indices = chosen[:, 0].copy()
     distributions = probs[:, 0, :].copy()
     slot_probs = distributions[np.arange(n_slots), indices]
-    mean = probs.mean(axis=1)
-    # Each draw's value lies in [0, 1] with mean v, so its variance is at most v (1 - v): a bound
-    # that, unlike the sample variance, also covers rare prefixes no draw happened to visit.
-    floor = (1.0 / draws) * (1.0 - 1.0 / draws)
-    stderr = np.sqrt(np.maximum(mean * (1.0 - mean), floor) / draws)
-    stderr[0] = 0.0  # every draw sees all shelves at slot 0: exact
+    if draws:
+        mean = probs.mean(axis=1)
+        # Each draw's value lies in [0, 1] with mean v, so its variance is at most v (1 - v): a
+        # bound that, unlike the sample variance, also covers rare prefixes no draw visited.
+        floor = (1.0 / draws) * (1.0 - 1.0 / draws)
+        stderr = np.sqrt(np.maximum(mean * (1.0 - mean), floor) / draws)
+    else:
+        mean = np.full((n_slots, n), np.nan)
+        stderr = np.full((n_slots, n), np.nan)
     exact, n_exact = _exact_marginals(model, n_slots, exact_budget, distributions[0])
     mean[:n_exact] = exact[:n_exact]
     stderr[:n_exact] = 0.0

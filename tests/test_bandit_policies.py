@@ -148,3 +148,19 @@ def test_popularity_ranks_by_observed_reward_rate():
     rewarded = EditorialPolicy(["shelf-2", "shelf-1"]).rank(context(), shelves, 2, event_id="r")
     policy.learn(EventBatch.from_events([LoggedEvent(context(), shelves, rewarded, Outcome((1.0, 0.5)))]))
     assert policy.rank(context(), shelves, 2, event_id="q").shelf_ids == ("shelf-2", "shelf-1")
+
+
+def test_without_monte_carlo_deep_marginals_are_unknown_and_logged_as_null():
+    from bandit.vw.format import event_line, parse_event
+
+    ranker = VWShelfRanker(RankerConfig(explorer="epsilon", epsilon=0.2, marginal_draws=0, exact_budget=10))
+    shelves = catalogue(N_SHELVES)
+    d = ranker.rank(context(), shelves, N_SLOTS, event_id="no-mc")
+    assert d.slot_marginals[0] == d.slot_probs[0] and d.marginal_stderr[0] == 0.0
+    assert all(np.isnan(m) for m in d.slot_marginals[1:]) and all(np.isnan(e) for e in d.marginal_stderr[1:])
+    line = event_line(LoggedEvent(context(), shelves, d, Outcome((0.0,) * N_SLOTS)))
+    assert "NaN" not in line and '"_marginals":[' in line
+    back = parse_event(line).decision
+    assert back.slot_marginals[0] == d.slot_marginals[0] and np.isnan(back.slot_marginals[-1])
+    with pytest.raises(ValidationError, match="marginal_draws"):
+        RankerConfig(marginal_draws=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -183,8 +184,8 @@ def decision_record(
         },
         "_outcomes": outcomes,
         "_model_version": decision.model_version,
-        "_marginals": list(decision.slot_marginals),
-        "_marginal_stderr": list(decision.marginal_stderr),
+        "_marginals": _nullable(decision.slot_marginals),
+        "_marginal_stderr": _nullable(decision.marginal_stderr),
     }
     if context.listener_id is not None:
         record["_listener_id"] = context.listener_id
@@ -193,6 +194,16 @@ def decision_record(
     if extra:
         record.update(extra)
     return record
+
+
+def _nullable(values: Iterable[float]) -> list[float | None]:
+    """JSON has no NaN: an unknown value is written as null."""
+    return [None if math.isnan(v) else v for v in values]
+
+
+def _floats(values: list | None, n: int) -> tuple[float, ...]:
+    """Read back a list written by _nullable (null or absent: NaN)."""
+    return tuple(float("nan") if v is None else float(v) for v in (values or [None] * n))
 
 
 def join_record(record: Mapping, outcome: Outcome) -> dict:
@@ -240,8 +251,8 @@ def parse_event(line: str | Mapping) -> LoggedEvent:
             model_version=str(record.get("_model_version", "unknown")),
             shelf_ids=tuple(shelf_ids),
             slot_probs=tuple(probs),
-            slot_marginals=tuple(record.get("_marginals") or [float("nan")] * n_slots),
-            marginal_stderr=tuple(record.get("_marginal_stderr") or [0.0] * n_slots),
+            slot_marginals=_floats(record.get("_marginals"), n_slots),
+            marginal_stderr=_floats(record.get("_marginal_stderr"), n_slots),
             slot_distributions=tuple(distributions),
         )
         outcome = Outcome(tuple(rewards), tuple(record.get("_defaulted") or ()))
