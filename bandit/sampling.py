@@ -124,13 +124,18 @@ def _exact_marginals(
         available[np.arange(len(cols)), cols] = False
 
 
-def logged_probabilities(model: SlotModel, indices: np.ndarray) -> np.ndarray:
-    """P(indices[k] at slot k | indices[:k] above it) under `model`, for each k."""
+def logged_distributions(model: SlotModel, indices: np.ndarray) -> np.ndarray:
+    """(K, N): P(shelf at slot k | shelves indices[:k] above it) under `model`, for every shelf."""
     n_slots = len(indices)
     available = np.ones((n_slots, model.n_shelves), dtype=bool)
     for k in range(1, n_slots):
         available[k:, indices[k - 1]] = False
-    return np.array([model.probs(k, available[k : k + 1])[0, indices[k]] for k in range(n_slots)])
+    return np.concatenate([model.probs(k, available[k : k + 1]) for k in range(n_slots)])
+
+
+def logged_probabilities(model: SlotModel, indices: np.ndarray) -> np.ndarray:
+    """P(indices[k] at slot k | indices[:k] above it) under `model`, for each k."""
+    return logged_distributions(model, indices)[np.arange(len(indices)), indices]
 
 
 def marginals(

@@ -21,22 +21,13 @@ from bandit.config import RankerConfig
 from bandit.errors import ValidationError
 from bandit.model_file import load_policy
 from bandit.policy import Policy
-from bandit.sampling import SlotModel, event_rng, marginals
+from bandit.sampling import event_rng, logged_distributions, marginals
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.slate import TargetProbs
 
 NAMED_BASELINES = {"uniform": UniformRandomPolicy, "editorial": EditorialPolicy}
 LEARNING_BASELINES = {"popularity": PopularityPolicy}
 PROGRESSIVE_PREFIX = "vw:"
-
-
-def prefix_distributions(model: SlotModel, logged: np.ndarray) -> np.ndarray:
-    """(K, N): P(shelf at slot k | logged shelves logged[:k] above it), for every shelf."""
-    n_slots = len(logged)
-    available = np.ones((n_slots, model.n_shelves), dtype=bool)
-    for k in range(1, n_slots):
-        available[k:, logged[k - 1]] = False
-    return np.concatenate([model.probs(k, available[k : k + 1]) for k in range(n_slots)])
 
 
 class _Scores:
@@ -51,7 +42,7 @@ class _Scores:
         n_slots = rows.stop - rows.start
         shelves = batch.shelves[event]
         model = policy.slot_model(batch.contexts[event], shelves, n_slots, batch.baselines[event])
-        self.conditional[i, :, : len(shelves)] = prefix_distributions(model, batch.action_index[rows])
+        self.conditional[i, :, : len(shelves)] = logged_distributions(model, batch.action_index[rows])
         rng = event_rng(policy.seed, str(batch.event_ids[event]))
         values = marginals(model, n_slots, rng, draws=policy.marginal_draws, exact_budget=policy.exact_budget).values
         self.marginal[i, :, : len(shelves)] = values
