@@ -20,7 +20,7 @@ from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bandit.errors import ValidationError
-from service.api import model, ops, rank, reward
+from service.api import arms, model, ops, rank, reward
 from service.errors import LateReward, NotReady, RepeatedEvent, UnknownEvent
 from service.logs import get_logger
 from service.metrics import multiprocess_enabled
@@ -37,6 +37,7 @@ ENDPOINTS = {
     "/v1/reward": "reward",
     "/v1/model": "model",
     "/v1/model/activate": "activate",
+    "/v1/arms": "arms",
     "/healthz": "healthz",
     "/readyz": "readyz",
     "/metrics": "metrics",
@@ -75,7 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Orders home-page shelves with a contextual bandit, logs what it showed, joins rewards.",
         lifespan=lifespan,
     )
-    for router in (rank.router, reward.router, model.router, ops.router):
+    for router in (rank.router, reward.router, model.router, arms.router, ops.router):
         app.include_router(router)
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _domain_error_handler(status))

@@ -41,7 +41,7 @@ def rank_inputs(body: RankRequest, limits: Settings) -> tuple[Context, tuple[She
             raise ValidationError(f"baseline[{i}]", "must be one of the candidate shelf ids", shelf_id)
     if len(set(baseline)) != len(baseline):
         raise ValidationError("baseline", "must not list a shelf twice")
-    context = Context(Features(body.user, field="user"))
+    context = Context(Features(body.user, field="user"), body.listener_id)
     shelves = tuple(
         Shelf(shelf.id, Features(shelf.features, field=f"shelves[{i}].features")) for i, shelf in enumerate(body.shelves)
     )
@@ -55,11 +55,11 @@ def reward_target(body: RewardRequest) -> tuple[int | None, str | None]:
     return body.slot, body.shelf_id
 
 
-def ranking_json(decision: Decision) -> bytes:
-    """The answer to /v1/rank: event id, model version, and per slot the shelf and its probability."""
+def ranking_json(decision: Decision, arm: str) -> bytes:
+    """The answer to /v1/rank: event id, model version, arm, and per slot the shelf and its probability."""
     ranking = [
         {"slot": k, "shelf_id": shelf_id, "probability": probability}
         for k, (shelf_id, probability) in enumerate(zip(decision.shelf_ids, decision.slot_probs))
     ]
-    answer = {"event_id": decision.event_id, "model_version": decision.model_version, "ranking": ranking}
+    answer = {"event_id": decision.event_id, "model_version": decision.model_version, "arm": arm, "ranking": ranking}
     return orjson.dumps(answer)

@@ -42,6 +42,7 @@ from bandit.errors import ShelfBanditError, ValidationError
 from bandit.model_file import write_atomic
 from bandit.types import Outcome
 from bandit.vw.format import join_record
+from service.arms import DEFAULT_ARM, ONLINE
 from service.paths import DECISION_KIND, REWARD_KIND, DataPaths
 from service.records import json_line, line_head, shown_shelves
 from service.segments import fsync_directory, read_complete_lines, segment_paths
@@ -156,7 +157,7 @@ class JoinedLog:
 
 SLATE_TABLE_COLUMNS = (
     "event_id", "slot", "action", "reward", "logging_prob", "logging_marginal",
-    "defaulted", "timestamp", "model_version",
+    "defaulted", "timestamp", "model_version", "listener_id", "arm", "arm_mode", "learn", "agreement",
 )
 
 
@@ -444,11 +445,18 @@ class Joiner:
             columns["defaulted"].extend(outcome.defaulted)
             columns["timestamp"].extend([timestamp] * n_slots)
             columns["model_version"].extend([str(record.get("_model_version", ""))] * n_slots)
+            columns["listener_id"].extend([record.get("_listener_id")] * n_slots)
+            columns["arm"].extend([record.get("_arm", DEFAULT_ARM)] * n_slots)
+            columns["arm_mode"].extend([record.get("_arm_mode", ONLINE)] * n_slots)
+            columns["learn"].extend([record.get("_learn", True) is not False] * n_slots)
+            columns["agreement"].extend(record.get("_agreement") or [None] * n_slots)
         table = pa.table(
             {
                 **columns,
                 "slot": pa.array(columns["slot"], pa.int32()),
                 "logging_marginal": pa.array(columns["logging_marginal"], pa.float64()),
+                "listener_id": pa.array(columns["listener_id"], pa.string()),
+                "agreement": pa.array(columns["agreement"], pa.bool_()),
             }
         )
         slate_path = self.paths.slates / part_name(part, ".parquet")

@@ -74,16 +74,40 @@ class ServiceMetrics:
             f"{PREFIX}_joiner_last_run_timestamp_seconds", "when the joiner last completed a pass",
             registry=r, multiprocess_mode="livemax",
         )
+        # A/B arms (docs/experiments.md)
+        self.arm_decisions = Counter(f"{PREFIX}_arm_decisions_total", "decisions served by arm and mode", ["arm", "mode"], registry=r)
+        self.arm_share = Gauge(
+            f"{PREFIX}_arm_share", "configured share of the traffic of each arm (0 once an arm is removed)",
+            ["arm", "mode"], registry=r, multiprocess_mode="livemax",
+        )
+        self.arms_refused = Gauge(
+            f"{PREFIX}_arms_config_refused", "1 while arms.json holds a configuration this worker refused",
+            registry=r, multiprocess_mode="livemax",
+        )
+        self.arms_refusals = Counter(f"{PREFIX}_arms_config_refusals_total", "arms configurations refused", registry=r)
+        self.arms_reloads = Counter(f"{PREFIX}_arms_config_reloads_total", "arms configurations loaded", registry=r)
+        self.apprentice_slots = Counter(
+            f"{PREFIX}_apprentice_slots_total", "apprentice slots compared with the model's top choice", ["arm"], registry=r
+        )
+        self.apprentice_agreed = Counter(
+            f"{PREFIX}_apprentice_agreed_slots_total", "apprentice slots where the model's top choice was the editorial one",
+            ["arm"], registry=r,
+        )
         self._recent_min_probs: deque[float] = deque(maxlen=MIN_PROB_WINDOW)
         self._served_version: str | None = None
 
-    def observe_decision(self, slot_distributions: tuple, slot_probs: tuple) -> None:
-        """Count a decision, whether it explored, and its smallest logged probability."""
+    def observe_decision(self, slot_distributions: tuple, slot_probs: tuple, arm: str, mode: str) -> None:
+        """Count a decision (and its arm), whether it explored, and its smallest logged probability."""
         self.decisions.inc()
+        self.arm_decisions.labels(arm, mode).inc()
         if any(distribution[0][1] < max(p for _, p in distribution) for distribution in slot_distributions):
             self.explored.inc()
         self._recent_min_probs.append(min(slot_probs))
         self.min_probability.set(min(self._recent_min_probs))
+
+    def observe_agreement(self, arm: str, n_slots: int, n_agreed: int) -> None:
+        self.apprentice_slots.labels(arm).inc(n_slots)
+        self.apprentice_agreed.labels(arm).inc(n_agreed)
 
     def serve_model(self, version: str, created: float) -> None:
         if self._served_version is not None:

@@ -11,24 +11,52 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
 
 from bandit.types import Context, Decision, Shelf
 from bandit.vw.format import decision_record
-
-# the arm a decision was served by; A/B arms will name theirs here
-DEFAULT_ARM = "main"
+from service.arms import DEFAULT_ARM, ONLINE
 
 _HEAD = re.compile(rb'^\{"EventId":"([^"\\]*)","Timestamp":"([^"\\]*)"')
 
 
+@dataclass(frozen=True, slots=True)
+class ServedBy:
+    """Which arm served a decision, in which mode, whether it may be learned from, and (apprentice
+    arms) per slot whether the compared model's top choice agreed with the editorial one."""
+
+    arm: str = DEFAULT_ARM
+    mode: str = ONLINE
+    learn: bool = True
+    agreement: tuple[bool, ...] | None = None
+    learner_version: str | None = None
+
+    def fields(self) -> dict:
+        """The decision record's `_arm`, `_arm_mode`, `_learn` (and `_agreement`, `_learner_version`)."""
+        out: dict = {"_arm": self.arm, "_arm_mode": self.mode, "_learn": self.learn}
+        if self.agreement is not None:
+            out["_agreement"] = list(self.agreement)
+            out["_learner_version"] = self.learner_version
+        return out
+
+
+MAIN = ServedBy()
+
+
 def decision_line(
-    context: Context, shelves: Sequence[Shelf], decision: Decision, *, timestamp: float, baseline: Sequence[str]
+    context: Context,
+    shelves: Sequence[Shelf],
+    decision: Decision,
+    *,
+    timestamp: float,
+    baseline: Sequence[str],
+    served_by: ServedBy = MAIN,
 ) -> bytes:
     """One DSJSON decision line (no rewards yet), newline-terminated."""
-    record = decision_record(context, shelves, decision, timestamp=timestamp, baseline=baseline, extra={"_arm": DEFAULT_ARM})
+    record = decision_record(context, shelves, decision, timestamp=timestamp, baseline=baseline, extra=served_by.fields())
     return json_line(record, keep_nan=any(math.isnan(m) for m in decision.slot_marginals))
 
 

@@ -13,12 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema
 
 from bandit.features import MAX_FEATURES, MAX_NAME_LENGTH, MAX_VALUE_LENGTH
 from bandit.types import MAX_SHELVES
+from service.arms import ACTIVE, DEFAULT_SALT, ONLINE
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
 MAX_ID_LENGTH = 128
 
 Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 ShelfId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+ListenerId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 # values are checked by bandit.features (one rule for every entry point) in service.convert;
 # the schema only documents them
 FeatureValue = Annotated[
@@ -52,6 +54,11 @@ class RankRequest(_Strict):
     """Order `shelves` into `slots` positions for one listener."""
 
     event_id: Identifier | None = Field(None, description="client-chosen id; generated when absent")
+    listener_id: ListenerId | None = Field(
+        None,
+        description="the listener's stable id: it decides the A/B arm (a listener always gets the same arm); "
+        "without it the event id decides. Logged as `_listener_id`, never a feature of the model.",
+    )
     user: FeatureMap = Field(default_factory=dict, description="listener and request features")
     shelves: list[ShelfIn] = Field(min_length=1, max_length=MAX_SHELVES)
     slots: Annotated[int, Field(strict=True, ge=1)]
@@ -66,7 +73,8 @@ class SlotOut(BaseModel):
 
 class RankResponse(BaseModel):
     event_id: str
-    model_version: str
+    model_version: str = Field(description="the version of the policy that served (the arm's)")
+    arm: str = Field(description="the A/B arm that served (`main` without an arms configuration)")
     ranking: list[SlotOut]
 
 
@@ -110,6 +118,44 @@ class ModelOut(BaseModel):
 class ActivateResponse(BaseModel):
     version: str
     previous: str | None
+
+
+# the rules of an arms configuration live in `service.arms` (one place for the API, the file
+# and the CLI); these schemas give its shape
+class ArmIn(_Strict):
+    """One arm: a share of the traffic, the policy that serves it and its learning mode."""
+
+    name: StrictStr = Field(description="1-64 of a-z, 0-9, '_', '.', '-'")
+    share: float = Field(strict=True, description="share of the listeners, in [0, 1]; the shares sum to 1")
+    policy: StrictStr = Field(ACTIVE, description="`active`, `editorial`, `uniform`, `popularity`, or a stored model version")
+    mode: StrictStr = Field(ONLINE, description="`online`, `apprentice` or `logging-only`")
+
+
+class ArmsIn(_Strict):
+    """The arms in traffic order and the salt of the listener hash."""
+
+    salt: StrictStr = DEFAULT_SALT
+    arms: list[ArmIn]
+
+
+class ArmOut(ArmIn):
+    serving_version: str | None = Field(description="the version that serves this arm now (None: no model loaded)")
+    model_version: str | None = Field(description="the version of the arm's policy (for an apprentice arm: the model it compares)")
+    apprentice_slots: int | None = Field(None, description="apprentice arms: slots this worker compared")
+    apprentice_agreement: float | None = Field(None, description="apprentice arms: share of compared slots where the model's top choice was the editorial one")
+
+
+class ArmsRefusalOut(BaseModel):
+    reason: str
+    at: float
+
+
+class ArmsOut(BaseModel):
+    source: Literal["default", "file"] = Field(description="file: arms.json; default: the single `main` arm")
+    salt: str
+    loaded_at: float
+    arms: list[ArmOut]
+    refused: ArmsRefusalOut | None = Field(description="the last arms.json this worker refused (the previous arms keep serving)")
 
 
 class Problem(BaseModel):

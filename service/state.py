@@ -21,14 +21,16 @@ from bandit.policy import Policy
 from bandit.types import Context, Decision, Shelf
 from bandit.vw.ranker import VWShelfRanker
 from service.active_model import ActiveModel
+from service.arms import APPRENTICE, Arm
 from service.errors import LateReward, NotReady, RepeatedEvent, UnknownEvent
 from service.events import EventIndex
+from service.experiment import Experiment, compare_with_model
 from service.joiner import JoinConfig, Joiner, JoinReport
 from service.logs import get_logger
 from service.metrics import ServiceMetrics
 from service.model_store import ModelStore
 from service.paths import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
-from service.records import decision_line, reward_line
+from service.records import ServedBy, decision_line, reward_line
 from service.segments import LogWriteError, SegmentWriter, set_aside_torn_tails
 from service.settings import Settings
 
@@ -59,6 +61,7 @@ class Service:
         self.metrics = ServiceMetrics()
         self.store = ModelStore(self.paths.models)
         self.model = ActiveModel(self.store, self.metrics, poll_s=settings.model_poll_s)
+        self.experiment = Experiment(settings.data_dir, self.store, self.model, self.metrics, poll_s=settings.model_poll_s)
         self.events = EventIndex(self.paths.decisions, settings.remembered_s)
         self.decisions: SegmentWriter | None = None
         self.rewards: SegmentWriter | None = None
@@ -84,6 +87,7 @@ class Service:
         self.late_rewards = self._writer(paths.late_rewards, LATE_KIND)
         self.store.ensure_active(lambda: VWShelfRanker(RankerConfig.from_dict(settings.initial_ranker)))
         self.model.start()
+        self.experiment.start()
         self.events.refresh()
         if settings.run_joiner:
             joiner = Joiner(paths.root, join_config(settings))
@@ -103,6 +107,7 @@ class Service:
     def stop(self) -> None:
         self._joiner_stop.set()
         self.model.stop()
+        self.experiment.stop()
         if self._joiner_thread is not None:
             self._joiner_thread.join(timeout=30.0)
         self._ranking_thread.shutdown(wait=True)
@@ -129,33 +134,52 @@ class Service:
     # -- operations ----------------------------------------------------------------------------
     async def rank(
         self, context: Context, shelves: tuple[Shelf, ...], n_slots: int, event_id: str | None, baseline: tuple[str, ...]
-    ) -> Decision:
-        """Rank with the served model on the ranking thread, wait until the decision is durably
-        logged, then return it."""
-        served = self.model.current
-        if served is None or self.decisions is None:
-            raise NotReady("model: no model is loaded yet")
+    ) -> tuple[Decision, ServedBy]:
+        """Assign the request to an arm (by its listener id, else its event id), rank with the
+        arm's policy on the ranking thread, wait until the decision is durably logged, then
+        return it and the arm that served it."""
+        if self.decisions is None:
+            raise NotReady("decisions: the decision log is not open")
         if event_id is None:
             event_id = uuid.uuid4().hex
         elif self.events.seen_here(event_id):
             raise RepeatedEvent(f"event_id: already served ({event_id}); event ids must be unique")
+        live = self.experiment.current
+        arm = live.choose(context.listener_id or event_id)
+        serving = self.experiment.serving_policy(live, arm)
+        learner = self.experiment.policy_of(live, arm) if arm.mode == APPRENTICE else None
         loop = asyncio.get_running_loop()
-        decision, decided_at, logged = await loop.run_in_executor(
-            self._ranking_thread, self._decide, served.policy, context, shelves, n_slots, event_id, baseline
+        decision, decided_at, logged, served_by = await loop.run_in_executor(
+            self._ranking_thread, self._decide, arm, serving, learner, context, shelves, n_slots, event_id, baseline
         )
         await self._durable(asyncio.wrap_future(logged), "decisions")
         self.events.add(event_id, decided_at, decision.shelf_ids)
-        self.metrics.observe_decision(decision.slot_distributions, decision.slot_probs)
-        return decision
+        self.metrics.observe_decision(decision.slot_distributions, decision.slot_probs, arm.name, arm.mode)
+        if served_by.agreement is not None:
+            self.experiment.count_agreement(arm.name, served_by.agreement)
+        return decision, served_by
 
     def _decide(
-        self, policy: Policy, context: Context, shelves: tuple[Shelf, ...], n_slots: int, event_id: str, baseline: tuple[str, ...]
-    ) -> tuple[Decision, float, Future]:
-        """On the ranking thread: rank, encode the log line and hand it to the decision log."""
-        decision = policy.rank(context, shelves, n_slots, event_id=event_id, baseline=baseline)
+        self,
+        arm: Arm,
+        serving: Policy,
+        learner: Policy | None,
+        context: Context,
+        shelves: tuple[Shelf, ...],
+        n_slots: int,
+        event_id: str,
+        baseline: tuple[str, ...],
+    ) -> tuple[Decision, float, Future, ServedBy]:
+        """On the ranking thread: rank, compare an apprentice's model with the editorial order,
+        encode the log line and hand it to the decision log."""
+        decision = serving.rank(context, shelves, n_slots, event_id=event_id, baseline=baseline)
+        served_by = ServedBy(arm.name, arm.mode, arm.learn)
+        if learner is not None:
+            agreement = compare_with_model(learner, context, shelves, decision, baseline)
+            served_by = ServedBy(arm.name, arm.mode, arm.learn, agreement, learner.model_version)
         now = time.time()
-        line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline)
-        return decision, now, self.decisions.submit(line)
+        line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline, served_by=served_by)
+        return decision, now, self.decisions.submit(line), served_by
 
     def reward(
         self, event_id: str, slot: int | None, shelf_id: str | None, value: float, reward_id: str | None

@@ -17,6 +17,8 @@ COMMANDS = {
     "serve": "service.cli:serve",
     "join": "service.cli:join",
     "doctor": "service.cli:doctor",
+    "arms": "service.experiment_cli:arms",
+    "ab-report": "service.experiment_cli:ab_report",
     "simulate": "simulator.commands:simulate",
     "simulate-log": "simulator.commands:simulate_log",
     "sweep": "simulator.commands:sweep",

@@ -60,9 +60,10 @@ class DriveResult:
 
 
 def rank_body(request: Request, n_slots: int, event_id: str) -> dict:
-    """The JSON body of POST /v1/rank for one request."""
+    """The JSON body of POST /v1/rank for one request (the listener id decides the service's A/B arm)."""
     return {
         "event_id": event_id,
+        "listener_id": request.context.listener_id,
         "user": dict(request.context.features),
         "shelves": [{"id": s.shelf_id, "features": dict(s.features)} for s in request.shelves],
         "slots": n_slots,

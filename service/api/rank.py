@@ -19,10 +19,11 @@ router = APIRouter(prefix="/v1", tags=["decisions"])
 async def rank(body: RankRequest, service: ServiceDep, request: Request) -> Response:
     """Rank `shelves` into `slots` slots. The decision is logged durably before the answer.
 
-    `probability` is P(this shelf at this slot | the shelves above it) under the served model.
-    Ranking runs on the service's ranking thread, so the event loop is never blocked by it.
+    `probability` is P(this shelf at this slot | the shelves above it) under the policy of the
+    arm that served (`arm`; the listener id decides it, see docs/experiments.md). Ranking runs
+    on the service's ranking thread, so the event loop is never blocked by it.
     """
     context, shelves, baseline = rank_inputs(body, service.settings)
-    decision = await service.rank(context, shelves, body.slots, body.event_id, baseline)
+    decision, served_by = await service.rank(context, shelves, body.slots, body.event_id, baseline)
     request.state.event_id = decision.event_id
-    return Response(ranking_json(decision), media_type="application/json")
+    return Response(ranking_json(decision, served_by.arm), media_type="application/json")
