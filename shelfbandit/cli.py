@@ -17,6 +17,7 @@ COMMANDS = {
     "serve": "service.cli:serve",
     "join": "service.cli:join",
     "doctor": "service.cli:doctor",
+    "train": "service.training.cli:train",
     "arms": "service.experiment_cli:arms",
     "ab-report": "service.experiment_cli:ab_report",
     "simulate": "simulator.commands:simulate",

@@ -1,0 +1,97 @@
+"""`shelfbandit train`: candidates learn the joined log on Ray; the launch gate promotes them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("shelfbandit-data"), show_default=True,
+              help="Data directory of the service (joined log, model store); training state goes to <data-dir>/training.")
+@click.option("--follow", is_flag=True, help="Keep training beside the service as new parts are joined (Ctrl-C stops).")
+@click.option("--candidates", "candidates_file", type=click.Path(dir_okay=False, path_type=Path),
+              help='JSON list of candidates: [{"name": "greedy", "explorer": "epsilon", "epsilon": 0.02}, ...] (RankerConfig fields). [default: three built-in]')
+@click.option("--ray-address", help="Join this Ray cluster (the data directory must be visible to its nodes). [default: start a local Ray]")
+@click.option("--num-cpus", type=click.IntRange(min=1), default=2, show_default=True, help="CPUs of the local Ray.")
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="With --follow: seconds between polls for new parts once caught up.")
+@click.option("--min-events", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Events served by the active model that a candidate must have scored before the gate judges it.")
+@click.option("--min-lift", type=float, default=0.0, show_default=True,
+              help="Promote only when the lower end of the difference interval is above this (reward per session).")
+@click.option("--max-events-per-round", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="Events each candidate trains per round at most (whole parts), before the gate is asked.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the gate's bootstrap.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON summary.")
+def train(data_dir, follow, candidates_file, ray_address, num_cpus, interval_s, min_events, min_lift,
+          max_events_per_round, seed, as_json) -> None:
+    """Train candidate rankers (one Ray worker each) on the joined log, with progressive
+    validation, and publish a candidate only when the launch gate says it beats the active
+    model on the events that model served. Records go to <data-dir>/training/records.jsonl."""
+    from tqdm import tqdm
+
+    from offline_eval.gate import GateRule
+    from service.training.candidates import DEFAULT_CANDIDATES, read_candidates
+    from service.training.gate import GateSettings
+    from service.training.loop import RoundReport, TrainingLoop
+    from service.training.records import records_path
+
+    candidates = read_candidates(candidates_file) if candidates_file else DEFAULT_CANDIDATES
+    gate = GateSettings(min_events=min_events, window_events=max(20_000, min_events), rule=GateRule(min_lift=min_lift))
+    loop = TrainingLoop(data_dir, candidates, gate=gate, ray_address=ray_address, num_cpus=num_cpus,
+                        max_events_per_round=max_events_per_round, seed=seed)
+    totals = {"rounds": 0, "events_trained": 0, "gates": 0, "refused": 0, "promoted": [], "workers_lost": 0}
+    stop = threading.Event()
+    with loop, tqdm(total=loop.pending_events(), unit=" events", desc="training", disable=as_json, mininterval=0.5) as bar:
+
+        def report(done: RoundReport) -> None:
+            totals["rounds"] += 1
+            totals["events_trained"] += done.n_events
+            totals["gates"] += len(done.gates)
+            totals["workers_lost"] += len(done.lost)
+            totals["refused"] += len(done.refused)
+            if done.promoted:
+                totals["promoted"].append(done.promoted)
+            bar.total = bar.n + done.n_events + loop.pending_events()
+            bar.update(done.n_events)
+            if not as_json:
+                for gate_record in done.gates:
+                    difference = gate_record["difference"]
+                    bar.write(f"{gate_record['candidate']}: {gate_record['verdict']} "
+                              f"({gate_record['estimator']} lift {_number(difference['value'])} "
+                              f"[{_number(difference['lower'])}, {_number(difference['upper'])}] on {gate_record['n_events']} events)")
+                if done.promoted:
+                    bar.write(f"promoted and activated {done.promoted}")
+
+        if follow:
+            previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                loop.run(stop, interval_s, report)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+        else:
+            loop.backfill(report)
+        statuses = loop.statuses
+        active = loop.store.active()
+    summary = {
+        "data_dir": str(loop.data_dir),
+        **totals,
+        "active_version": active.version if active else None,
+        "candidates": [{k: s[k] for k in ("candidate", "events_trained", "next_part", "model_version")} for s in statuses],
+        "records": str(records_path(loop.data_dir)),
+    }
+    if not as_json:
+        for status in statuses:
+            click.echo(f"{status['candidate']}: {status['events_trained']} events trained, model {status['model_version']}")
+        click.echo(f"records in {summary['records']}")
+    click.echo(json.dumps(summary))
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"

@@ -1,0 +1,64 @@
+"""`training/records.jsonl`: what was trained, judged, promoted and refused, one JSON object a line.
+
+Every record has `record` (its kind), `time` (seconds since the epoch) and `candidate`.
+Kinds (fields in docs/training.md): `trained` (a committed step: parts, events, first and
+last event id, digest, model version), `gate` (a launch-gate decision with the estimates of
+both models and of their difference), `promoted` (the version published and activated) and
+`refused` (a gate decision that did not promote, with the reason). Only the training loop
+writes the file; a line torn by a crash is cut off when the loop starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from offline_eval.intervals import finite_or_none
+from service.training.state import training_dir
+
+RECORDS = "records.jsonl"
+TRAINED, GATE, PROMOTED, REFUSED = "trained", "gate", "promoted", "refused"
+
+
+def records_path(data_dir: str | Path) -> Path:
+    return training_dir(data_dir) / RECORDS
+
+
+def read_records(data_dir: str | Path, kind: str | None = None) -> list[dict]:
+    """The complete records, oldest first (only those of `kind` if given)."""
+    path = records_path(data_dir)
+    if not path.exists():
+        return []
+    lines = path.read_bytes().splitlines(keepends=True)
+    records = [json.loads(line) for line in lines if line.endswith(b"\n")]
+    return [r for r in records if kind is None or r["record"] == kind]
+
+
+class TrainingRecords:
+    """Appends records durably (one write and one fsync per batch)."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.path = records_path(data_dir)
+
+    def repair(self) -> None:
+        """Cut off a torn last line (a crash during an append)."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        complete = data.rfind(b"\n") + 1
+        if complete != len(data):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(complete)
+                os.fsync(handle.fileno())
+
+    def append(self, records: Sequence[dict]) -> None:
+        if not records:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = b"".join(json.dumps(finite_or_none(r), sort_keys=False).encode() + b"\n" for r in records)
+        with open(self.path, "ab") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())

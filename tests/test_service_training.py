@@ -1,0 +1,339 @@
+"""Trainer workers on a real local Ray: exact resume after a kill, the launch gate refusing a
+worse candidate and promoting a better one, the records, and `shelfbandit train`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from click.testing import CliRunner
+
+from bandit.config import RankerConfig
+from bandit.errors import ValidationError
+from bandit.vw.ranker import VWShelfRanker
+from service.joiner import JoinedLog
+from service.model_store import ModelStore
+from service.training.candidates import Candidate, read_candidates
+from service.training.gate import GateSettings
+from service.training.loop import TrainingBusy, TrainingLoop
+from service.training.records import read_records
+from service.training.state import CHECKPOINT, JOURNAL, candidate_dir, model_name
+from service.training.worker import CandidateTrainer
+from shelfbandit.cli import cli
+from tests.service_training_support import TinyWorld, log_and_join
+
+SQUARECB = Candidate("squarecb", RankerConfig(explorer="squarecb"))
+UNIFORM = Candidate("uniform", RankerConfig(explorer="epsilon", epsilon=1.0))
+BIN = Path(sys.executable).parent / "shelfbandit"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def joined_event_ids(data_dir: Path) -> list[list[str]]:
+    """Event ids of every committed part, read straight from the joined lines."""
+    return [[json.loads(line)["EventId"] for line in part.jsonl.read_text().splitlines()] for part in JoinedLog(data_dir).parts()]
+
+
+def digest(event_ids: list[str]) -> str:
+    return hashlib.sha256("".join(f"{e}\n" for e in event_ids).encode()).hexdigest()
+
+
+def uniform_log(data_dir: Path, n_events: int, part_size: int, seed: int) -> TinyWorld:
+    """A strong-signal world logged by a fresh ranker (every shelf tied: uniformly random)."""
+    rng = np.random.default_rng(seed)
+    world = TinyWorld.strong(rng)
+    log_and_join(data_dir, world, VWShelfRanker(RankerConfig(epsilon=0.2)), n_events, part_size, rng, "u")
+    return world
+
+
+def wait_for_part(state: Path, part: int, timeout_s: float = 60.0) -> None:
+    """Until the candidate's committed checkpoint has reached `part` (training of it under way)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((state / CHECKPOINT).read_text())["next_part"] >= part:
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.005)
+    raise AssertionError(f"the trainer did not reach part {part} within {timeout_s} s")
+
+
+def reference_trainer(data_dir: Path, name: str) -> CandidateTrainer:
+    """The same configuration trained once, uninterrupted, in this process (no Ray)."""
+    trainer = CandidateTrainer(data_dir, Candidate(name, SQUARECB.config))
+    trainer.train()
+    return trainer
+
+
+# -- exact resume -------------------------------------------------------------------------------
+
+def test_a_trainer_killed_mid_stream_resumes_exactly(local_ray, tmp_path):
+    uniform_log(tmp_path, 2400, 300, seed=3)
+    parts = joined_event_ids(tmp_path)
+    assert len(parts) == 8
+    state = candidate_dir(tmp_path, SQUARECB.name)
+    kills = []
+    with TrainingLoop(tmp_path, [SQUARECB], max_events_per_round=1200) as loop:
+        for part in (2, 4):  # one kill in each round (4 parts each), while a later part trains
+            pid = loop.statuses[0]["pid"]
+            rounds = []
+            worker = threading.Thread(target=lambda: rounds.append(loop.run_once()))
+            worker.start()
+            wait_for_part(state, part)
+            os.kill(pid, signal.SIGKILL)
+            worker.join(timeout=120)
+            kills.append((part, rounds[0].lost, json.loads((state / CHECKPOINT).read_text())["next_part"]))
+        loop.backfill()
+        final = loop.statuses[0]
+    assert [lost for _, lost, _ in kills] == [("squarecb",), ("squarecb",)]
+    assert all(part <= committed < 8 for part, _, committed in kills)  # killed mid-stream
+    assert final["next_part"] == 8 and final["events_trained"] == 2400
+
+    reference = reference_trainer(tmp_path, "reference")
+    killed_model = Path(final["model"]).read_bytes()
+    assert killed_model == Path(reference.status()["model"]).read_bytes()
+    # and score for score against VW learning the same parts in the same order without scoring
+    plain = VWShelfRanker(SQUARECB.config)
+    for part in JoinedLog(tmp_path).parts():
+        plain.learn_file(part.jsonl)
+    resumed = VWShelfRanker.load(final["model"])
+    world = TinyWorld.strong(np.random.default_rng(3))
+    for segment in range(4):
+        costs, _ = resumed.score(world.context(segment), world.shelves, 2)
+        np.testing.assert_array_equal(costs, plain.score(world.context(segment), world.shelves, 2)[0])
+
+    trained = [r for r in read_records(tmp_path, "trained") if r["candidate"] == "squarecb"]
+    assert [r["step"] for r in trained] == list(range(1, 9))
+    assert [r["parts"] for r in trained] == [[p] for p in range(8)]
+    assert [r["events_sha256"] for r in trained] == [digest(ids) for ids in parts]
+    assert [(r["first_event_id"], r["last_event_id"], r["n_events"]) for r in trained] == [(ids[0], ids[-1], len(ids)) for ids in parts]
+    assert [r["events_trained"] for r in trained] == list(range(300, 2401, 300))
+    scored = [e for r in trained for e in pd_read(state / r["scores"])["event_id"][::2]]
+    assert scored == [e for ids in parts for e in ids]
+
+
+def pd_read(path: Path):
+    import pandas as pd
+
+    return pd.read_parquet(path)
+
+
+def test_a_crash_between_writing_a_model_and_moving_the_pointer_resumes_at_the_pointer(tmp_path):
+    uniform_log(tmp_path, 900, 300, seed=4)
+    crashed = CandidateTrainer(tmp_path, SQUARECB)
+    crashed.train(max_parts=2)
+    state = crashed.state.directory
+    # what a kill leaves after step 3's model and journal line were written, before the pointer moved
+    part = JoinedLog(tmp_path).parts(2)[0]
+    crashed.policy.learn_file(part.jsonl)
+    crashed.policy.save(state / model_name(3))
+    with open(state / JOURNAL, "ab") as journal:
+        journal.write(json.dumps({"step": 3, "candidate": "squarecb"}).encode() + b"\n" + b'{"step": 4, "cand')
+    (state / "models" / f".{Path(model_name(4)).name}.tmp123").write_bytes(b"torn")
+
+    resumed = CandidateTrainer(tmp_path, SQUARECB)
+    assert (resumed.status()["step"], resumed.status()["next_part"], resumed.status()["events_trained"]) == (2, 2, 600)
+    assert sorted(p.name for p in (state / "models").iterdir()) == [
+        "step-00000001.model", "step-00000001.model.json", "step-00000002.model", "step-00000002.model.json"]
+    assert len((state / JOURNAL).read_text().splitlines()) == 2
+    steps = resumed.train()["steps"]
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    assert Path(resumed.status()["model"]).read_bytes() == Path(reference_trainer(tmp_path, "reference").status()["model"]).read_bytes()
+
+
+# -- the launch gate ----------------------------------------------------------------------------
+
+def uniform_value(world: TinyWorld) -> float:
+    """Exact expected reward per session of a uniformly random ranking, averaged over segments."""
+    theta = 1.0 / (1.0 + np.arange(world.n_slots))
+    return float(theta.sum() * world.appeal.mean())
+
+
+def greedy_value(ranker: VWShelfRanker, world: TinyWorld) -> float:
+    """Exact expected reward per session of the ranker's lowest-cost ordering, averaged over segments."""
+    segments = np.arange(world.appeal.shape[0])
+    rankings = np.array([np.argsort(ranker.score(world.context(s), world.shelves, 1)[0][0])[: world.n_slots] for s in segments])
+    return float(world.value(rankings, segments).mean())
+
+
+def test_a_worse_candidate_is_refused_and_the_record_says_why(local_ray, tmp_path):
+    rng = np.random.default_rng(5)
+    world = TinyWorld.strong(rng)
+    scratch, data_dir = tmp_path / "scratch", tmp_path / "data"
+    log_and_join(scratch, world, VWShelfRanker(RankerConfig(epsilon=0.2)), 3000, 3000, rng, "w")
+    learned = VWShelfRanker(RankerConfig(epsilon=0.2))
+    learned.learn_file(JoinedLog(scratch).parts()[0].jsonl)
+    store = ModelStore(data_dir / "models")
+    active = store.publish(learned, activate=True)
+    assert greedy_value(learned, world) > uniform_value(world) + 0.3  # the premise: the active model is good
+    log_and_join(data_dir, world, store.load(active)[0], 3000, 500, rng, "a")
+
+    with TrainingLoop(data_dir, [UNIFORM], gate=GateSettings(min_events=1000)) as loop:
+        reports = loop.backfill()
+    [gate] = [r for report in reports for r in report.gates]
+    assert (gate["candidate"], gate["active_version"], gate["n_events"]) == ("uniform", active, 3000)
+    assert gate["verdict"] == "do not ship"
+    assert gate["difference"]["upper"] < 0.0
+    assert gate["candidate_estimate"]["lower"] <= uniform_value(world) <= gate["candidate_estimate"]["upper"]
+    assert "lies below min_lift 0" in gate["reason"]
+    records = read_records(data_dir)
+    [refused] = [r for r in records if r["record"] == "refused"]
+    assert (refused["candidate"], refused["verdict"], refused["reason"]) == ("uniform", "do not ship", gate["reason"])
+    assert not [r for r in records if r["record"] == "promoted"]
+    assert store.active().version == active
+
+
+def test_a_better_candidate_is_promoted_once_the_evidence_suffices(local_ray, tmp_path):
+    rng = np.random.default_rng(6)
+    world = TinyWorld.strong(rng)
+    store = ModelStore(tmp_path / "models")
+    fresh = store.publish(VWShelfRanker(RankerConfig(epsilon=0.2)), activate=True)  # all shelves tied: uniform
+    serving = store.load(fresh)[0]
+    log_and_join(tmp_path, world, serving, 600, 300, rng, "a")
+    settings = GateSettings(min_events=1000)
+    with TrainingLoop(tmp_path, [SQUARECB, UNIFORM], gate=settings) as loop:
+        early = loop.backfill()
+        with pytest.raises(TrainingBusy, match="another training loop is running"):
+            TrainingLoop(tmp_path, [SQUARECB]).start()
+        assert not [r for report in early for r in report.decisions]
+        assert early[0].waiting["squarecb"] == f"600 of the 1000 events needed were served by the active model {fresh}"
+
+        log_and_join(tmp_path, world, serving, 2400, 300, rng, "b")
+        later = loop.backfill()
+        promoted_model = VWShelfRanker.load(loop.statuses[0]["model"])
+    decisions = [r for report in later for r in report.decisions]
+    gates = {r["candidate"]: r for r in decisions if r["record"] == "gate"}
+    assert gates["squarecb"]["verdict"] == "ship" and gates["squarecb"]["difference"]["lower"] > 0.0
+    assert gates["squarecb"]["n_events"] == 3000
+    assert gates["uniform"]["verdict"] == "not enough data"  # the same policy as the active one: difference 0
+    [promoted] = [r for r in decisions if r["record"] == "promoted"]
+    assert promoted["candidate"] == "squarecb" and promoted["activated"] is True
+    assert promoted["version"] == gates["squarecb"]["candidate_version"] == store.active().version
+    assert promoted["previous_version"] == fresh == store.active().previous
+    assert [r["candidate"] for r in decisions if r["record"] == "refused"] == ["uniform"]
+    assert greedy_value(promoted_model, world) > uniform_value(world) + 0.3  # the premise: it did learn the signal
+    assert_documented_fields(read_records(tmp_path))
+
+
+# the record format of docs/training.md
+RECORD_FIELDS = {
+    "trained": {"record", "time", "candidate", "step", "config_id", "parts", "n_events", "first_event_id", "last_event_id",
+                "events_sha256", "events_trained", "next_part", "model_version", "scored_by", "model", "scores", "seconds"},
+    "gate": {"record", "time", "candidate", "candidate_version", "active_version", "events_trained", "parts", "n_events",
+             "n_slots", "estimator", "candidate_estimate", "active_estimate", "difference", "ess", "verdict", "reason",
+             "rule", "ci", "level", "estimates"},
+    "promoted": {"record", "time", "candidate", "candidate_version", "active_version", "events_trained", "version",
+                 "activated", "previous_version", "estimator", "difference"},
+    "refused": {"record", "time", "candidate", "candidate_version", "active_version", "events_trained", "verdict", "reason"},
+}
+INTERVAL_FIELDS = {"value", "lower", "upper"}
+
+
+def assert_documented_fields(records: list[dict]) -> None:
+    assert {r["record"] for r in records} == set(RECORD_FIELDS)
+    for record in records:
+        assert set(record) == RECORD_FIELDS[record["record"]], record["record"]
+        for name in ("candidate_estimate", "active_estimate", "difference"):
+            if name in record:
+                assert set(record[name]) == INTERVAL_FIELDS
+        for estimates in record.get("estimates", {}).values():
+            assert set(estimates) == {"candidate", "active", "difference"}
+
+
+# -- the command --------------------------------------------------------------------------------
+
+def candidates_file(path: Path, candidates: list[Candidate]) -> Path:
+    path.write_text(json.dumps([c.to_dict() for c in candidates]))
+    return path
+
+
+def test_train_backfills_everything_joined_then_a_rerun_has_nothing_left(local_ray, tmp_path):
+    data_dir = tmp_path / "data"
+    uniform_log(data_dir, 900, 300, seed=7)
+    chosen = candidates_file(tmp_path / "candidates.json", [SQUARECB, UNIFORM])
+    assert read_candidates(chosen) == (SQUARECB, UNIFORM)
+    args = ["train", "--data-dir", str(data_dir), "--candidates", str(chosen), "--max-events-per-round", "600", "--json"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.output.strip().splitlines()[-1])
+    assert summary["events_trained"] == 1800 and summary["rounds"] == 3  # 2 rounds of 600 and 300 events each, then none
+    assert [(c["candidate"], c["events_trained"], c["next_part"]) for c in summary["candidates"]] == [("squarecb", 900, 3), ("uniform", 900, 3)]
+    assert summary["active_version"] is None and summary["promoted"] == []
+    assert len(read_records(data_dir, "trained")) == 6
+    again = CliRunner().invoke(cli, args)
+    assert json.loads(again.output.strip().splitlines()[-1])["events_trained"] == 0
+    assert len(read_records(data_dir, "trained")) == 6
+
+
+def test_a_candidate_name_keeps_its_configuration(tmp_path):
+    uniform_log(tmp_path, 300, 300, seed=8)
+    CandidateTrainer(tmp_path, SQUARECB).train()
+    changed = Candidate("squarecb", RankerConfig(explorer="squarecb", learning_rate=0.1))
+    with pytest.raises(ValidationError, match="candidates.squarecb: its state .* another configuration \\(learning_rate differ\\)"):
+        TrainingLoop(tmp_path, [changed]).start()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "candidates: is not valid JSON"),
+    ('{"name": "a"}', "candidates: must be a JSON list of candidate objects"),
+    ('[{"name": "a", "epsilon": 2}]', "candidates[0].epsilon: must lie in [0, 1]"),
+    ('[{"name": "a/b"}]', "candidates[0].name: must be 1-64 letters"),
+    ('[{"name": "a"}, {"name": "a", "explorer": "squarecb"}]', "candidates: names must be unique"),
+    ('[{"name": "a", "speed": 3}]', "candidates[0].config: unknown fields"),
+])
+def test_train_refuses_a_bad_candidates_file_in_one_line(tmp_path, content, message):
+    path = tmp_path / "candidates.json"
+    path.write_text(content)
+    with pytest.raises(ValidationError) as refused:
+        read_candidates(path)
+    assert str(refused.value).startswith(message)
+
+
+def test_the_command_reports_a_bad_candidates_file_without_a_traceback(tmp_path):
+    path = tmp_path / "candidates.json"
+    path.write_text('[{"name": "a", "epsilon": 2}]')
+    result = subprocess.run([str(BIN), "train", "--data-dir", str(tmp_path), "--candidates", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: candidates[0].epsilon: must lie in [0, 1] (found 2)"
+
+
+def test_follow_trains_new_parts_as_they_are_joined_and_ctrl_c_stops_cleanly(tmp_path):
+    data_dir = tmp_path / "data"
+    world = uniform_log(data_dir, 600, 300, seed=9)
+    chosen = candidates_file(tmp_path / "candidates.json", [SQUARECB])
+    command = [str(BIN), "train", "--data-dir", str(data_dir), "--candidates", str(chosen), "--follow",
+               "--interval", "0.2", "--num-cpus", "1", "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_part(candidate_dir(data_dir, "squarecb"), 2, timeout_s=90)
+        log_and_join(data_dir, world, VWShelfRanker(RankerConfig(epsilon=0.2)), 600, 300, np.random.default_rng(10), "late")
+        wait_for_part(candidate_dir(data_dir, "squarecb"), 4, timeout_s=60)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["candidates"][0]["events_trained"] == 1200 and summary["candidates"][0]["next_part"] == 4
+    assert "Traceback" not in err
