@@ -454,7 +454,7 @@ def plot(path: Path, report: ABReport) -> None:
     """Reward per session per arm (online, and offline where recorded) and each arm minus control."""
     figure = Figure(figsize=(11, 0.55 * len(report.arms) + 2.0))
     left, right = figure.subplots(1, 2)
-    names = [r.arm for r in report.arms]
+    names = [f"{r.arm} (control)" if r.arm == report.control else r.arm for r in report.arms]
     for i, r in enumerate(report.arms):
         e = r.reward
         left.errorbar([e.value], [i - 0.12], xerr=[[e.value - e.lower], [e.upper - e.value]], fmt="o", color="tab:blue",

@@ -401,3 +401,47 @@ def test_a_logged_decision_keeps_its_arm_fields_through_the_join():
     joined = join_record(record, Outcome((1.0, 0.0)))
     assert (joined["_arm"], joined["_arm_mode"], joined["_learn"], joined["_listener_id"]) == ("challenger", "logging-only", False, "listener-1")
     assert "_agreement" not in joined
+
+
+# -- the worker's arms: start-up refusal and the popularity baseline ----------------------------------
+def experiment_for(root):
+    from service.active_model import ActiveModel
+    from service.experiment import Experiment
+    from service.metrics import ServiceMetrics
+    from service.model_store import ModelStore
+
+    metrics = ServiceMetrics()
+    store = ModelStore(DataPaths(root).models)
+    return Experiment(root, store, ActiveModel(store, metrics), metrics, poll_s=60.0), metrics
+
+
+def test_a_worker_starting_with_an_invalid_arms_file_serves_the_default_arm_and_says_why(tmp_path):
+    ArmsFile(tmp_path).path.write_text(json.dumps(arms({"name": "a", "share": 1.0, "policy": "vw-0123456789ab"})))
+    experiment, metrics = experiment_for(tmp_path)
+    experiment.start()
+    try:
+        assert experiment.current.config == ArmsConfig.default() and experiment.current.source == "default"
+        assert experiment.refused.reason.startswith("arms[0].policy: no model 'vw-0123456789ab' in the store")
+        assert metrics.registry.get_sample_value("shelfbandit_arms_config_refused") == 1.0
+        ArmsFile(tmp_path).write(ArmsConfig.from_dict(SPLIT))
+        experiment.poll_once()
+        assert experiment.current.config == ArmsConfig.from_dict(SPLIT) and experiment.refused is None
+        assert metrics.registry.get_sample_value("shelfbandit_arm_share", {"arm": "challenger", "mode": "online"}) == 0.10
+    finally:
+        experiment.stop()
+
+
+def test_the_popularity_arm_ranks_by_the_joined_reward_rate_leaving_out_logging_only_events(tmp_path):
+    config = ArmsConfig.from_dict({"arms": [
+        {"name": "popular", "share": 0.5, "policy": "popularity"},
+        {"name": "holdout", "share": 0.5, "policy": "editorial", "mode": "logging-only"}]})
+    joined_data_dir(tmp_path, config, n=60)  # editorial (shelf-4 first) served everywhere; only the first arm's slot 0 rewarded
+    experiment, _ = experiment_for(tmp_path)
+    experiment.poll_once()
+    policy = experiment.policy_of(experiment.current, config.arms[0])
+    slates = JoinedLog(tmp_path).slate_table()
+    learnable = slates[slates["learn"]]
+    assert policy.shows == learnable.groupby("action")["reward"].size().astype(float).to_dict()
+    assert policy.reward_sums["shelf-4"] == learnable[learnable["action"] == "shelf-4"]["reward"].sum() > 0
+    assert policy.rank(Context(), catalogue(5), 2, event_id="p").shelf_ids[0] == "shelf-4"
+    assert experiment.popularity.refresh() is policy  # no new part: the same fitted policy
