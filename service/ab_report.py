@@ -14,7 +14,8 @@ so the difference of two arms has se^2 = se_a^2 + se_b^2 (two independent sample
 and every interval is value +- z se with z the normal quantile of the level.
 
 Offline estimates (docs/experiments.md): `<data_dir>/offline_estimates.json` by arm name or
-model version, else the trainer's `<data_dir>/training/records.jsonl` by model version. The
+model version, else the trainer's `<data_dir>/training/records.jsonl` (its launch-gate records)
+by model version. The
 offline/online agreement: is the online value inside the offline interval, their difference,
 and whether that difference is within z sqrt(se_online^2 + se_offline^2) (se_offline read
 from the offline interval's half-width).
@@ -27,7 +28,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import NormalDist
@@ -303,8 +304,10 @@ class OfflineEstimates:
                 self.by_version[entry["version"]] = found
 
     def _read_training_records(self, path: Path) -> None:
-        """The trainer's records, read defensively: a line counts if it is a JSON object naming a
-        `version` with an estimate in a recognised shape; anything else is skipped."""
+        """The trainer's records, read defensively. A `gate` record gives its candidate's estimate
+        (`candidate_version`, `candidate_estimate`, `estimator`, `level`, `time`): the last one of a
+        version is its estimate from before it was promoted. A record with a string `version` and
+        an estimate in a shape `_estimate_from` knows counts too; anything else is skipped."""
         try:
             lines = path.read_bytes().splitlines()
         except FileNotFoundError:
@@ -315,14 +318,19 @@ class OfflineEstimates:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 self.unreadable_records += 1
                 continue
-            if not isinstance(record, Mapping) or not isinstance(record.get("version"), str):
+            if not isinstance(record, Mapping):
                 continue
-            found = _estimate_from(record, str(TRAINING_RECORDS))
+            if isinstance(record.get("candidate_version"), str) and isinstance(record.get("candidate_estimate"), Mapping):
+                version = record["candidate_version"]
+                shaped = {"estimator": record.get("estimator", "unknown"), "level": record.get("level", 0.95),
+                          "recorded_at": record.get("time"), **record["candidate_estimate"]}
+            elif isinstance(record.get("version"), str):
+                version, shaped = record["version"], record
+            else:
+                continue
+            found = _estimate_from(shaped, str(TRAINING_RECORDS))
             if found is not None:
-                self.by_version[record["version"]] = OfflineEstimate(
-                    found.value, found.lower, found.upper, found.level, found.estimator, found.source,
-                    record["version"], found.recorded_at,
-                )
+                self.by_version[version] = replace(found, version=version)
 
     def find(self, arm: str, version: str | None) -> OfflineEstimate | None:
         return self.by_arm.get(arm) or (self.by_version.get(version) if version else None)

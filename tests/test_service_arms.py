@@ -277,10 +277,15 @@ EVALUATE_OUTPUT = {
 def test_offline_estimates_come_from_the_estimates_file_and_the_trainer_records(tmp_path):
     records = tmp_path / "training" / "records.jsonl"
     records.parent.mkdir()
+    gate = {"record": "gate", "time": 1.7e9, "candidate": "squarecb", "active_version": "vw-000000000000", "estimator": "snips_rips",
+            "level": 0.95, "active_estimate": {"value": 0.1, "lower": 0.0, "upper": 0.2}, "verdict": "ship"}
     records.write_text("\n".join([
-        json.dumps({"event": "promoted", "version": "vw-aaaaaaaaaaaa", "estimate": {"value": 0.4, "lower": 0.3, "upper": 0.5, "estimator": "snips_rips"}}),
+        json.dumps({**gate, "candidate_version": "vw-dddddddddddd", "candidate_estimate": {"value": 0.7, "lower": 0.6, "upper": 0.8}}),
+        json.dumps({**gate, "candidate_version": "vw-dddddddddddd", "candidate_estimate": {"value": 0.72, "lower": 0.65, "upper": 0.79}}),
+        json.dumps({"record": "promoted", "version": "vw-dddddddddddd", "activated": True, "difference": {"value": 0.1, "lower": 0.05, "upper": 0.15}}),
+        json.dumps({"record": "gate", "candidate_version": "vw-aaaaaaaaaaaa", "candidate_estimate": {"value": 0.4, "lower": 0.3, "upper": 0.5}}),
         "not json at all",
-        json.dumps({"event": "refused", "version": "vw-bbbbbbbbbbbb", "reason": "no estimate here"}),
+        json.dumps({"record": "refused", "version": "vw-bbbbbbbbbbbb", "reason": "no estimate here"}),
         json.dumps(["a", "list"]),
         json.dumps({"version": "vw-cccccccccccc", **EVALUATE_OUTPUT}),
     ]) + "\n")
@@ -293,6 +298,11 @@ def test_offline_estimates_come_from_the_estimates_file_and_the_trainer_records(
     cccc = found.find("champion", "vw-cccccccccccc")
     assert (cccc.value, cccc.estimator, cccc.level, cccc.source) == (0.61, "snips_rips", 0.9, "training/records.jsonl")
     assert found.find("champion", "vw-bbbbbbbbbbbb") is None and found.find("champion", None) is None
+    # a trainer's gate records: the last estimate of the candidate before its promotion; the
+    # promotion record's difference is not an estimate of the version's value
+    promoted = found.find("champion", "vw-dddddddddddd")
+    assert (promoted.value, promoted.lower, promoted.upper, promoted.estimator, promoted.recorded_at) == (0.72, 0.65, 0.79, "snips_rips", 1.7e9)
+    assert found.find("champion", "vw-000000000000") is None
     with pytest.raises(ValidationError, match="name the arm or the model version"):
         record_offline_estimate(tmp_path, cccc, arm=None, version=None)
 

@@ -1,5 +1,5 @@
 """Fuzzing the decision API from its own OpenAPI schema against a real server: schemathesis
-generates valid and invalid bodies for every POST operation; the service never answers 5xx.
+generates valid and invalid bodies for every POST and PUT operation; the service never answers 5xx.
 
 (schemathesis' pytest plugin does not run under this pytest, so its strategies are driven by
 hypothesis directly.)"""
@@ -23,10 +23,13 @@ def live(tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
-@pytest.mark.parametrize("path", ["/v1/rank", "/v1/reward", "/v1/model/activate"])
-def test_no_input_makes_the_service_fail(live, path, mode):
-    operation = live.schema[path]["POST"]
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if path.endswith("activate") else {}
+@pytest.mark.parametrize(
+    "path, method, admin",
+    [("/v1/rank", "POST", False), ("/v1/reward", "POST", False), ("/v1/model/activate", "POST", True), ("/v1/arms", "PUT", True)],
+)
+def test_no_input_makes_the_service_fail(live, path, method, admin, mode):
+    operation = live.schema[path][method]
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if admin else {}
     answers = []
 
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
