@@ -198,6 +198,13 @@ class TrainingLoop:
         trainer = ray.remote(CandidateTrainer).options(num_cpus=share, max_restarts=MAX_RESTARTS)
         self._actors = {c.name: trainer.remote(str(self.data_dir), c) for c in self.candidates}
         self._refresh_statuses()
+        committed = JoinedLog(self.data_dir).checkpoint().next_part
+        ahead = sorted(s["candidate"] for s in self._statuses.values() if s["next_part"] > committed)
+        if ahead:
+            raise ShelfBanditError(
+                f"candidates {', '.join(ahead)} trained parts the joined log of {self.data_dir} does not hold "
+                f"(it has {committed}); was the data directory replaced? Remove training/ to start over"
+            )
 
     def _refresh_statuses(self) -> None:
         statuses = self._get([actor.status.remote() for actor in self._actors.values()])

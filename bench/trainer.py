@@ -1,0 +1,167 @@
+"""Trainer worker speed: one worker's training path against VW's bare Python learn loop on the same
+joined data (target >= 0.9x), the full worker step with progressive scoring beside it, and two
+candidates on 2 workers against the same two one after the other (target >= 1.6x).
+
+Data: the simulator's default world (16 of 24 shelves per request, 6 slots), decisions of an
+epsilon-greedy VW ranker logged as the service logs them, rewards from the world, joined into
+parts by the real joiner. Every figure is a median of repeats; each repeat trains fresh
+candidate state from the first part.
+
+- bare loop: `vowpalwabbit.Workspace("<the candidate's VW args> --dsjson")`, then for every joined
+  line `parse`, `learn`, `finish_example` (files read inside the clock);
+- training path: what the worker spends per part on learning (`learn_file`: VW's own DSJSON file
+  reader, the model saved and reloaded around it) and on committing the checkpoint (model files,
+  journal, pointer, each fsynced), timed inside the worker running as a Ray actor;
+- full step: the whole `train` call seen from the driver (reading and parsing the part for
+  scoring, progressive scoring of every event, learning, committing, Ray's call overhead).
+
+Beside the 2-worker speed-up, the same comparison for plain Ray tasks running the bare loop
+shows what two processes of VW learning gain on this machine at that moment (the machine has
+2 cores shared with other work).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# the sibling bench/simulator.py would shadow the `simulator` package when run as `python bench/trainer.py`
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+import vowpalwabbit  # noqa: E402
+
+from bandit.config import RankerConfig  # noqa: E402
+from bandit.vw.ranker import VWShelfRanker  # noqa: E402
+from service.joiner import JoinConfig, JoinedLog, Joiner  # noqa: E402
+from service.paths import DataPaths  # noqa: E402
+from service.records import decision_line, reward_line  # noqa: E402
+from service.training.candidates import Candidate  # noqa: E402
+from service.training.worker import CandidateTrainer  # noqa: E402
+from simulator.world import World, WorldConfig  # noqa: E402
+
+N_EVENTS = 8_000
+PART_EVENTS = 2_000
+REPEATS = 3
+WINDOW_S = 60.0
+CANDIDATES = (
+    RankerConfig(explorer="squarecb"),
+    RankerConfig(explorer="epsilon", epsilon=0.05),
+)
+
+
+def joined_data(data_dir: Path, seed: int = 0) -> None:
+    """N_EVENTS decisions of the default world, logged, rewarded and joined into parts."""
+    rng = np.random.default_rng(seed)
+    world = World(WorldConfig.default(), rng)
+    batch = world.draw_requests(N_EVENTS, rng)
+    ranker = VWShelfRanker(RankerConfig(epsilon=0.2, seed=seed))
+    start = time.time() - 1e6  # in the past: the joiner treats every decision as ready
+    decisions, rankings, times = [], [], start + batch.time_s
+    for i, request in enumerate(world.requests(batch)):
+        decision = ranker.rank(request.context, request.shelves, batch.n_slots, event_id=f"ev-{i:07d}")
+        decisions.append(decision_line(request.context, request.shelves, decision, timestamp=times[i], baseline=request.baseline))
+        rankings.append(decision.shelf_ids)
+    streams = world.sample_rewards(batch, world.indices(rankings), rng)
+    events, slots = np.nonzero(streams)
+    rewards = [reward_line(f"ev-{i:07d}", int(k), 1.0, None, received=times[i] + 1.0, decided=times[i]) for i, k in zip(events, slots)]
+    paths = DataPaths(data_dir)
+    for directory, kind, lines in ((paths.decisions, "decisions", decisions), (paths.rewards, "rewards", rewards)):
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{kind}-{1:019d}-1.jsonl").write_bytes(b"".join(lines))
+    with Joiner(data_dir, JoinConfig(WINDOW_S, max_events_per_part=PART_EVENTS), clock=lambda: times[-1] + 10 * WINDOW_S) as joiner:
+        while joiner.run_once().more_ready:
+            pass
+
+
+def bare_loop(paths: list[Path], config: RankerConfig) -> float:
+    """Seconds for VW's Python loop to parse and learn every joined line."""
+    workspace = vowpalwabbit.Workspace(f"{config.vw_args()} --dsjson --quiet")
+    start = time.perf_counter()
+    for path in paths:
+        with open(path) as handle:
+            for line in handle:
+                example = workspace.parse(line)
+                workspace.learn(example)
+                workspace.finish_example(example)
+    elapsed = time.perf_counter() - start
+    workspace.finish()
+    return elapsed
+
+
+def fresh_actors(trainer, data_dir: Path, tag: str) -> list:
+    """One actor per candidate with new state (started and answering before any clock runs)."""
+    actors = [trainer.remote(str(data_dir), Candidate(f"c{i}-{tag}", config)) for i, config in enumerate(CANDIDATES)]
+    ray.get([actor.status.remote() for actor in actors])
+    return actors
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
+    try:
+        data_dir = work / "data"
+        started = time.perf_counter()
+        joined_data(data_dir)
+        parts = JoinedLog(data_dir).parts()
+        n_events = sum(1 for part in parts for _ in open(part.jsonl))
+        print(f"data: {n_events} events in {len(parts)} parts (16 shelves x 6 slots), made in {time.perf_counter() - started:.1f} s")
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        trainer = ray.remote(num_cpus=1)(CandidateTrainer)
+        plain = ray.remote(num_cpus=1)(bare_loop)
+        files = [p.jsonl for p in parts]
+        ray.get([plain.remote(files[:1], CANDIDATES[0]) for _ in range(2)])  # start two worker processes
+        bare, path, step, serial, parallel, machine = [], [], [], [], [], []
+        for repeat in range(REPEATS):
+            bare.append(bare_loop(files, CANDIDATES[0]))
+            first, second = fresh_actors(trainer, data_dir, f"one-{repeat}")
+            clock = time.perf_counter()
+            result = ray.get(first.train.remote())
+            step.append(time.perf_counter() - clock)
+            path.append(result["seconds"]["learn"] + result["seconds"]["commit"])
+            ray.get(second.train.remote())  # one after the other: one worker busy at a time
+            serial.append(time.perf_counter() - clock)
+            ray.kill(first), ray.kill(second)
+            both = fresh_actors(trainer, data_dir, f"two-{repeat}")
+            clock = time.perf_counter()
+            ray.get([actor.train.remote() for actor in both])
+            parallel.append(time.perf_counter() - clock)
+            for actor in both:
+                ray.kill(actor)
+            clock = time.perf_counter()
+            ray.get(plain.remote(files, CANDIDATES[0]))
+            ray.get(plain.remote(files, CANDIDATES[1]))
+            one_by_one = time.perf_counter() - clock
+            clock = time.perf_counter()
+            ray.get([plain.remote(files, config) for config in CANDIDATES])
+            machine.append(one_by_one / (time.perf_counter() - clock))
+            phases = {k: round(v, 2) for k, v in result["seconds"].items()}
+            print(f"repeat {repeat}: bare {bare[-1]:.2f} s, worker phases {phases}, 2 candidates one after the other "
+                  f"{serial[-1]:.2f} s, side by side {parallel[-1]:.2f} s; plain VW tasks side by side {machine[-1]:.2f}x")
+        ray.shutdown()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rate = {name: n_events / statistics.median(values) for name, values in (("bare", bare), ("path", path), ("step", step))}
+    speedup = statistics.median(serial) / statistics.median(parallel)
+    print(f"bare VW Python loop (parse + learn per line): {rate['bare']:8.0f} events/s")
+    print(f"worker training path (learn_file + commit):   {rate['path']:8.0f} events/s  ({rate['path'] / rate['bare']:.2f}x, target >= 0.9x)")
+    print(f"worker full step (+ read, progressive score): {rate['step']:8.0f} events/s  ({rate['step'] / rate['bare']:.2f}x)")
+    print(f"2 candidates on 2 workers vs one after the other: {speedup:.2f}x (target >= 1.6x); "
+          f"{2 * n_events / statistics.median(parallel):.0f} vs {2 * n_events / statistics.median(serial):.0f} events/s")
+    print(f"plain VW learning in 2 Ray tasks vs one after the other, meanwhile: {statistics.median(machine):.2f}x")
+    print(json.dumps({
+        "name": "trainer_training_path", "value": round(rate["path"], 1), "unit": "events/s",
+        "baseline": round(rate["bare"], 1), "ratio": round(rate["path"] / rate["bare"], 3), "target_ratio": 0.9,
+        "full_step_events_per_s": round(rate["step"], 1), "full_step_ratio": round(rate["step"] / rate["bare"], 3),
+        "two_workers_speedup": round(speedup, 3), "two_workers_target": 1.6,
+        "plain_vw_two_task_speedup": round(statistics.median(machine), 3), "n_events": n_events, "repeats": REPEATS,
+    }))
+
+
+if __name__ == "__main__":
+    main()
