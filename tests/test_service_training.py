@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import ray
 from click.testing import CliRunner
 
 from bandit.config import RankerConfig
-from bandit.errors import ValidationError
+from bandit.errors import ShelfBanditError, ValidationError
 from bandit.vw.ranker import VWShelfRanker
 from service.joiner import JoinedLog
 from service.model_store import ModelStore
@@ -126,14 +127,39 @@ def test_a_trainer_killed_mid_stream_resumes_exactly(local_ray, tmp_path):
     assert [r["events_sha256"] for r in trained] == [digest(ids) for ids in parts]
     assert [(r["first_event_id"], r["last_event_id"], r["n_events"]) for r in trained] == [(ids[0], ids[-1], len(ids)) for ids in parts]
     assert [r["events_trained"] for r in trained] == list(range(300, 2401, 300))
-    scored = [e for r in trained for e in pd_read(state / r["scores"])["event_id"][::2]]
+    scored = [e for r in trained for e in pd.read_parquet(state / r["scores"])["event_id"][::2]]
     assert scored == [e for ids in parts for e in ids]
 
 
-def pd_read(path: Path):
-    import pandas as pd
+def test_a_corrupt_checkpoint_model_is_refused_with_the_candidate_named(tmp_path):
+    uniform_log(tmp_path, 300, 300, seed=13)
+    model = Path(CandidateTrainer(tmp_path, SQUARECB).train()["status"]["model"])
+    model.write_bytes(model.read_bytes()[:-10])
+    with pytest.raises(ShelfBanditError, match="candidate squarecb: the checkpoint's model is unusable .*payload does not match"):
+        CandidateTrainer(tmp_path, SQUARECB)
 
-    return pd.read_parquet(path)
+
+def test_each_part_is_scored_by_the_model_before_it_learns_that_part(tmp_path):
+    from bandit.batch import EventBatch
+    from offline_eval.readers import read_dsjson
+    from offline_eval.scoring import score_policy
+
+    uniform_log(tmp_path, 600, 300, seed=11)
+    trainer = CandidateTrainer(tmp_path, SQUARECB)
+    steps = trainer.train()["steps"]
+    first, second = JoinedLog(tmp_path).parts()
+    state = trainer.state.directory
+    fresh_scores = pd.read_parquet(state / steps[0]["scores"])
+    # a fresh model ties every shelf: slot k picks uniformly among the 6 - k shelves left
+    np.testing.assert_allclose(fresh_scores["target_prob"], 1.0 / (6 - fresh_scores["slot"]))
+    learned_first = VWShelfRanker(SQUARECB.config)
+    learned_first.learn_file(first.jsonl)
+    expected = score_policy(learned_first, EventBatch.from_events(read_dsjson(second.jsonl)))
+    second_scores = pd.read_parquet(state / steps[1]["scores"])
+    np.testing.assert_array_equal(second_scores["target_prob"].to_numpy(), expected.prob.ravel())
+    np.testing.assert_array_equal(second_scores["target_marginal"].to_numpy(), expected.marginal.ravel())
+    assert steps[0]["scored_by"] == f"vw-new-{SQUARECB.config.config_id()}"
+    assert steps[1]["scored_by"] == steps[0]["model_version"] != steps[1]["model_version"]
 
 
 def test_a_crash_between_writing_a_model_and_moving_the_pointer_resumes_at_the_pointer(tmp_path):
@@ -281,6 +307,17 @@ def test_train_backfills_everything_joined_then_a_rerun_has_nothing_left(local_r
     again = CliRunner().invoke(cli, args)
     assert json.loads(again.output.strip().splitlines()[-1])["events_trained"] == 0
     assert len(read_records(data_dir, "trained")) == 6
+
+
+def test_a_part_the_trainer_cannot_read_stops_the_loop_with_the_reason(local_ray, tmp_path):
+    uniform_log(tmp_path, 600, 300, seed=12)
+    part = JoinedLog(tmp_path).parts()[1]
+    part.jsonl.write_text(part.jsonl.read_text() + "{not json\n")
+    with TrainingLoop(tmp_path, [UNIFORM]) as loop:
+        with pytest.raises(ShelfBanditError, match="a trainer failed: candidate uniform: line 301: line: not valid JSON"):
+            loop.run_once()
+        assert loop.statuses[0]["next_part"] == 0  # round failed before its statuses were taken
+    assert CandidateTrainer(tmp_path, UNIFORM).status()["next_part"] == 1  # part 0 was committed
 
 
 def test_a_candidate_name_keeps_its_configuration(tmp_path):

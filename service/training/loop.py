@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import re
 import threading
 import time
 import zlib
@@ -40,7 +41,8 @@ from service.training.records import GATE, PROMOTED, REFUSED, TRAINED, TrainingR
 from service.training.state import candidate_dir, check_candidate, training_dir
 from service.training.worker import CandidateTrainer
 
-MAX_RESTARTS = 3  # times Ray restarts a dead trainer (it resumes from its checkpoint)
+MAX_DEATHS = 3  # rounds in a row a trainer may die (Ray restarts it; it resumes from its checkpoint)
+_EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
 
 
 class TrainingBusy(ShelfBanditError):
@@ -195,7 +197,7 @@ class TrainingLoop:
         # one CPU per trainer, or an equal share when there are more candidates than CPUs
         cpus = ray.cluster_resources().get("CPU", 1.0)
         share = min(1.0, math.floor(cpus / len(self.candidates) * 1e4) / 1e4)
-        trainer = ray.remote(CandidateTrainer).options(num_cpus=share, max_restarts=MAX_RESTARTS)
+        trainer = ray.remote(CandidateTrainer).options(num_cpus=share, max_restarts=-1)
         self._actors = {c.name: trainer.remote(str(self.data_dir), c) for c in self.candidates}
         self._refresh_statuses()
         committed = JoinedLog(self.data_dir).checkpoint().next_part
@@ -207,7 +209,13 @@ class TrainingLoop:
             )
 
     def _refresh_statuses(self) -> None:
-        statuses = self._get([actor.status.remote() for actor in self._actors.values()])
+        import ray
+
+        try:
+            statuses = self._get([actor.status.remote() for actor in self._actors.values()])
+        except ray.exceptions.RayActorError as err:
+            last_line = str(err).strip().splitlines()[-1]  # "module.SomeError: message" of the failed start
+            raise ShelfBanditError(f"a trainer could not start: {_EXCEPTION_LINE.sub('', last_line)}") from None
         self._statuses = {s["candidate"]: s for s in statuses}
 
     # -- rounds --------------------------------------------------------------------------------
@@ -236,10 +244,11 @@ class TrainingLoop:
         except ray.exceptions.RayActorError as err:
             lost = self._name_of(err)
             self._deaths[lost] = self._deaths.get(lost, 0) + 1
-            if self._deaths[lost] > MAX_RESTARTS:
-                raise ShelfBanditError(f"the trainer of candidate {lost} died {self._deaths[lost]} times; see the Ray logs") from None
+            if self._deaths[lost] >= MAX_DEATHS:
+                raise ShelfBanditError(f"the trainer of candidate {lost} died in {MAX_DEATHS} rounds in a row; see the Ray logs") from None
             self._refresh_statuses()  # Ray restarts the trainer; it resumes from its checkpoint
             return RoundReport(0, (), (), None, {}, (lost,), self.statuses)
+        self._deaths.clear()
         steps = []
         for name, result in zip(names, results):
             self._statuses[name] = result["status"]

@@ -157,7 +157,7 @@ class TrainerState:
         try:
             policy = VWShelfRanker.load(path, config=self.candidate.config)
         except ModelFileError as err:
-            raise ShelfBanditError(f"candidate {self.candidate.name}: the checkpoint's model is unusable ({err})") from None
+            raise ShelfBanditError(f"the checkpoint's model is unusable ({err})") from None
         if policy.model_version != step.model_version:
             raise ShelfBanditError(f"{path}: holds {policy.model_version}, the checkpoint names {step.model_version}")
         return policy

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +67,18 @@ class CandidateTrainer:
         self.candidate = candidate
         self.log = JoinedLog(data_dir)
         self.state = TrainerState(candidate_dir(data_dir, candidate.name), candidate)
-        self.checkpoint = self.state.recover()
-        self.policy = self.state.load_policy(self.checkpoint)
+        with self._named_errors():
+            self.checkpoint = self.state.recover()
+            self.policy = self.state.load_policy(self.checkpoint)
+
+    @contextmanager
+    def _named_errors(self) -> Iterator[None]:
+        """Project errors as a plain ShelfBanditError naming the candidate (Ray must pickle them
+        back to the driver, and ValidationError's arguments do not survive that)."""
+        try:
+            yield
+        except ShelfBanditError as err:
+            raise ShelfBanditError(f"candidate {self.candidate.name}: {err}") from None
 
     @property
     def next_part(self) -> int:
@@ -102,7 +113,8 @@ class CandidateTrainer:
         for part in self.log.parts(self.next_part):
             if (max_parts is not None and n_parts >= max_parts) or (max_events is not None and n_events >= max_events):
                 break
-            step = self.train_part(part, seconds)
+            with self._named_errors():
+                step = self.train_part(part, seconds)
             n_parts += 1
             n_events += step.n_events
         return {
