@@ -224,6 +224,7 @@ def stage_costs(n_shelves: int, n_slots: int, repeats: int, calls: int = 300) ->
     import itertools
     from bandit.vw.format import listener_line, shelf_line, slot_line
     from bandit.vw.ranker import VWShelfRanker
+    from service.arms import ArmsConfig
     from service.convert import rank_inputs, ranking_json
     from service.records import decision_line
     from service.schemas import RankRequest
@@ -235,6 +236,8 @@ def stage_costs(n_shelves: int, n_slots: int, repeats: int, calls: int = 300) ->
     policy = VWShelfRanker()
     ids = itertools.count()
     decision = policy.rank(context, shelves, n_slots, event_id="warm-up")
+    arms = ArmsConfig.from_dict({"arms": [{"name": "champion", "share": 0.85}, {"name": "challenger", "share": 0.1},
+                                          {"name": "holdout", "share": 0.05}]})
     lines = [listener_line(context), *(shelf_line(s) for s in shelves), *(slot_line(k) for k in range(n_slots))]
     steps = {
         "parse (pydantic)": lambda: RankRequest.model_validate_json(body),
@@ -242,7 +245,8 @@ def stage_costs(n_shelves: int, n_slots: int, repeats: int, calls: int = 300) ->
         "VW one-pass scoring": lambda: policy.score(context, shelves, n_slots),
         "rank (scoring + sampling + marginals)": lambda: policy.rank(context, shelves, n_slots, event_id=str(next(ids))),
         "decision log line (DSJSON + JSON)": lambda: decision_line(context, shelves, decision, timestamp=time.time(), baseline=()),
-        "answer JSON": lambda: ranking_json(decision),
+        "A/B arm assignment (SHA-256 of the listener id)": lambda: arms.arm_index(f"listener-{next(ids)}"),
+        "answer JSON": lambda: ranking_json(decision, "main"),
         "floor: VW predict on pre-built lines": lambda: policy.workspace.predict(lines),
     }
     costs = {}
