@@ -25,6 +25,7 @@ from bandit.vw.ranker import VWShelfRanker
 from service.joiner import JoinedLog
 from service.model_store import ModelStore
 from service.training.candidates import Candidate, read_candidates
+from offline_eval.gate import GateRule
 from service.training.gate import GateSettings
 from service.training.loop import TrainingBusy, TrainingLoop
 from service.training.records import read_records
@@ -341,6 +342,18 @@ def test_train_refuses_a_bad_candidates_file_in_one_line(tmp_path, content, mess
     path.write_text(content)
     with pytest.raises(ValidationError) as refused:
         read_candidates(path)
+    assert str(refused.value).startswith(message)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"min_events": 0}, "min_events: must be at least 1"),
+    ({"min_events": 500, "window_events": 400}, "window_events: must be at least min_events (500)"),
+    ({"ci": "jackknife"}, "ci: must be one of bootstrap, normal, bernstein"),
+    ({"rule": GateRule(primary="dr")}, "rule.primary: must be an estimator the progressive scores support"),
+])
+def test_gate_settings_name_the_broken_rule(settings, message):
+    with pytest.raises(ValidationError) as refused:
+        GateSettings(**settings)
     assert str(refused.value).startswith(message)
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from service.training.gate import SCORED_ESTIMATORS
+
 
 @click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("shelfbandit-data"), show_default=True,
@@ -24,12 +26,16 @@ import click
               help="Events served by the active model that a candidate must have scored before the gate judges it.")
 @click.option("--min-lift", type=float, default=0.0, show_default=True,
               help="Promote only when the lower end of the difference interval is above this (reward per session).")
+@click.option("--estimator", type=click.Choice(SCORED_ESTIMATORS), default="snips_rips", show_default=True,
+              help="The gate's primary estimator (iips/snips_iips assume slots do not interact: far larger effective samples).")
+@click.option("--min-ess", type=click.FloatRange(min=0), default=100.0, show_default=True,
+              help="Judge only when the primary estimator's effective sample size reaches this (worst slot).")
 @click.option("--max-events-per-round", type=click.IntRange(min=1), default=20_000, show_default=True,
               help="Events each candidate trains per round at most (whole parts), before the gate is asked.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the gate's bootstrap.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON summary.")
-def train(data_dir, follow, candidates_file, ray_address, num_cpus, interval_s, min_events, min_lift,
-          max_events_per_round, seed, as_json) -> None:
+def train(data_dir, follow, candidates_file, ray_address, num_cpus, interval_s, min_events, min_lift, estimator,
+          min_ess, max_events_per_round, seed, as_json) -> None:
     """Train candidate rankers (one Ray worker each) on the joined log, with progressive
     validation, and publish a candidate only when the launch gate says it beats the active
     model on the events that model served. Records go to <data-dir>/training/records.jsonl."""
@@ -42,7 +48,8 @@ def train(data_dir, follow, candidates_file, ray_address, num_cpus, interval_s, 
     from service.training.records import records_path
 
     candidates = read_candidates(candidates_file) if candidates_file else DEFAULT_CANDIDATES
-    gate = GateSettings(min_events=min_events, window_events=max(20_000, min_events), rule=GateRule(min_lift=min_lift))
+    rule = GateRule(primary=estimator, min_lift=min_lift, min_ess=min_ess)
+    gate = GateSettings(min_events=min_events, window_events=max(20_000, min_events), rule=rule)
     loop = TrainingLoop(data_dir, candidates, gate=gate, ray_address=ray_address, num_cpus=num_cpus,
                         max_events_per_round=max_events_per_round, seed=seed)
     totals = {"rounds": 0, "events_trained": 0, "gates": 0, "refused": 0, "promoted": [], "workers_lost": 0}

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bandit.errors import ValidationError
+from offline_eval.estimators import ESTIMATOR_CLASSES
 from offline_eval.evaluate import Estimate
 from offline_eval.gate import GateResult, GateRule, compare
 from offline_eval.intervals import METHODS, Interval
@@ -24,6 +25,9 @@ from service.joiner import JoinedLog
 from service.training.state import scores_name
 
 SLATE_COLUMNS = ["event_id", "slot", "action", "reward", "logging_prob", "logging_marginal", "model_version"]
+# progressive scores hold the logged shelves' conditional and marginal probabilities, not whole distributions
+SCORED_NEEDS = frozenset({"complete", "conditional", "marginal"})
+SCORED_ESTIMATORS = tuple(name for name, cls in ESTIMATOR_CLASSES.items() if SCORED_NEEDS >= set(cls.needs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,8 @@ class GateSettings:
             raise ValidationError("level", "must lie in [0.5, 1)", self.level)
         if self.n_resamples < 100:
             raise ValidationError("n_resamples", "must be at least 100", self.n_resamples)
+        if self.rule.primary not in SCORED_ESTIMATORS:
+            raise ValidationError("rule.primary", f"must be an estimator the progressive scores support ({', '.join(SCORED_ESTIMATORS)})", self.rule.primary)
 
 
 def served_by(versions: pd.Series, version: str) -> np.ndarray:

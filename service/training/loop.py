@@ -341,7 +341,10 @@ class TrainingLoop:
         if n_events < settings.min_events:
             return f"{n_events} of the {settings.min_events} events needed were served by the active model {active}"
         rng = np.random.default_rng([self.seed, status["events_trained"], zlib.crc32(name.encode())])
-        result = judge(rows, settings, rng)
+        try:
+            result = judge(rows, settings, rng)
+        except ValidationError as err:  # e.g. marginals the primary estimator needs were not logged
+            return f"the gate cannot judge these events: {err}"
         record = {
             "record": GATE,
             "time": time.time(),
