@@ -30,13 +30,14 @@ import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from service.local import free_port  # noqa: E402
 
 APPS = ("service", "parse", "vw_predict")
 MAX_REQUESTS = 200_000  # per measurement, on top of the time bound
@@ -153,12 +154,6 @@ def run_load(kind: str, port: int, request: bytes, **params) -> dict:
 
 
 # -- servers -------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(app: str, port: int, workers: int, data_dir: Path, env: dict, log) -> subprocess.Popen:
     python = sys.executable
     if app == "service":

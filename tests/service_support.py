@@ -3,13 +3,6 @@ on 127.0.0.1 (a free port chosen at run time, always stopped)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +11,7 @@ import httpx
 from bandit.config import RankerConfig
 from bandit.types import Context, Shelf
 from bandit.vw.ranker import VWShelfRanker
+from service.local import LocalService
 from service.records import decision_line, reward_line
 
 ADMIN_TOKEN = "test-admin-token-7f3a"
@@ -65,79 +59,14 @@ def reward(event_id: str, slot: int, value: float, received: float, decided: flo
     return reward_line(event_id, slot, value, reward_id, received=received, decided=decided)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServiceProcess:
-    """`shelfbandit serve` in its own process group; `url`, `client`, `stop()`, `kill()`."""
+class ServiceProcess(LocalService):
+    """The service as the tests run it: the test admin token and fast model polling; `client()`."""
 
     def __init__(self, data_dir: Path, settings: dict, workers: int = 1) -> None:
-        self.data_dir = Path(data_dir)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.settings = {
-            "data_dir": str(self.data_dir),
-            "port": self.port,
-            "workers": workers,
-            "admin_token": ADMIN_TOKEN,
-            "model_poll_s": 0.2,
-            **settings,
-        }
-        self.process: subprocess.Popen | None = None
-        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
-
-    def start(self, timeout_s: float = 60.0) -> ServiceProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        settings_file = self.data_dir.parent / f"settings-{self.port}.json"
-        settings_file.write_text(json.dumps(self.settings))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SHELFBANDIT_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", "from shelfbandit.cli import main; main()", "serve", "--settings", str(settings_file)],
-                stdout=log, stderr=log, env=env, start_new_session=True,
-            )
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with status {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"the service was not ready within {timeout_s} s:\n{self.log()[-3000:]}")
+        super().__init__(data_dir, {"admin_token": ADMIN_TOKEN, "model_poll_s": 0.2, **settings}, workers)
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 10.0), **kwargs)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def _signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self._signal_group(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self._signal_group(signal.SIGKILL)
-            self.process.wait()
-
-    def kill(self) -> None:
-        """kill -9 of the server process (one worker: the process that serves and logs)."""
-        self._signal_group(signal.SIGKILL)
-        self.process.wait()
 
 
 @contextmanager
