@@ -1,78 +1,179 @@
-"""`shelfbandit demo`: the ranker learning in a small simulated world, end to end."""
+"""`shelfbandit demo`: the whole loop on local disk and a local Ray, driven by simulated listeners.
+
+It starts the decision service (`shelfbandit serve` on 127.0.0.1, a fresh data directory) and
+the training loop (one Ray actor per candidate configuration, the launch gate, the model
+store), then plays the simulator's listeners against the HTTP API at a steady rate: every
+session is a real `POST /v1/rank`, every stream a real `POST /v1/reward`. The service logs and
+joins; the trainers learn the joined log and publish a candidate only when the gate says
+ship; the service hot-swaps. The simulator knows the truth, so the report shows the true
+reward of what was served beside the editorial order, uniform random and the oracle, and each
+gate decision's offline estimate beside the candidate's true value. Everything it started is
+stopped at the end, also on Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import click
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
-from bandit.baselines import EditorialPolicy, UniformRandomPolicy
-from bandit.batch import EventBatch
-from bandit.config import RankerConfig
-from bandit.types import Context, LoggedEvent, Outcome, Shelf
-from bandit.vw.ranker import VWShelfRanker
+from bandit.errors import ValidationError
+from service.local import LocalService
+from service.training.candidates import DEFAULT_CANDIDATES
+from service.training.gate import GateSettings
+from service.training.loop import TrainingLoop
+from shelfbandit.demo_report import DemoTruth, write_report
+from simulator.http_driver import DriverConfig, drive
+from simulator.world import World, WorldConfig
 
-SEGMENTS = ("commuter", "night_owl", "gym", "podcast_fan")
-KINDS = ("mix", "new_releases", "podcasts", "charts", "workout", "chill", "recent", "editorial")
+MARKER = ".shelfbandit-demo"
 
 
-def _world(rng: np.random.Generator, n_shelves: int):
-    kinds = [KINDS[i % len(KINDS)] for i in range(n_shelves)]
-    shelves = tuple(Shelf(f"{kind}-{i}", {"kind": kind}) for i, kind in enumerate(kinds))
-    appeal = rng.uniform(0.0, 0.25, size=(len(SEGMENTS), n_shelves))
-    favourite = rng.integers(0, n_shelves, size=len(SEGMENTS))
-    appeal[np.arange(len(SEGMENTS)), favourite] += 0.55
-    return shelves, np.clip(appeal, 0.0, 0.95)
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """How long and how fast the demo drives, and how quickly the loop may react."""
+
+    sessions: int = 3000
+    rate: float = 25.0  # sessions per second
+    reward_window_s: float = 5.0
+    min_events: int = 400  # on-policy events a challenger needs before the gate judges it
+    num_cpus: int = 2
+    concurrency: int = 4
+    seed: int = 7
+    tail_share: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.sessions < 50:
+            raise ValidationError("sessions", "must be at least 50", self.sessions)
+        for name in ("rate", "reward_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValidationError(name, "must be > 0", getattr(self, name))
+        if self.num_cpus < 1 or self.concurrency < 1 or self.min_events < 1:
+            raise ValidationError("num_cpus/concurrency/min_events", "must be at least 1")
+
+
+def _fresh_data_dir(out: Path) -> Path:
+    """`out/data`, emptied if an earlier demo made it; refuse to clear anything else."""
+    data_dir = out / "data"
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if not (out / MARKER).exists():
+            raise ValidationError("--out", "holds a data directory the demo did not create; choose another", str(out))
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by shelfbandit demo\n")
+    return data_dir
+
+
+class _Trainer(threading.Thread):
+    """The training loop in a thread of its own (Ray started there lives as long as it)."""
+
+    def __init__(self, data_dir: Path, config: DemoConfig) -> None:
+        super().__init__(name="demo-trainer", daemon=True)
+        self.loop = TrainingLoop(data_dir, DEFAULT_CANDIDATES, gate=GateSettings(min_events=config.min_events,
+                                 every_events=config.min_events), num_cpus=config.num_cpus, seed=config.seed)
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.rounds = 0
+
+    def run(self) -> None:
+        try:
+            with self.loop:
+                self.ready.set()
+                self.loop.run(self.stop_event, interval_s=1.0, on_round=self._count)
+        except BaseException as err:  # reported by the main thread
+            self.error = err
+        finally:
+            self.ready.set()
+
+    def _count(self, report) -> None:
+        self.rounds += 1
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=120)
+
+
+def run_demo(config: DemoConfig, out: Path, *, quiet: bool = False) -> dict:
+    """Run the loop; write the report into `out`; return the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = _fresh_data_dir(out)
+    world = World(WorldConfig.default(), np.random.default_rng(config.seed))
+    requests = world.draw_requests(config.sessions, np.random.default_rng(config.seed + 1))
+    driver_rng = np.random.default_rng(config.seed + 2)
+    service = LocalService(data_dir, {
+        "reward_window_s": config.reward_window_s, "join_interval_s": 1.0, "join_grace_s": 1.0,
+        "model_poll_s": 0.5, "access_log": False, "log_level": "warning",
+        "initial_ranker": {"explorer": "squarecb", "seed": config.seed},
+    })
+    trainer = _Trainer(data_dir, config)
+    chunk = max(1, int(round(config.rate * 2.0)))  # two seconds of listeners per drive
+    frames, chunk_times = [], []
+    try:
+        service.start()
+        trainer.start()
+        trainer.ready.wait(timeout=120)
+        if trainer.error is not None:
+            raise trainer.error
+        with tqdm(total=config.sessions, desc="listener sessions", unit="session", disable=quiet,
+                  mininterval=1.0, dynamic_ncols=True) as bar:
+            for start in range(0, config.sessions, chunk):
+                began = time.monotonic()
+                block = np.arange(start, min(start + chunk, config.sessions))
+                result = drive(service.url, world, requests[block], driver_rng,
+                               DriverConfig(concurrency=config.concurrency, max_seconds=60.0))
+                metrics = result.metrics.assign(session=block[result.metrics["session"].to_numpy()])
+                frames.append(metrics)
+                chunk_times.append((int(block[0]), time.time()))
+                bar.update(len(block))
+                bar.set_postfix_str(f"trainer rounds {trainer.rounds}", refresh=False)
+                if trainer.error is not None:
+                    raise trainer.error
+                time.sleep(max(0.0, len(block) / config.rate - (time.monotonic() - began)))
+    finally:
+        trainer.stop()
+        service.stop()
+    if trainer.error is not None:
+        raise trainer.error
+    sessions = pd.concat(frames, ignore_index=True).sort_values("session")
+    truth = DemoTruth(world, requests, np.random.default_rng(config.seed + 3))
+    summary = write_report(out, data_dir, truth, sessions, chunk_times, config.tail_share, quiet=quiet)
+    summary["config"] = asdict(config)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+DEFAULTS = DemoConfig()
 
 
 @click.command()
-@click.option("--sessions", default=3000, show_default=True, help="Listener sessions to simulate.")
-@click.option("--shelves", "n_shelves", default=12, show_default=True, help="Candidate shelves per request.")
-@click.option("--slots", default=4, show_default=True, help="Slots on the home page.")
-@click.option("--seed", default=7, show_default=True, help="Seed of the world and of every policy.")
+@click.option("--sessions", default=DEFAULTS.sessions, show_default=True, help="Listener sessions to play.")
+@click.option("--rate", default=DEFAULTS.rate, show_default=True, help="Sessions per second.")
+@click.option("--reward-window", "reward_window_s", default=DEFAULTS.reward_window_s, show_default=True,
+              help="Seconds after a decision in which rewards count (the service's window).")
+@click.option("--min-events", default=DEFAULTS.min_events, show_default=True,
+              help="Events served by the active model a challenger must have scored before the gate judges it.")
+@click.option("--num-cpus", default=DEFAULTS.num_cpus, show_default=True, help="CPUs of the local Ray.")
+@click.option("--seed", default=DEFAULTS.seed, show_default=True, help="Seed of the world, the listeners and the policies.")
+@click.option("--out", default="out/demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where the report, plot and the demo's data directory go.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON summary.")
-def demo(sessions: int, n_shelves: int, slots: int, seed: int, as_json: bool) -> None:
-    """Run the VW ranker, the editorial order and uniform random side by side in a small
-    world with position bias, learning after every session; print the reward per session."""
-    rng = np.random.default_rng(seed)
-    shelves, appeal = _world(rng, n_shelves)
-    examination = 1.0 / (1.0 + np.arange(slots))
-    policies = {
-        "vw_ranker": VWShelfRanker(RankerConfig(explorer="squarecb", seed=seed)),
-        "editorial": EditorialPolicy([s.shelf_id for s in shelves], seed=seed),
-        "uniform": UniformRandomPolicy(seed=seed),
-    }
-    position = {s.shelf_id: i for i, s in enumerate(shelves)}
-    tail = max(1, sessions // 5)
-    totals = {name: [] for name in policies}
-    oracle = []
-    for t in tqdm(range(sessions), desc="sessions", disable=as_json, mininterval=0.5):
-        segment = int(rng.integers(len(SEGMENTS)))
-        context = Context({"segment": SEGMENTS[segment]})
-        best = np.sort(appeal[segment])[::-1][:slots]
-        oracle.append(float(examination @ best))
-        for name, policy in policies.items():
-            decision = policy.rank(context, shelves, slots, event_id=f"{name}-{t}")
-            click_prob = examination * appeal[segment, [position[s] for s in decision.shelf_ids]]
-            rewards = (rng.random(slots) < click_prob).astype(float)
-            totals[name].append(float(click_prob.sum()))
-            policy.learn(EventBatch.from_events([LoggedEvent(context, shelves, decision, Outcome(tuple(rewards)))]))
-    last = {name: float(np.mean(values[-tail:])) for name, values in totals.items()}
-    oracle_reward = float(np.mean(oracle[-tail:]))
-    gap = oracle_reward - last["editorial"]
-    summary = {
-        "sessions": sessions,
-        "policy_reward": last["vw_ranker"],
-        "baseline_reward": last["editorial"],
-        "random_reward": last["uniform"],
-        "oracle_reward": oracle_reward,
-        "gap_closed": (last["vw_ranker"] - last["editorial"]) / gap if gap > 0 else float("nan"),
-    }
-    if not as_json:
-        click.echo(f"true expected streams per session over the last {tail} sessions:")
-        for name in ("vw_ranker", "editorial", "uniform"):
-            click.echo(f"  {name:<10} {last[name]:.4f}")
-        click.echo(f"  {'oracle':<10} {oracle_reward:.4f}")
-    click.echo(json.dumps(summary))
+def demo(sessions: int, rate: float, reward_window_s: float, min_events: int, num_cpus: int, seed: int,
+         out: Path, as_json: bool) -> None:
+    """The whole loop end to end: the decision service, the joiner, Ray trainers with the launch
+    gate, and simulated listeners over HTTP; ends with the true reward of what was served next
+    to the editorial order, uniform random and the oracle, and one JSON line."""
+    config = DemoConfig(sessions=sessions, rate=rate, reward_window_s=reward_window_s, min_events=min_events,
+                        num_cpus=num_cpus, seed=seed)
+    summary = run_demo(config, out, quiet=as_json)
+    keys = ("policy_reward", "baseline_reward", "random_reward", "oracle_reward", "gap_closed",
+            "initial_model_reward", "final_model_reward", "promoted_versions", "refused", "sessions", "report")
+    click.echo(json.dumps({k: summary[k] for k in keys}))
