@@ -48,7 +48,7 @@ from simulator.world import World, WorldConfig  # noqa: E402
 
 N_EVENTS = 8_000
 PART_EVENTS = 2_000
-REPEATS = 3
+REPEATS = 5
 WINDOW_S = 60.0
 CANDIDATES = (
     RankerConfig(explorer="squarecb"),

@@ -75,8 +75,13 @@ def train(data_dir, follow, candidates_file, ray_address, num_cpus, interval_s, 
                 if done.promoted:
                     bar.write(f"promoted and activated {done.promoted}")
 
+        def request_stop(*_) -> None:
+            if stop.is_set():  # a second Ctrl-C: stop now (every committed step is kept)
+                raise KeyboardInterrupt
+            stop.set()
+
         if follow:
-            previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+            previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
             try:
                 loop.run(stop, interval_s, report)
             finally:
