@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -308,6 +309,10 @@ def test_train_backfills_everything_joined_then_a_rerun_has_nothing_left(local_r
     again = CliRunner().invoke(cli, args)
     assert json.loads(again.output.strip().splitlines()[-1])["events_trained"] == 0
     assert len(read_records(data_dir, "trained")) == 6
+    shutil.rmtree(candidate_dir(data_dir, "uniform"))  # starting one candidate over
+    over = CliRunner().invoke(cli, args)
+    assert json.loads(over.output.strip().splitlines()[-1])["events_trained"] == 900
+    assert [(r["candidate"], r["step"]) for r in read_records(data_dir, "trained")][6:] == [("uniform", 1), ("uniform", 2), ("uniform", 3)]
 
 
 def test_a_part_the_trainer_cannot_read_stops_the_loop_with_the_reason(local_ray, tmp_path):

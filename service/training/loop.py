@@ -200,6 +200,10 @@ class TrainingLoop:
         trainer = ray.remote(CandidateTrainer).options(num_cpus=share, max_restarts=-1)
         self._actors = {c.name: trainer.remote(str(self.data_dir), c) for c in self.candidates}
         self._refresh_statuses()
+        for name, status in self._statuses.items():
+            if status["step"] < self._recorded.get(name, 0):  # its state was removed: it starts over
+                self._recorded[name] = status["step"]
+                self._last_gate.pop(name, None)
         committed = JoinedLog(self.data_dir).checkpoint().next_part
         ahead = sorted(s["candidate"] for s in self._statuses.values() if s["next_part"] > committed)
         if ahead:
