@@ -227,6 +227,8 @@ def test_a_worse_candidate_is_refused_and_the_record_says_why(local_ray, tmp_pat
     assert (refused["candidate"], refused["verdict"], refused["reason"]) == ("uniform", "do not ship", gate["reason"])
     assert not [r for r in records if r["record"] == "promoted"]
     assert store.active().version == active
+    kept = VWShelfRanker.load(data_dir / refused["model"])  # the refused model outlives its checkpoint
+    assert kept.model_version == refused["candidate_version"]
 
 
 def test_a_better_candidate_is_promoted_once_the_evidence_suffices(local_ray, tmp_path):
@@ -270,7 +272,8 @@ RECORD_FIELDS = {
              "rule", "ci", "level", "estimates"},
     "promoted": {"record", "time", "candidate", "candidate_version", "active_version", "events_trained", "version",
                  "activated", "previous_version", "estimator", "difference"},
-    "refused": {"record", "time", "candidate", "candidate_version", "active_version", "events_trained", "verdict", "reason"},
+    "refused": {"record", "time", "candidate", "candidate_version", "active_version", "events_trained", "verdict", "reason",
+                "model"},
 }
 INTERVAL_FIELDS = {"value", "lower", "upper"}
 

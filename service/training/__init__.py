@@ -16,4 +16,5 @@ Layout under `<data_dir>/training/`:
     candidates/<name>/steps.jsonl       every committed step, in order
     candidates/<name>/models/step-<n:08d>.model(.json)   the model of step n (the last two kept)
     candidates/<name>/scores/part-<p:08d>.parquet        progressive scores of part p
+    judged/versions/<version>.model(.json)               every refused model (a store never activated)
 """

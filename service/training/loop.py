@@ -41,6 +41,7 @@ from service.training.records import GATE, PROMOTED, REFUSED, TRAINED, TrainingR
 from service.training.state import candidate_dir, check_candidate, training_dir
 from service.training.worker import CandidateTrainer
 
+JUDGED = "judged"
 MAX_DEATHS = 3  # rounds in a row a trainer may die (Ray restarts it; it resumes from its checkpoint)
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
 
@@ -113,6 +114,7 @@ class TrainingLoop:
         self.max_events_per_round = max_events_per_round
         self.seed = seed
         self.store = ModelStore(self.data_dir / "models")
+        self.judged = ModelStore(training_dir(self.data_dir) / JUDGED)  # refused models; never activated
         self.records = TrainingRecords(self.data_dir)
         self.on_policy = OnPolicyEvents(self.data_dir)
         self._scores = {c.name: ProgressiveScores(candidate_dir(self.data_dir, c.name)) for c in self.candidates}
@@ -331,9 +333,19 @@ class TrainingLoop:
                 reason = refusal
             else:
                 reason = f"candidate {winner.candidate} was promoted in this round with a larger estimated lift"
-            records.append({"record": REFUSED, **outcome, "verdict": verdict.record["verdict"], "reason": reason})
+            records.append({"record": REFUSED, **outcome, "verdict": verdict.record["verdict"], "reason": reason,
+                            "model": self._keep_judged(verdict.status["model"])})
         self.records.append(records)
         return records, promoted, waiting
+
+    def _keep_judged(self, model: str) -> str | None:
+        """Keep a refused model (its checkpoint file is deleted two steps later) in the judged
+        store; its payload path relative to the data directory, None if it could not be copied."""
+        try:
+            version = self.judged.publish_file(model)
+        except (ShelfBanditError, OSError):
+            return None
+        return str(self.judged.path_of(version).relative_to(self.data_dir))
 
     def _judge(self, name: str, status: dict, active: str) -> _Verdict | str:
         """The gate's verdict on one candidate, or why it cannot be judged yet."""
