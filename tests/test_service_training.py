@@ -395,3 +395,29 @@ def test_follow_trains_new_parts_as_they_are_joined_and_ctrl_c_stops_cleanly(tmp
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["candidates"][0]["events_trained"] == 1200 and summary["candidates"][0]["next_part"] == 4
     assert "Traceback" not in err
+
+
+def test_logging_only_events_are_scored_but_never_learned(tmp_path):
+    world = uniform_log(tmp_path, 600, 300, seed=12)
+    first, second = JoinedLog(tmp_path).parts()
+    # events of a logging-only arm: every third one of the first part, all of the second
+    records = [json.loads(line) for line in first.jsonl.read_text().splitlines()]
+    for i, record in enumerate(records):
+        record["_learn"] = i % 3 != 0
+    first.jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    second.jsonl.write_text("".join(json.dumps({**json.loads(line), "_learn": False}) + "\n"
+                                    for line in second.jsonl.read_text().splitlines()))
+    trainer = CandidateTrainer(tmp_path, SQUARECB)
+    steps = trainer.train()["steps"]
+    kept = [r for r in records if r["_learn"]]
+    assert [s["n_events"] for s in steps] == [len(kept), 0]
+    assert steps[0]["first_event_id"] == kept[0]["EventId"] and steps[0]["last_event_id"] == kept[-1]["EventId"]
+    assert steps[1]["first_event_id"] is None and steps[1]["next_part"] == 2
+    assert len(pd.read_parquet(trainer.state.directory / steps[1]["scores"])) == 300 * world.n_slots  # scored all the same
+    only_learnable = tmp_path / "learnable.jsonl"
+    only_learnable.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    expected = VWShelfRanker(SQUARECB.config)
+    expected.learn_file(only_learnable)
+    assert trainer.status()["model_version"] == steps[-1]["model_version"]
+    np.testing.assert_array_equal(trainer.policy.score(world.context(1), world.shelves, world.n_slots)[0],
+                                  expected.score(world.context(1), world.shelves, world.n_slots)[0])

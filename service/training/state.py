@@ -62,8 +62,8 @@ class StepRecord:
     config_id: str
     parts: tuple[int, ...]
     n_events: int
-    first_event_id: str
-    last_event_id: str
+    first_event_id: str | None  # None when every event of the part was logging-only (`_learn: false`)
+    last_event_id: str | None
     events_sha256: str      # SHA-256 of the step's event ids, one per line, in training order
     events_trained: int     # by this candidate, this step included
     next_part: int
@@ -78,8 +78,8 @@ class StepRecord:
         object.__setattr__(self, "parts", tuple(int(p) for p in self.parts))
         if self.step < 1:
             raise ValidationError("step", "must be at least 1", self.step)
-        if self.n_events < 1:
-            raise ValidationError("n_events", "a step trains at least one event", self.n_events)
+        if self.n_events < 0:
+            raise ValidationError("n_events", "must be >= 0", self.n_events)
 
     def to_dict(self) -> dict:
         data = asdict(self)

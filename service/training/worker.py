@@ -10,6 +10,7 @@ with VW's own file reader (`VWShelfRanker.learn_file`), and commit the checkpoin
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -58,6 +59,15 @@ def events_digest(event_ids: Sequence[str]) -> str:
     """SHA-256 of the event ids, one per line, in training order."""
     return hashlib.sha256("".join(f"{e}\n" for e in event_ids).encode()).hexdigest()
 
+
+def learnable_lines(path: Path) -> list[tuple[int, bytes]] | None:
+    """(position, line) of the events of a joined part a trainer may learn, or None when all of
+    them may (the usual case): lines of logging-only arms carry `"_learn": false`."""
+    lines = Path(path).read_bytes().splitlines(keepends=True)
+    marked = [b"_learn" in line and json.loads(line).get("_learn", True) is False for line in lines]
+    if not any(marked):
+        return None
+    return [(i, line) for i, (line, skip) in enumerate(zip(lines, marked)) if not skip]
 
 class CandidateTrainer:
     """Trains one candidate on the committed parts of a data directory's joined log, resuming
@@ -135,11 +145,21 @@ class CandidateTrainer:
         scores = self.state.write_scores(part.number, progressive_table(self.policy, events))
         scored = clock()
         scored_by = self.policy.model_version
-        n_events = self.policy.learn_file(part.jsonl)
+        learnable = learnable_lines(part.jsonl)
+        if learnable is None:  # every event may be learned: VW reads the part itself
+            n_events = self.policy.learn_file(part.jsonl)
+            event_ids = [e.decision.event_id for e in events]
+        else:  # logging-only events (`_learn: false`) are scored above but never learned
+            kept = self.state.directory / f".learn-part-{part.number:08d}.jsonl"
+            kept.write_bytes(b"".join(line for _, line in learnable))
+            try:
+                n_events = self.policy.learn_file(kept)
+            finally:
+                kept.unlink()
+            event_ids = [events[i].decision.event_id for i, _ in learnable]
         learned = clock()
-        if n_events != len(events):
-            raise ShelfBanditError(f"{part.jsonl}: VW learned {n_events} events, the file holds {len(events)}")
-        event_ids = [e.decision.event_id for e in events]
+        if n_events != len(event_ids):
+            raise ShelfBanditError(f"{part.jsonl}: VW learned {n_events} events, {len(event_ids)} are learnable")
         step = (self.checkpoint.step if self.checkpoint else 0) + 1
         timing = {"read": read - started, "score": scored - read, "learn": learned - scored}
         record = StepRecord(
@@ -148,8 +168,8 @@ class CandidateTrainer:
             config_id=self.candidate.config.config_id(),
             parts=(part.number,),
             n_events=n_events,
-            first_event_id=event_ids[0],
-            last_event_id=event_ids[-1],
+            first_event_id=event_ids[0] if event_ids else None,
+            last_event_id=event_ids[-1] if event_ids else None,
             events_sha256=events_digest(event_ids),
             events_trained=self.events_trained + n_events,
             next_part=part.number + 1,
