@@ -12,14 +12,17 @@ from bandit.explore import SUPPORTED_EXPLORERS, UNSUPPORTED_EXPLORERS, make_expl
 NAMESPACE_LETTERS = {"listener": "L", "shelf": "S", "slot": "P"}
 CB_TYPES = ("mtr", "ips", "dr", "dm")
 # fields that change how a decision is sampled or reported, not what the model learned
-SAMPLING_FIELDS = ("seed", "marginal_draws", "exact_budget")
+SAMPLING_FIELDS = ("seed", "marginal_draws", "exact_budget", "uniform_share")
 
 
 @dataclass(frozen=True, slots=True)
 class RankerConfig:
     """Configuration of the VW CCB shelf ranker (stored beside every model file).
 
-    explorer: epsilon | softmax | squarecb. interactions: namespace pairs or triples joined by
+    explorer: epsilon | softmax | squarecb; `uniform_share` of every slot's probability is spread
+    evenly over the shelves still available, on top of the explorer (0 by default: exactly VW's
+    explorer), which keeps a greedy explorer's log usable for evaluating other policies.
+    interactions: namespace pairs or triples joined by
     '*', from listener, shelf, slot. The marginal probabilities are exact while the number of
     live prefixes times the number of shelves stays within `exact_budget`, otherwise
     estimated from `marginal_draws` sampled prefixes (0: not estimated, reported as NaN).
@@ -30,6 +33,7 @@ class RankerConfig:
     softmax_lambda: float = 1.0
     gamma_scale: float = 10.0
     gamma_exponent: float = 0.5
+    uniform_share: float = 0.0
     interactions: tuple[str, ...] = ("listener*shelf", "slot*shelf")
     learning_rate: float = 0.5
     power_t: float = 0.5
@@ -59,6 +63,8 @@ class RankerConfig:
                 raise ValidationError(
                     "interactions", "each must join 2 or 3 of listener, shelf, slot with '*'", term
                 )
+        if not 0.0 <= self.uniform_share < 1.0:
+            raise ValidationError("uniform_share", "must lie in [0, 1)", self.uniform_share)
         if self.cb_type not in CB_TYPES:
             raise ValidationError("cb_type", f"must be one of {', '.join(CB_TYPES)}", self.cb_type)
         if self.explorer == "squarecb" and self.cb_type != "mtr":

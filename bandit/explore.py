@@ -119,6 +119,21 @@ class _ExplorerSlots:
         return self.explorer.probs(self.costs[slot], available, self.n_shelves - slot, self.gamma)
 
 
+class UniformShare:
+    """SlotModel: (1 - share) * the base model's probabilities + share spread evenly over the
+    shelves available: every available shelf keeps at least share / m."""
+
+    __slots__ = ("base", "share", "n_shelves")
+
+    def __init__(self, base, share: float) -> None:
+        self.base = base
+        self.share = share
+        self.n_shelves = base.n_shelves
+
+    def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
+        return (1.0 - self.share) * self.base.probs(slot, available) + available * (self.share / (self.n_shelves - slot))
+
+
 class _GreedySlots(_ExplorerSlots):
     """Epsilon-greedy with each slot's cost ranks prepared: where a slot has no tied costs the
     best available shelf is the one of lowest rank, found in one pass over the masks."""

@@ -49,3 +49,14 @@ def test_squarecb_probabilities_follow_the_gap():
     p = SquareCB().probs(np.array([0.0, 0.5, 1.0]), np.ones((1, 3), dtype=bool), 3, gamma=4.0)
     np.testing.assert_allclose(p[0, 1:], [1 / (3 + 2.0), 1 / (3 + 4.0)])
     assert p[0, 0] == pytest.approx(1 - 1 / 5 - 1 / 7)
+
+
+def test_a_uniform_share_keeps_every_available_shelf_at_share_over_m():
+    from bandit.explore import UniformShare
+
+    costs = np.array([[0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.0]])
+    base = EpsilonGreedy(0.0).slot_model(costs)
+    mixed = UniformShare(base, 0.2)
+    available = np.array([[True, True, False, True]])
+    p = mixed.probs(1, available)
+    np.testing.assert_allclose(p[0], [0.2 / 3, 0.2 / 3, 0.0, 0.8 + 0.2 / 3])

@@ -29,6 +29,7 @@ POLICIES = {
     "vw-epsilon": lambda: _trained(VWShelfRanker(RankerConfig(explorer="epsilon", epsilon=0.2, seed=3))),
     "vw-softmax": lambda: _trained(VWShelfRanker(RankerConfig(explorer="softmax", softmax_lambda=4.0, epsilon=0.05, seed=3))),
     "vw-squarecb": lambda: _trained(VWShelfRanker(RankerConfig(explorer="squarecb", gamma_scale=2.0, seed=3))),
+    "vw-squarecb-share": lambda: _trained(VWShelfRanker(RankerConfig(explorer="squarecb", uniform_share=0.2, seed=3))),
 }
 
 

@@ -27,7 +27,7 @@ from vowpalwabbit.pyvw import Example, LabelType
 from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.errors import ModelFileError, ValidationError
-from bandit.explore import SquareCB
+from bandit.explore import SquareCB, UniformShare
 from bandit.model_file import read_meta, write_model
 from bandit.policy import Policy
 from bandit.types import Context, Shelf
@@ -94,7 +94,8 @@ class VWShelfRanker(Policy):
     def slot_model(self, context: Context, shelves: Sequence[Shelf], n_slots: int, baseline: Sequence[str] = ()):
         costs, slot0_pdf = self.score(context, shelves, n_slots)
         gamma = _squarecb_gamma(costs[0], slot0_pdf) if slot0_pdf is not None else 0.0
-        return self._explorer.slot_model(costs, gamma)
+        model = self._explorer.slot_model(costs, gamma)
+        return UniformShare(model, self.config.uniform_share) if self.config.uniform_share else model
 
     def score(self, context: Context, shelves: Sequence[Shelf], n_slots: int) -> tuple[np.ndarray, np.ndarray | None]:
         """One VW pass: costs (K, N) of every shelf at every slot, and, for SquareCB (whose gamma
