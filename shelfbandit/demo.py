@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from bandit.errors import ValidationError
+from offline_eval.gate import GateRule
 from service.local import LocalService
 from service.training.candidates import DEFAULT_CANDIDATES
 from service.training.gate import GateSettings
@@ -35,14 +36,15 @@ from simulator.http_driver import DriverConfig, drive
 from simulator.world import World, WorldConfig
 
 MARKER = ".shelfbandit-demo"
+GATE_ESTIMATOR = "snips_iips"
 
 
 @dataclass(frozen=True, slots=True)
 class DemoConfig:
     """How long and how fast the demo drives, and how quickly the loop may react."""
 
-    sessions: int = 3000
-    rate: float = 25.0  # sessions per second
+    sessions: int = 6000
+    rate: float = 40.0  # sessions per second
     reward_window_s: float = 5.0
     min_events: int = 400  # on-policy events a challenger needs before the gate judges it
     num_cpus: int = 2
@@ -77,8 +79,12 @@ class _Trainer(threading.Thread):
 
     def __init__(self, data_dir: Path, config: DemoConfig) -> None:
         super().__init__(name="demo-trainer", daemon=True)
-        self.loop = TrainingLoop(data_dir, DEFAULT_CANDIDATES, gate=GateSettings(min_events=config.min_events,
-                                 every_events=config.min_events), num_cpus=config.num_cpus, seed=config.seed)
+        # The simulated listeners stream by a position-based model (slot k's reward depends only on
+        # the shelf there), the assumption of item-position IPS, whose weights stay small where the
+        # whole-ordering and prefix weights of 6 slots explode: the gate decides on snips_iips.
+        gate = GateSettings(min_events=config.min_events, every_events=config.min_events,
+                            window_events=5 * config.min_events, rule=GateRule(primary=GATE_ESTIMATOR))
+        self.loop = TrainingLoop(data_dir, DEFAULT_CANDIDATES, gate=gate, num_cpus=config.num_cpus, seed=config.seed)
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.error: BaseException | None = None

@@ -17,6 +17,7 @@ from bandit.baselines import UniformRandomPolicy  # noqa: E402
 from bandit.errors import ModelFileError  # noqa: E402
 from bandit.model_file import load_policy, read_meta  # noqa: E402
 from service.model_store import ModelStore  # noqa: E402
+from service.training.loop import JUDGED  # noqa: E402
 from service.training.records import read_records  # noqa: E402
 from service.training.state import training_dir  # noqa: E402
 from simulator.world import RequestBatch, World  # noqa: E402
@@ -50,9 +51,11 @@ class DemoTruth:
 
 
 def _model_file(data_dir: Path, version: str) -> Path | None:
-    """The payload of `version`: in the model store, else a trainer checkpoint that still holds it."""
-    store = ModelStore(data_dir / "models")
-    candidates = [store.path_of(version), *sorted((training_dir(data_dir) / "candidates").glob("*/models/*.model"))]
+    """The payload of `version`: in the model store, among the judged (refused) models, else in a
+    trainer checkpoint that still holds it."""
+    stores = (ModelStore(data_dir / "models"), ModelStore(training_dir(data_dir) / JUDGED))
+    candidates = [*(store.path_of(version) for store in stores),
+                  *sorted((training_dir(data_dir) / "candidates").glob("*/models/*.model"))]
     for path in candidates:
         try:
             if path.exists() and read_meta(path, check_payload=False).get("version") == version:
@@ -127,7 +130,7 @@ def _plot(path: Path, bins: pd.DataFrame, promotions: list[int], decisions: pd.D
         high = float(np.nanmax(judged[["offline_upper", "true_value"]].to_numpy()))
         gate.plot([low, high], [low, high], "k:", linewidth=1)
         gate.legend(fontsize=8)
-    gate.set(xlabel="true value of the candidate (simulator)", ylabel="offline estimate at the gate (snips_rips)",
+    gate.set(xlabel="true value of the candidate (simulator)", ylabel="offline estimate at the gate",
              title="Launch-gate decisions")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -147,9 +150,10 @@ def write_report(out: Path, data_dir: Path, truth: DemoTruth, sessions: pd.DataF
     uniform = truth.uniform(tail["session"].to_numpy())
     store = ModelStore(data_dir / "models")
     versions = sorted(store.versions(), key=lambda v: v.created)
-    initial = truth.model(data_dir, versions[0].version) if versions else {"value": None}
+    unknown = {"value": None, "stderr": None}
+    initial = truth.model(data_dir, versions[0].version) if versions else unknown
     active = store.active()
-    final = truth.model(data_dir, active.version) if active else {"value": None}
+    final = truth.model(data_dir, active.version) if active else unknown
     bins.to_csv(out / "rewards.csv", index=False)
     decisions.to_csv(out / "gate_decisions.csv", index=False)
     _plot(out / "demo.png", bins, promotions, decisions)
@@ -159,6 +163,7 @@ def write_report(out: Path, data_dir: Path, truth: DemoTruth, sessions: pd.DataF
         "gap_closed": (policy - editorial) / (oracle - editorial) if oracle > editorial else float("nan"),
         "tail_sessions": int(len(tail)),
         "initial_model_reward": initial["value"], "final_model_reward": final["value"],
+        "initial_model_stderr": initial["stderr"], "final_model_stderr": final["stderr"],
         "promoted_versions": [r["version"] for r in promoted],
         "refused": int(len(read_records(data_dir, "refused"))),
         "report": str(out / "demo.png"),
