@@ -78,6 +78,8 @@ def _print_gate(result: GateResult) -> None:
 @click.option("--min-ess", type=float, default=RULE.min_ess, show_default=True, help="Smallest effective sample size.")
 @click.option("--max-unsupported", type=float, default=RULE.max_unsupported, show_default=True,
               help="Largest share of events with shelves the logger could not show.")
+@click.option("--weight-band", type=float, default=RULE.weight_band, show_default=True,
+              help="The primary's mean importance weight must lie in [1/band, band] (1 when the log covers the policy).")
 @click.option("--clip", type=float, default=OPTIONS.clip, show_default=True, help="Weight clip M of clipped_ips.")
 @click.option("--switch-threshold", type=float, default=OPTIONS.switch_threshold, show_default=True,
               help="Weight threshold tau of switch_dr.")
@@ -87,7 +89,7 @@ def _print_gate(result: GateResult) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 def evaluate(log_path: str, estimators: str | None, ci: str, level: float, resamples: int, candidate: str | None,
              baseline: str | None, warmup: int, primary: str, min_lift: float, min_ess: float, max_unsupported: float,
-             clip: float, switch_threshold: float, seed: int, out_dir: str | None, as_json: bool) -> None:
+             weight_band: float, clip: float, switch_threshold: float, seed: int, out_dir: str | None, as_json: bool) -> None:
     """Estimate a policy's value from a log with confidence intervals, or run the launch gate
     (--candidate C --baseline B): is C better than B, and how sure are we?
 
@@ -122,7 +124,8 @@ def evaluate(log_path: str, estimators: str | None, ci: str, level: float, resam
         if baseline is None:
             result = evaluate_target(evaluated, targets["candidate"], estimators, rng=rng, **interval_args)
         else:
-            rule = GateRule(primary=primary, min_lift=min_lift, min_ess=min_ess, max_unsupported=max_unsupported)
+            rule = GateRule(primary=primary, min_lift=min_lift, min_ess=min_ess, max_unsupported=max_unsupported,
+                            weight_band=weight_band)
             result = compare(evaluated, targets["candidate"], targets["baseline"], rng=rng, estimators=estimators,
                              rule=rule, **interval_args)
     report = None

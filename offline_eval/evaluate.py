@@ -23,6 +23,10 @@ from offline_eval.reward_model import RewardModel, cross_fitted
 from offline_eval.slate import SlateLog, TargetProbs, check_target, unsupported_share
 
 
+# importance weights average 1 over a log that covers the target; a mean outside
+# [1/WEIGHT_BAND, WEIGHT_BAND] says the target lives where the log rarely goes
+WEIGHT_BAND = 2.0
+
 @dataclass(frozen=True, slots=True)
 class EstimatorOptions:
     """Estimator settings: IPS clip M, switch-DR threshold tau, and the reward model."""
@@ -179,6 +183,10 @@ def summarise(
     name: str, estimator: Estimator, terms: Terms, interval: Interval, log: SlateLog, unsupported: float | None
 ) -> Estimate:
     ess, ess_per_slot, max_weight, mean_weight = diagnostics(terms, log)
+    notes = terms.notes
+    if mean_weight is not None and not 1.0 / WEIGHT_BAND <= mean_weight <= WEIGHT_BAND and name != "clipped_ips":
+        notes = (*notes, f"warning: the mean importance weight is {mean_weight:.3g}, not near 1: the target puts "
+                 "much of its mass on what this log rarely or never shows, and the interval understates the uncertainty")
     return Estimate(
         name=name,
         value=interval.value,
@@ -193,7 +201,7 @@ def summarise(
         mean_weight=mean_weight,
         unsupported_share=unsupported,
         assumption=estimator.assumption,
-        notes=terms.notes,
+        notes=notes,
     )
 
 

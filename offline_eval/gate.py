@@ -28,6 +28,7 @@ from offline_eval.evaluate import (
     Estimate,
     EstimatorOptions,
     Evaluation,
+    WEIGHT_BAND,
     make_estimator,
     parse_names,
     prepare,
@@ -51,8 +52,11 @@ class GateRule:
     min_lift: float = 0.0
     min_ess: float = 100.0
     max_unsupported: float = 0.01
+    weight_band: float = WEIGHT_BAND  # the primary's mean importance weight must lie in [1/band, band]
 
     def __post_init__(self) -> None:
+        if not self.weight_band >= 1.0:
+            raise ValidationError("weight_band", "must be >= 1", self.weight_band)
         if not self.min_ess >= 0.0:
             raise ValidationError("min_ess", "must be >= 0", self.min_ess)
         if not 0.0 <= self.max_unsupported <= 1.0:
@@ -101,6 +105,12 @@ def verdict(rule: GateRule, candidate: Estimate, baseline: Estimate, difference:
             return NOT_ENOUGH_DATA, (
                 f"the {who} can show shelves the logger never could have shown in {share:.1%} of events "
                 f"(max_unsupported {rule.max_unsupported:.1%}): this log cannot judge it"
+            )
+        mean = estimate.mean_weight
+        if mean is not None and not 1.0 / rule.weight_band <= mean <= rule.weight_band:
+            return NOT_ENOUGH_DATA, (
+                f"the {who}'s mean importance weight is {mean:.3g}, outside [{1.0 / rule.weight_band:.3g}, "
+                f"{rule.weight_band:g}] (it is 1 when the log covers the policy): the log rarely shows what it would"
             )
     low, high = difference.lower, difference.upper
     if not (math.isfinite(low) and math.isfinite(high)):

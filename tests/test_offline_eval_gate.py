@@ -87,8 +87,8 @@ def difference(value, lower, upper) -> Interval:
     return Interval(value, lower, upper, np.array([value]), np.array([lower]), np.array([upper]))
 
 
-def estimate(ess=500.0, unsupported=0.0) -> Estimate:
-    return Estimate("x", 1.0, 0.9, 1.1, (1.0,), (0.9,), (1.1,), ess, (ess,), 2.0, 1.0, unsupported, "")
+def estimate(ess=500.0, unsupported=0.0, mean_weight=1.0) -> Estimate:
+    return Estimate("x", 1.0, 0.9, 1.1, (1.0,), (0.9,), (1.1,), ess, (ess,), 2.0, mean_weight, unsupported, "")
 
 
 RULES = [
@@ -99,6 +99,9 @@ RULES = [
     ("candidate ESS too small", estimate(ess=50.0), estimate(), difference(0.2, 0.1, 0.3), NOT_ENOUGH_DATA),
     ("baseline unsupported", estimate(), estimate(unsupported=0.2), difference(0.2, 0.1, 0.3), NOT_ENOUGH_DATA),
     ("no finite interval", estimate(), estimate(), difference(0.2, float("nan"), 0.3), NOT_ENOUGH_DATA),
+    ("candidate mostly off the log", estimate(mean_weight=0.2), estimate(), difference(0.2, 0.1, 0.3), NOT_ENOUGH_DATA),
+    ("candidate weights too heavy", estimate(mean_weight=3.0), estimate(), difference(0.2, 0.1, 0.3), NOT_ENOUGH_DATA),
+    ("mean weight within the band", estimate(mean_weight=0.6), estimate(), difference(0.2, 0.1, 0.3), SHIP),
 ]
 
 
@@ -173,3 +176,25 @@ def test_errors_are_one_clear_line(tmp_path, args, message):
     result = run(*[a.replace("{table}", str(tmp_path / "log.csv")) for a in args])
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+
+
+def test_a_target_the_log_rarely_shows_is_not_enough_data_and_says_so():
+    """A uniform log of 6-slot orderings and a target that shows one ordering 80% of the time: no
+    logged slate is that ordering, so every observed slate weight is the target's exploration
+    share, ESS equals n and the interval is narrow, but around a wrong value; only the mean
+    importance weight shows it."""
+    from offline_eval.readers import read_log
+    from simulator.logging_mode import SlatePolicy, generate_slate_log
+    from simulator.world import World, WorldConfig
+
+    world = World(WorldConfig.default(), np.random.default_rng(0))
+    table = generate_slate_log(world, SlatePolicy.uniform(world), 3000, np.random.default_rng(1),
+                               target=SlatePolicy.editorial(world, epsilon=0.2))
+    loaded = read_log(table)
+    baseline = type(loaded.target)(prob=loaded.log.logging_prob, marginal=loaded.log.logging_marginal, name="baseline")
+    result = compare(loaded.log, loaded.target, baseline, rng=np.random.default_rng(0), estimators="ips",
+                     rule=GateRule(primary="ips"))
+    ips = result.candidate.estimates["ips"]
+    assert ips.mean_weight == pytest.approx(0.2) and ips.ess > 0.99 * 3000
+    assert any(note.startswith("warning: the mean importance weight") for note in ips.notes)
+    assert result.verdict == NOT_ENOUGH_DATA and "mean importance weight is 0.2" in result.reason
