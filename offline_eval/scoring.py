@@ -7,7 +7,6 @@ policy's distribution at each slot given the logged shelves above it, and its ma
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from bandit.baselines import EditorialPolicy, PopularityPolicy, UniformRandomPol
 from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
+from bandit.jsonfile import read_json_file
 from bandit.model_file import load_policy
 from bandit.policy import Policy
 from bandit.sampling import event_rng, logged_distributions, marginals
@@ -137,12 +137,7 @@ def resolve_policy(spec: str) -> PolicySpec:
         return PolicySpec(spec, LEARNING_BASELINES[spec], progressive=True)
     if spec.startswith(PROGRESSIVE_PREFIX):
         path = Path(spec[len(PROGRESSIVE_PREFIX) :])
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValidationError("policy", "configuration file does not exist", str(path)) from None
-        except json.JSONDecodeError as err:
-            raise ValidationError("policy", f"configuration is not valid JSON ({err.msg})", str(path)) from None
+        data = read_json_file(path, "policy")
         if not isinstance(data, dict):
             raise ValidationError("policy", "configuration must be a JSON object of RankerConfig fields", str(path))
         config = RankerConfig.from_dict(data)

@@ -86,7 +86,7 @@ def test_policy_specs(tmp_path, trained_ranker):
     spec = resolve_policy(f"vw:{config}")
     assert spec.progressive and spec.make().config.explorer == "softmax"
     for bad, message in [("nothing-here", "policy: not a saved policy file"),
-                         (f"vw:{tmp_path / 'absent.json'}", "policy: configuration file does not exist")]:
+                         (f"vw:{tmp_path / 'absent.json'}", "policy: file does not exist")]:
         with pytest.raises(ValidationError, match=message):
             resolve_policy(bad)
     config.write_text(json.dumps({"explorer": "bag"}))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
+from bandit.jsonfile import read_json_file
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -70,13 +70,7 @@ def check_candidates(candidates: Sequence[Candidate]) -> tuple[Candidate, ...]:
 def read_candidates(path: str | Path) -> tuple[Candidate, ...]:
     """A JSON list of objects, each a `name` plus RankerConfig fields, e.g.
     `[{"name": "greedy", "explorer": "epsilon", "epsilon": 0.02}]`."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValidationError("candidates", "file does not exist", str(path)) from None
-    except json.JSONDecodeError as err:
-        raise ValidationError("candidates", f"is not valid JSON ({err.msg}, line {err.lineno})", str(path)) from None
+    data = read_json_file(path, "candidates")
     if not isinstance(data, list):
         raise ValidationError("candidates", "must be a JSON list of candidate objects", type(data).__name__)
     return check_candidates(Candidate.from_dict(item, f"candidates[{i}]") for i, item in enumerate(data))
