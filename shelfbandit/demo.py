@@ -25,10 +25,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from bandit.config import RankerConfig
 from bandit.errors import ValidationError
 from offline_eval.gate import GateRule
 from service.local import LocalService
-from service.training.candidates import DEFAULT_CANDIDATES
+from service.training.candidates import DEFAULT_CANDIDATES, Candidate
 from service.training.gate import GateSettings
 from service.training.loop import TrainingLoop
 from shelfbandit.demo_report import DemoTruth, write_report
@@ -37,6 +38,7 @@ from simulator.world import World, WorldConfig
 
 MARKER = ".shelfbandit-demo"
 GATE_ESTIMATOR = "snips_iips"
+MARGINAL_DRAWS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,13 @@ def _fresh_data_dir(out: Path) -> Path:
     return data_dir
 
 
+def demo_candidates() -> tuple[Candidate, ...]:
+    """The default candidates, with the Monte Carlo draws of their marginals raised: item-position
+    IPS divides by the logged marginals, so a promoted model should log them tightly."""
+    return tuple(Candidate(c.name, RankerConfig.from_dict({**c.config.to_dict(), "marginal_draws": MARGINAL_DRAWS}))
+                 for c in DEFAULT_CANDIDATES)
+
+
 class _Trainer(threading.Thread):
     """The training loop in a thread of its own (Ray started there lives as long as it)."""
 
@@ -84,7 +93,7 @@ class _Trainer(threading.Thread):
         # whole-ordering and prefix weights of 6 slots explode: the gate decides on snips_iips.
         gate = GateSettings(min_events=config.min_events, every_events=config.min_events,
                             window_events=5 * config.min_events, rule=GateRule(primary=GATE_ESTIMATOR))
-        self.loop = TrainingLoop(data_dir, DEFAULT_CANDIDATES, gate=gate, num_cpus=config.num_cpus, seed=config.seed)
+        self.loop = TrainingLoop(data_dir, demo_candidates(), gate=gate, num_cpus=config.num_cpus, seed=config.seed)
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.error: BaseException | None = None
@@ -118,7 +127,7 @@ def run_demo(config: DemoConfig, out: Path, *, quiet: bool = False) -> dict:
     service = LocalService(data_dir, {
         "reward_window_s": config.reward_window_s, "join_interval_s": 1.0, "join_grace_s": 1.0,
         "model_poll_s": 0.5, "access_log": False, "log_level": "warning",
-        "initial_ranker": {"explorer": "squarecb", "seed": config.seed},
+        "initial_ranker": {"explorer": "squarecb", "marginal_draws": MARGINAL_DRAWS, "seed": config.seed},
     })
     trainer = _Trainer(data_dir, config)
     chunk = max(1, int(round(config.rate * 2.0)))  # two seconds of listeners per drive
