@@ -24,7 +24,6 @@ from bandit.vw.format import parse_event
 from offline_eval.slate import SlateLog, TargetProbs, check_probabilities
 
 REQUIRED_COLUMNS = ("event_id", "slot", "action", "reward", "logging_prob")
-OPTIONAL_COLUMNS = ("logging_marginal", "target_prob", "target_marginal")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)
 DSJSON_SUFFIXES = (".jsonl", ".json", ".dsjson")
@@ -49,30 +48,38 @@ def read_log(source: str | Path | pd.DataFrame, *, progress: bool = False) -> Lo
     if not path.exists():
         raise ValidationError("log", "file does not exist", str(path))
     suffix = path.suffix.lower()
-    if suffix in PARQUET_SUFFIXES:
-        table = pq.read_table(path)
-        return table_log({name: table.column(name) for name in table.column_names})
-    if suffix in CSV_SUFFIXES:
-        frame = pd.read_csv(path)
-        return table_log({name: frame[name].to_numpy() for name in frame.columns})
     if suffix in DSJSON_SUFFIXES:
         return dsjson_log(read_dsjson(path, progress=progress))
-    known = ", ".join(PARQUET_SUFFIXES + CSV_SUFFIXES + DSJSON_SUFFIXES)
-    raise ValidationError("log", f"unknown file type (known: {known})", path.name)
+    if suffix not in PARQUET_SUFFIXES + CSV_SUFFIXES:
+        known = ", ".join(PARQUET_SUFFIXES + CSV_SUFFIXES + DSJSON_SUFFIXES)
+        raise ValidationError("log", f"unknown file type (known: {known})", path.name)
+    try:
+        if suffix in PARQUET_SUFFIXES:
+            table = pq.read_table(path)
+            return table_log({name: table.column(name) for name in table.column_names})
+        frame = pd.read_csv(path)
+    except (pa.ArrowException, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        kind = "Parquet" if suffix in PARQUET_SUFFIXES else "CSV"
+        raise ValidationError("log", f"cannot be read as {kind} ({type(err).__name__}: {str(err)[:200]})", str(path)) from None
+    return table_log({name: frame[name].to_numpy() for name in frame.columns})
 
 
 def read_dsjson(path: str | Path, *, progress: bool = False) -> list[LoggedEvent]:
     """Joined DSJSON lines -> LoggedEvents; errors name the line."""
     events = []
-    with open(path, encoding="utf-8") as handle:
-        lines = tqdm(handle, desc="reading log", unit=" events", disable=not progress, mininterval=0.5)
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                events.append(parse_event(line))
-            except ValidationError as err:
-                raise ValidationError(f"line {number}: {err.field}", err.rule, err.found) from None
+    number = 0
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = tqdm(handle, desc="reading log", unit=" events", disable=not progress, mininterval=0.5)
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    events.append(parse_event(line))
+                except ValidationError as err:
+                    raise ValidationError(f"line {number}: {err.field}", err.rule, err.found) from None
+    except UnicodeDecodeError:
+        raise ValidationError(f"line {number + 1}", "is not UTF-8 text (a DSJSON log is JSON lines)", str(path)) from None
     if not events:
         raise ValidationError("log", "holds no events", str(path))
     return events
@@ -123,6 +130,8 @@ def table_log(columns: Mapping[str, object]) -> LoadedLog:
         raise ValidationError("slot", "must be whole numbers >= 0 (0 = top)", slot[(slot < 0) | (slot != np.floor(slot))][:3].tolist())
     slot = slot.astype(np.int64)
     n_events = len(event_ids)
+    if n_events == 0:
+        raise ValidationError("log", "holds no events (the slate table has no rows)")
     counts = np.bincount(event_codes, minlength=n_events)
     n_slots = int(counts.max())
     if (counts != n_slots).any():

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError as PydanticError
 
+from bandit.config import RankerConfig
 from bandit.errors import ValidationError
 
 ENV_PREFIX = "SHELFBANDIT_"
@@ -97,11 +98,16 @@ class Settings(BaseModel):
     def checked(cls, values: Mapping[str, object]) -> Settings:
         """Validate, turning pydantic's error into the project's (field, rule, found) error."""
         try:
-            return cls.model_validate(dict(values))
+            settings = cls.model_validate(dict(values))
         except PydanticError as err:
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "settings"
             raise ValidationError(f"settings.{field}", first["msg"]) from None
+        try:
+            RankerConfig.from_dict(settings.initial_ranker)
+        except ValidationError as err:
+            raise ValidationError(f"settings.initial_ranker.{err.field}", err.rule, err.found) from None
+        return settings
 
     def to_env(self) -> str:
         """Serialise for worker processes (secrets included: the variable stays in-process)."""
@@ -118,7 +124,10 @@ class Settings(BaseModel):
 
 
 def _read_file(path: Path) -> dict:
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValidationError("settings file", "is not UTF-8 text", str(path)) from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:

@@ -63,6 +63,7 @@ class Service:
         self.model = ActiveModel(self.store, self.metrics, poll_s=settings.model_poll_s)
         self.experiment = Experiment(settings.data_dir, self.store, self.model, self.metrics, poll_s=settings.model_poll_s)
         self.events = EventIndex(self.paths.decisions, settings.remembered_s)
+        self._in_flight: set[str] = set()  # event ids being ranked and logged on this worker
         self.decisions: SegmentWriter | None = None
         self.rewards: SegmentWriter | None = None
         self.late_rewards: SegmentWriter | None = None
@@ -142,8 +143,17 @@ class Service:
             raise NotReady("decisions: the decision log is not open")
         if event_id is None:
             event_id = uuid.uuid4().hex
-        elif self.events.seen_here(event_id):
+        elif self.events.seen_here(event_id) or event_id in self._in_flight:
             raise RepeatedEvent(f"event_id: already served ({event_id}); event ids must be unique")
+        self._in_flight.add(event_id)  # held until the decision is indexed: a retry racing it is refused
+        try:
+            return await self._rank_and_log(context, shelves, n_slots, event_id, baseline)
+        finally:
+            self._in_flight.discard(event_id)
+
+    async def _rank_and_log(
+        self, context: Context, shelves: tuple[Shelf, ...], n_slots: int, event_id: str, baseline: tuple[str, ...]
+    ) -> tuple[Decision, ServedBy]:
         live = self.experiment.current
         arm = live.choose(context.listener_id or event_id)
         serving = self.experiment.serving_policy(live, arm)

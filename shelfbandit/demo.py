@@ -114,7 +114,8 @@ class _Trainer(threading.Thread):
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.join(timeout=120)
+        if self.is_alive():
+            self.join(timeout=120)
 
 
 def run_demo(config: DemoConfig, out: Path, *, quiet: bool = False) -> dict:
@@ -154,8 +155,10 @@ def run_demo(config: DemoConfig, out: Path, *, quiet: bool = False) -> dict:
                     raise trainer.error
                 time.sleep(max(0.0, len(block) / config.rate - (time.monotonic() - began)))
     finally:
-        trainer.stop()
-        service.stop()
+        try:
+            trainer.stop()
+        finally:
+            service.stop()
     if trainer.error is not None:
         raise trainer.error
     sessions = pd.concat(frames, ignore_index=True).sort_values("session")

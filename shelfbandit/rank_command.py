@@ -30,7 +30,13 @@ def _request(data: object) -> tuple[Context, tuple[Shelf, ...], int, tuple[str, 
         parsed.append(Shelf(item["id"], item.get("features") or {}))
     if "slots" not in data:
         raise ValidationError("slots", "is required")
-    return Context(data.get("user") or {}), tuple(parsed), data["slots"], tuple(data.get("baseline") or ()), data.get("event_id")
+    baseline = data.get("baseline") or []
+    if not isinstance(baseline, list) or not all(isinstance(s, str) for s in baseline):
+        raise ValidationError("baseline", "must be a list of shelf ids", baseline)
+    event_id = data.get("event_id")
+    if event_id is not None and not isinstance(event_id, str):
+        raise ValidationError("event_id", "must be a string", event_id)
+    return Context(data.get("user") or {}), tuple(parsed), data["slots"], tuple(baseline), event_id
 
 
 @click.command()
@@ -45,6 +51,8 @@ def rank(request_file, model_path: str | None, seed: int, as_json: bool) -> None
         data = json.load(request_file)
     except json.JSONDecodeError as err:
         raise ValidationError("request", f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValidationError("request", "is not UTF-8 text") from None
     context, shelves, slots, baseline, event_id = _request(data)
     policy = load_policy(model_path, seed=seed) if model_path else VWShelfRanker(RankerConfig(seed=seed))
     policy.seed = seed

@@ -116,10 +116,11 @@ def test_learns_the_shelf_that_always_earns_in_slot_zero():
 def test_model_file_refuses_other_configurations_and_corruption(tmp_path):
     ranker = VWShelfRanker(RankerConfig(explorer="epsilon", epsilon=0.1))
     train_toward(ranker, catalogue(4), 2, good={0: 1}, steps=20)
-    path = tmp_path / "m.vw"
+    path = tmp_path / "a folder with spaces" / "m.vw"  # VW's argument parser splits on white space
     version = ranker.save(path)
+    assert VWShelfRanker.load(path).model_version == version
     assert version.startswith("vw-") and ranker.model_version == version
-    meta = json.loads((tmp_path / "m.vw.json").read_text())
+    meta = json.loads((path.parent / "m.vw.json").read_text())
     assert meta["config"]["epsilon"] == 0.1 and meta["n_learned_events"] == 20
     with pytest.raises(ModelFileError, match=r"different configuration \(epsilon: file has 0.1, expected 0.2\)"):
         VWShelfRanker.load(path, config=RankerConfig(explorer="epsilon", epsilon=0.2))
@@ -129,7 +130,7 @@ def test_model_file_refuses_other_configurations_and_corruption(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match="does not match its metadata"):
         VWShelfRanker.load(path)
-    (tmp_path / "m.vw.json").write_text("{not json")
+    (path.parent / "m.vw.json").write_text("{not json")
     with pytest.raises(ModelFileError, match="not valid JSON"):
         VWShelfRanker.load(path)
     with pytest.raises(ModelFileError, match="missing"):

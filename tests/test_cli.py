@@ -59,6 +59,8 @@ def test_rank_prints_the_contract_answer_and_is_seeded():
         (json.dumps({**REQUEST, "slots": 9}), "slots: must not exceed the number of candidate shelves (5)"),
         (json.dumps({**REQUEST, "shelves": []}), "shelves: at least one candidate shelf is required"),
         (json.dumps({**REQUEST, "colour": "red"}), "request: unknown fields"),
+        (json.dumps({**REQUEST, "baseline": 5}), "baseline: must be a list of shelf ids"),
+        (json.dumps({**REQUEST, "shelves": [{"id": "a", "features": {"x": [1]}}]}), "shelves[a].features.x"),
         (json.dumps({**REQUEST, "user": {"x": float("nan")}}).replace("NaN", "NaN"), "context.features.x: numeric values must be finite"),
     ],
 )
@@ -73,3 +75,9 @@ def test_missing_model_file_is_a_clear_error(tmp_path):
     result = run("rank", "--model", str(tmp_path / "none.vw"), stdin=json.dumps(REQUEST))
     assert result.returncode == 2
     assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_rank_refuses_a_request_that_is_not_text():
+    result = subprocess.run([str(BIN), "rank", "--json"], input=b"\xff\xfe{", capture_output=True, timeout=120)
+    assert result.returncode == 2
+    assert b"request: is not UTF-8 text" in result.stderr and b"Traceback" not in result.stderr

@@ -8,7 +8,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from bandit.vw.format import SHELF_NS, shelf_features
+from bandit.vw.format import SHELF_NS
 from service.joiner import JoinedLog
 from service.model_store import ModelStore
 from service.paths import DataPaths
@@ -80,7 +80,9 @@ def test_rank_reward_join_round_trip_field_by_field(server, client):
     assert before - 0.01 <= epoch_seconds(record["Timestamp"]) <= time.time()
     assert record["c"]["Listener"] == {"country=SE": 1.0, "hour": 20.0, "platform=ios": 1.0, f"secret_taste={MARKER}": 1.0}
     assert [m["_tag"] for m in record["c"]["_multi"]] == [s.shelf_id for s in shelves]
-    assert [m[SHELF_NS] for m in record["c"]["_multi"]] == [shelf_features(s) for s in shelves]
+    kinds = ("mix", "recent", "new_releases", "podcasts", "charts", "mood")
+    assert [m[SHELF_NS] for m in record["c"]["_multi"]] == [
+        {f"shelf=shelf-{i}": 1.0, "age_days": float(i % 5), f"kind={kinds[i % 6]}": 1.0} for i in range(6)]
     assert [s["_id"] for s in record["c"]["_slots"]] == ["0", "1", "2"]
     for k, slot in enumerate(record["_outcomes"]):
         assert record["c"]["_multi"][slot["_a"][0]]["_tag"] == shown[k]
@@ -97,6 +99,22 @@ def test_rank_reward_join_round_trip_field_by_field(server, client):
     assert slate["reward"].tolist() == [1.0, 0.0, 0.5]
     assert slate["logging_prob"].tolist() == [r["probability"] for r in ranking["ranking"]]
     assert slate["logging_marginal"].tolist() == record["_marginals"]
+
+
+def test_a_repeated_event_id_is_served_once_even_when_the_retries_race(server):
+    body = rank_body(6, 3, event_id="raced-1")
+    results = []
+
+    def post() -> None:
+        with httpx.Client(base_url=server.url, timeout=10.0) as own:
+            results.append(own.post("/v1/rank", json=body).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(results) == [200, 409, 409, 409, 409, 409]
 
 
 def test_reward_errors(server, client):

@@ -3,6 +3,8 @@ and labels the service exports; `shelfbandit doctor`, `join` and `serve --help` 
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import promql_parser
@@ -17,6 +19,8 @@ from service.paths import DataPaths
 from shelfbandit.cli import cli
 from tests.service_support import logged_decisions, reward, write_segment
 from tests.test_service_model_store import trained_ranker
+
+BIN = Path(sys.executable).parent / "shelfbandit"
 
 OPS = Path(__file__).resolve().parents[1] / "service" / "ops"
 BUILTIN = {"up": {"job", "instance"}}  # series Prometheus makes itself
@@ -167,7 +171,21 @@ def test_join_refuses_to_run_beside_another_joiner(tmp_path):
     holder = Joiner(tmp_path, JoinConfig(600.0))
     assert holder.acquire()
     try:
-        result = CliRunner().invoke(cli, ["join", "--data-dir", str(tmp_path), "--once"])
-        assert result.exit_code != 0 and "another joiner is running" in str(result.exception)
+        result = subprocess.run([str(BIN), "join", "--data-dir", str(tmp_path), "--once"], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and "another joiner is running" in result.stderr
+        assert "Traceback" not in result.stderr
     finally:
         holder.release()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"initial_ranker": {"explorer": "bag"}}, "error: settings.initial_ranker.explorer: must be one of"),
+    ({"initial_ranker": {"epsilon": 2}}, "error: settings.initial_ranker.epsilon: must lie in [0, 1]"),
+    ({"reward_window_s": -1}, "error: settings.reward_window_s"),
+])
+def test_serve_refuses_bad_settings_before_starting(tmp_path, settings, message):
+    file = tmp_path / "settings.json"
+    file.write_text(json.dumps({"data_dir": str(tmp_path / "data"), **settings}))
+    result = subprocess.run([str(BIN), "serve", "--settings", str(file)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

@@ -22,7 +22,6 @@ from bandit.types import Context, Decision, LoggedEvent, Outcome, Shelf
 LISTENER_NS = "Listener"
 SHELF_NS = "Shelf"
 SLOT_NS = "Position"
-NAMESPACES = {"listener": LISTENER_NS, "shelf": SHELF_NS, "slot": SLOT_NS}
 SHELF_ID_FEATURE = "shelf"
 SLOT_FEATURE = "slot"
 DSJSON_VERSION = "1"
@@ -264,10 +263,12 @@ def parse_event(line: str | Mapping) -> LoggedEvent:
             timestamp=_epoch(record["Timestamp"]) if "Timestamp" in record else 0.0,
             baseline=tuple(record.get("_baseline") or ()),
         )
+    except ValidationError:
+        raise
     except KeyError as missing:
         raise ValidationError(str(missing.args[0]), "required DSJSON field is missing") from None
-    except (IndexError, TypeError) as broken:
-        raise ValidationError("_outcomes", f"malformed CCB DSJSON ({broken})") from None
+    except (IndexError, TypeError, ValueError) as broken:
+        raise ValidationError("line", f"malformed CCB DSJSON ({broken})") from None
 
 
 def _load(line: str | Mapping) -> Mapping:

@@ -151,13 +151,16 @@ class VWShelfRanker(Policy):
             before, after, data = (os.path.join(tmp, name) for name in ("before.vw", "after.vw", "data.json"))
             os.symlink(path.resolve(), data)  # VW's argument parser splits paths on white space
             self.workspace.save(before)
+            native = None
             try:
                 native = vowpalwabbit.Workspace(f"{self.config.vw_args()} --dsjson --quiet -i {before} -d {data} -f {after}")
                 native.run_parser()
                 learned = int(native.get_weighted_examples())
-                native.finish()
             except Exception as err:  # VW raises plain RuntimeError on malformed input
                 raise ValidationError(str(path), f"VW could not learn from this DSJSON file ({err})") from None
+            finally:
+                if native is not None:
+                    native.finish()
             if learned != n_events:  # VW skips lines it cannot parse: refuse rather than learn part
                 raise ValidationError(
                     str(path), f"VW could not learn from this DSJSON file: it read {learned} of {n_events} events"
@@ -216,10 +219,13 @@ class VWShelfRanker(Policy):
         if sampling:
             saved = RankerConfig.from_dict({**saved.to_dict(), **sampling})
         ranker = cls(config if config is not None else saved)
-        try:
-            ranker._vw = vowpalwabbit.Workspace(f"{saved.vw_args()} --quiet -i {Path(path)}")
-        except Exception as err:  # VW raises plain RuntimeError on unreadable files
-            raise ModelFileError(f"{path}: VW could not read the model ({err})") from None
+        with tempfile.TemporaryDirectory() as tmp:
+            model = os.path.join(tmp, "model.vw")
+            os.symlink(Path(path).resolve(), model)  # VW's argument parser splits paths on white space
+            try:
+                ranker._vw = vowpalwabbit.Workspace(f"{saved.vw_args()} --quiet -i {model}")
+            except Exception as err:  # VW raises plain RuntimeError on unreadable files
+                raise ModelFileError(f"{path}: VW could not read the model ({err})") from None
         ranker._base_version = meta["version"]
         ranker.n_learned_events = int(meta.get("n_learned_events", 0))
         return ranker
