@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bandit.errors import ValidationError
@@ -155,11 +155,6 @@ def check_slots(n_slots: object, n_shelves: int) -> int:
     if n_slots > n_shelves:
         raise ValidationError("slots", f"must not exceed the number of candidate shelves ({n_shelves})", n_slots)
     return n_slots
-
-
-def make_context(features: Mapping[str, object] | None = None, listener_id: str | None = None) -> Context:
-    """Build a Context from a plain dict."""
-    return Context(as_features(features, "context.features"), listener_id)
 
 
 def _check_probabilities(name: str, values: Sequence[float]) -> None:

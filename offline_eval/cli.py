@@ -37,7 +37,8 @@ the log by progressive validation: each event is scored, then learned).
 
 \b
 Verdict (primary estimator, paired difference D = candidate - baseline):
-  not enough data  ESS < --min-ess, or support gaps above --max-unsupported
+  not enough data  ESS < --min-ess, or support gaps above --max-unsupported, or the mean
+                   importance weight outside [1/--weight-band, --weight-band]
   ship             lower end of D's interval > --min-lift
   do not ship      upper end of D's interval < --min-lift
   not enough data  otherwise

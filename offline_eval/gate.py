@@ -6,7 +6,9 @@ resamples, or the linearised per-event differences). The verdict follows `GateRu
 
 1. not enough data: on the primary estimator, the effective sample size of either policy is
    below `min_ess`, or either policy puts weight on shelves the logger never could have shown
-   in more than `max_unsupported` of the events, or the difference interval is not finite;
+   in more than `max_unsupported` of the events, or its mean importance weight lies outside
+   [1/`weight_band`, `weight_band`] (1 when the log covers it), or the difference interval is
+   not finite;
 2. ship: the lower end of the difference interval is above `min_lift`;
 3. do not ship: the upper end of the difference interval is below `min_lift`;
 4. not enough data: otherwise (the interval straddles `min_lift`).

@@ -110,7 +110,8 @@ def influence(parts: Parts) -> np.ndarray:
     return psi
 
 
-def _z(level: float) -> float:
+def normal_quantile(level: float) -> float:
+    """z such that a standard normal lies in [-z, z] with probability `level`."""
     return NormalDist().inv_cdf(0.5 + level / 2.0)
 
 
@@ -166,7 +167,7 @@ class Intervals:
             return np.full(psi.shape[1], np.inf)
         variance = psi.var(axis=0, ddof=1)
         if self.method == "normal":
-            return _z(self.level) * np.sqrt(variance / n)
+            return normal_quantile(self.level) * np.sqrt(variance / n)
         # Maurer & Pontil (2009), Thm 4, two-sided: sqrt(2 V ln(4/d) / n) + 7 b ln(4/d) / (3 (n - 1)),
         # with the observed range of the per-event values as b.
         log_term = math.log(4.0 / (1.0 - self.level))

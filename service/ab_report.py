@@ -31,7 +31,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -39,12 +38,13 @@ from matplotlib.figure import Figure
 
 from bandit.errors import ValidationError
 from bandit.model_file import write_atomic
-from offline_eval.intervals import Ratio, check_level, finite_or_none, influence, slot_values
+from offline_eval.gate import GateRule
+from offline_eval.intervals import Ratio, check_level, finite_or_none, influence, normal_quantile, slot_values
 from service.arms import DEFAULT_ARM, ONLINE, ArmsFile
 from service.joiner import JoinedLog
+from service.training.records import records_path
 
 OFFLINE_ESTIMATES = "offline_estimates.json"
-TRAINING_RECORDS = Path("training") / "records.jsonl"
 REPORT_NAME = "report.md"
 PLOT_NAME = "ab_report.png"
 ARM_DEFAULTS = {"arm": DEFAULT_ARM, "arm_mode": ONLINE, "learn": True, "listener_id": None, "agreement": None}
@@ -237,7 +237,8 @@ def _estimate_from(record: object, source: str) -> OfflineEstimate | None:
     estimates = evaluation.get("estimates") if isinstance(evaluation, Mapping) else None
     if isinstance(estimates, Mapping) and estimates:
         rule = record.get("rule") if isinstance(record.get("rule"), Mapping) else {}
-        name = rule.get("primary") if rule.get("primary") in estimates else next(iter(estimates))
+        primary = rule.get("primary", GateRule().primary)
+        name = primary if primary in estimates else next(iter(estimates))
         chosen = estimates[name]
         if isinstance(chosen, Mapping):
             return _estimate_from({"level": record.get("level", 0.95), "estimator": name, **chosen}, source)
@@ -292,7 +293,7 @@ class OfflineEstimates:
         self.by_version: dict[str, OfflineEstimate] = {}
         self.unreadable_records = 0
         root = Path(data_dir)
-        self._read_training_records(root / TRAINING_RECORDS)
+        self._read_training_records(records_path(root))
         entries = (_read_json(root / OFFLINE_ESTIMATES) or {}).get("estimates", [])
         for entry in entries if isinstance(entries, list) else []:  # later entries win; this file wins over the trainer's
             found = _estimate_from(entry, OFFLINE_ESTIMATES)
@@ -328,7 +329,7 @@ class OfflineEstimates:
                 version, shaped = record["version"], record
             else:
                 continue
-            found = _estimate_from(shaped, str(TRAINING_RECORDS))
+            found = _estimate_from(shaped, "training/records.jsonl")
             if found is not None:
                 self.by_version[version] = replace(found, version=version)
 
@@ -338,7 +339,7 @@ class OfflineEstimates:
 
 def compare_offline(online: Estimate, offline: OfflineEstimate, z: float) -> OfflineOnline:
     """Inside the offline interval? The difference and its z-score (offline se from its half-width)."""
-    offline_se = (offline.upper - offline.lower) / (2.0 * NormalDist().inv_cdf(0.5 + offline.level / 2.0))
+    offline_se = (offline.upper - offline.lower) / (2.0 * normal_quantile(offline.level))
     difference = online.value - offline.value
     scale = math.hypot(online.stderr, offline_se)
     z_score = difference / scale if scale > 0 else math.copysign(math.inf, difference) if difference else 0.0
@@ -394,7 +395,7 @@ def ab_report(
     """Per arm: sessions, listeners, reward per session (sum over slots) with its interval, the
     difference from `control` (default: the first arm of `order`), apprentice agreement, and
     the offline estimate beside the online value. `slates`: the slate table with the arm columns."""
-    z = NormalDist().inv_cdf(0.5 + check_level(level) / 2.0)
+    z = normal_quantile(check_level(level))
     rows = slates if since is None else slates[slates["timestamp"] >= since]
     if rows.empty:
         raise ValidationError("since", "no joined session in the report's period", since)

@@ -117,7 +117,7 @@ def _decision_problem(raw: bytes, record: object) -> str | None:
 def _check_joiner(paths: DataPaths, settings: Settings) -> list[Finding]:
     try:
         checkpoint = Checkpoint.read(paths.joined / CHECKPOINT)
-    except (ShelfBanditError, TypeError) as err:
+    except ShelfBanditError as err:
         return [Finding("joiner", PROBLEM, f"the joiner checkpoint is unreadable: {err}")]
     findings = []
     now = time.time()
@@ -146,7 +146,8 @@ def _check_joiner(paths: DataPaths, settings: Settings) -> list[Finding]:
         findings.append(Finding("joiner", PROBLEM, f"{len(missing)} committed part(s) are missing, e.g. {', '.join(missing[:MAX_EXAMPLES])}"))
     rejected = paths.joined / REJECTED
     if rejected.exists() and rejected.stat().st_size:
-        n_rejected = sum(1 for _ in open(rejected, "rb"))
+        with open(rejected, "rb") as lines:
+            n_rejected = sum(1 for _ in lines)
         findings.append(Finding("joiner", WARN, f"{n_rejected} decision line(s) could not be joined; see {rejected}"))
     if not findings:
         findings.append(Finding("joiner", OK, f"{checkpoint.n_events} decisions joined in {checkpoint.next_part} part(s); {n_waiting} waiting for their reward window"))

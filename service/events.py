@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.paths import DECISION_KIND
-from service.records import epoch_seconds, shown_shelves
+from bandit.vw.format import epoch_seconds
+from service.records import shown_shelves
 from service.segments import SUFFIX, read_complete_lines, segment_paths
 
 FORGET_EVERY = 4096

@@ -26,7 +26,7 @@ import pandas as pd
 from bandit.baselines import EditorialPolicy, PopularityPolicy, UniformRandomPolicy
 from bandit.errors import ShelfBanditError, ValidationError
 from bandit.policy import Policy
-from bandit.sampling import SlotModel
+from bandit.sampling import SlotModel, logged_distributions
 from bandit.types import Context, Decision, Shelf
 from service.active_model import ActiveModel, probe
 from service.arms import ACTIVE, APPRENTICE, Arm, ArmsConfig, ArmsFile
@@ -71,17 +71,11 @@ def top_choice_agreement(model: SlotModel, indices: np.ndarray) -> np.ndarray:
     """agrees[k]: given the shelves `indices[:k]` above, the model's most probable shelf at
     slot k is `indices[k]`, strictly (a tie counts as disagreement, so an untrained model,
     indifferent between shelves, agrees with nothing). Shape (K,) bool."""
-    n_slots = len(indices)
-    available = np.ones((n_slots, model.n_shelves), dtype=bool)
-    for k in range(1, n_slots):
-        available[k:, indices[k - 1]] = False
-    agrees = np.empty(n_slots, dtype=bool)
-    for k in range(n_slots):
-        p = model.probs(k, available[k : k + 1])[0]
-        others = np.where(available[k], p, -np.inf)
-        others[indices[k]] = -np.inf
-        agrees[k] = p[indices[k]] > others.max()
-    return agrees
+    slots = np.arange(len(indices))
+    p = logged_distributions(model, indices)  # 0 for the shelves placed above
+    others = p.copy()
+    others[slots, indices] = -np.inf
+    return p[slots, indices] > others.max(axis=1)
 
 
 def compare_with_model(

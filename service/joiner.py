@@ -105,9 +105,12 @@ class Checkpoint:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             return cls()
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ShelfBanditError(f"{path}: joiner checkpoint is not valid JSON ({err})") from None
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as err:  # a missing or unknown field, or not an object at all
+            raise ShelfBanditError(f"{path}: joiner checkpoint has the wrong fields ({err})") from None
 
     def write(self, path: Path) -> None:
         data = {

@@ -12,12 +12,11 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import orjson
 
 from bandit.types import Context, Decision, Shelf
-from bandit.vw.format import decision_record
+from bandit.vw.format import decision_record, epoch_seconds
 from service.arms import DEFAULT_ARM, ONLINE
 
 _HEAD = re.compile(rb'^\{"EventId":"([^"\\]*)","Timestamp":"([^"\\]*)"')
@@ -67,11 +66,6 @@ def json_line(record: dict, *, keep_nan: bool = False) -> bytes:
     if keep_nan:
         return json.dumps(record, separators=(",", ":")).encode() + b"\n"
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
-
-
-def epoch_seconds(iso: str) -> float:
-    """'2024-05-01T12:00:00.123456Z' -> seconds since the epoch."""
-    return datetime.fromisoformat(iso).timestamp()
 
 
 def line_head(raw: bytes) -> tuple[str, float] | None:

@@ -28,7 +28,6 @@ from pathlib import Path
 from bandit.errors import ShelfBanditError
 
 SUFFIX = ".jsonl"
-QUARANTINE = "quarantine"
 READ_CHUNK = 1 << 20
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bandit.errors import ValidationError
+from bandit.jsonfile import read_json_file
 from simulator.closed_loop import LoopConfig
 from simulator.policies import POLICY_KINDS, PolicySpec, parse_options
 from simulator.world import World, WorldConfig
@@ -31,10 +32,7 @@ def _world_config(world: str, world_config: str | None) -> WorldConfig:
 
 
 def _json_object(path: str, option: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise ValidationError(option, f"not valid JSON ({err.msg} at line {err.lineno})") from None
+    data = read_json_file(path, option)
     if not isinstance(data, dict):
         raise ValidationError(option, "must hold a JSON object", type(data).__name__)
     return data
@@ -236,18 +234,20 @@ def _write_table(chunks, out: Path, events: int) -> int:
     rows = 0
     writer = None
     tmp = out.with_name(f".{out.name}.tmp")
-    with tqdm(total=events, desc="events", unit="event", mininterval=0.5, unit_scale=True) as bar:
-        for chunk in chunks:
-            if out.suffix == ".csv":
-                chunk.to_csv(tmp, mode="a" if rows else "w", header=not rows, index=False)
-            else:
-                table = pa.Table.from_pandas(chunk, preserve_index=False)
-                writer = writer or pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-            rows += len(chunk)
-            bar.update(len(chunk) // int(chunk["slot"].max() + 1))
-    if writer is not None:
-        writer.close()
+    try:
+        with tqdm(total=events, desc="events", unit="event", mininterval=0.5, unit_scale=True) as bar:
+            for chunk in chunks:
+                if out.suffix == ".csv":
+                    chunk.to_csv(tmp, mode="a" if rows else "w", header=not rows, index=False)
+                else:
+                    table = pa.Table.from_pandas(chunk, preserve_index=False)
+                    writer = writer or pq.ParquetWriter(tmp, table.schema)
+                    writer.write_table(table)
+                rows += len(chunk)
+                bar.update(len(chunk) // int(chunk["slot"].max() + 1))
+    finally:
+        if writer is not None:
+            writer.close()
     tmp.replace(out)
     return rows
 

@@ -20,7 +20,6 @@ import numpy as np
 
 from offline_eval.slate import SlateLog, TargetProbs
 
-STRUCTURES = ("independent", "cascade", "interaction")
 
 
 @dataclass(frozen=True)

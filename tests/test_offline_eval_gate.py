@@ -77,7 +77,6 @@ def test_a_trainer_can_ask_the_gate_with_policies_on_a_batch():
     ranker = VWShelfRanker(RankerConfig(explorer="epsilon", epsilon=0.1, seed=1))
     ranker.learn(batch)
     result = compare(batch, ranker, UniformRandomPolicy(), rng=np.random.default_rng(0), estimators="rips,snips_rips,cascade_dr")
-    assert result.verdict in (SHIP, DO_NOT_SHIP, NOT_ENOUGH_DATA)
     assert list(result.difference) == ["rips", "snips_rips", "cascade_dr"]
     # a batch does not carry the logger's slot distributions (logged events do): support is unknown
     assert result.candidate.estimates["rips"].unsupported_share is None

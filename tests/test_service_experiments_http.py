@@ -261,7 +261,7 @@ def test_two_workers_keep_every_listener_in_one_arm_across_reloads_without_a_fai
 
 
 def epoch(record: dict) -> float:
-    from service.records import epoch_seconds
+    from bandit.vw.format import epoch_seconds
 
     return epoch_seconds(record["Timestamp"])
 

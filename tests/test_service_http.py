@@ -12,7 +12,7 @@ from bandit.vw.format import SHELF_NS
 from service.joiner import JoinedLog
 from service.model_store import ModelStore
 from service.paths import DataPaths
-from service.records import epoch_seconds
+from bandit.vw.format import epoch_seconds
 from service.segments import segment_paths
 from tests.service_support import ADMIN_TOKEN, catalogue, rank_body, running_service, shelves_json
 from tests.test_service_model_store import trained_ranker

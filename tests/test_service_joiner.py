@@ -17,7 +17,7 @@ from bandit.vw.format import listener_line, shelf_line, slot_line
 from bandit.vw.ranker import VWShelfRanker
 from service.joiner import Checkpoint, JoinConfig, Joiner, JoinerBusy, JoinedLog, slot_rewards
 from service.paths import DataPaths
-from service.records import epoch_seconds
+from bandit.vw.format import epoch_seconds
 from tests.service_support import logged_decisions, reward, write_segment
 
 T0 = 1_800_000_000.0

@@ -181,9 +181,9 @@ def test_simulate_log_command_writes_the_slate_table(tmp_path):
     (["simulate", "--sessions", "0"], "error: sessions: must be at least 1"),
     (["simulate", "--world", "click_model=dbn"], "error: click_model: must be one of position, cascade"),
     (["simulate", "--world", "n_slots=30"], "error: n_slots: must not exceed min_candidates (16)"),
-    (["simulate", "--world-config", "{config}"], "error: --world-config: not valid JSON"),
+    (["simulate", "--world-config", "{config}"], "error: --world-config: is not valid JSON"),
     (["simulate-log", "--policy", "greedy"], "error: policy: must be one of uniform, editorial, epsilon, softmax"),
-    (["sweep", "--grid", "{config}"], "error: --grid: not valid JSON"),
+    (["sweep", "--grid", "{config}"], "error: --grid: is not valid JSON"),
 ])
 def test_command_errors_are_one_clear_line(tmp_path, args, message):
     """Through the installed entry point: exit status 2, one line on stderr, no traceback."""

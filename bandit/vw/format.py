@@ -148,7 +148,8 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _epoch(text: str) -> float:
+def epoch_seconds(text: str) -> float:
+    """'2024-05-01T12:00:00.123456Z' (a DSJSON Timestamp) -> seconds since the epoch."""
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
@@ -260,7 +261,7 @@ def parse_event(line: str | Mapping) -> LoggedEvent:
             shelves=shelves,
             decision=decision,
             outcome=outcome,
-            timestamp=_epoch(record["Timestamp"]) if "Timestamp" in record else 0.0,
+            timestamp=epoch_seconds(record["Timestamp"]) if "Timestamp" in record else 0.0,
             baseline=tuple(record.get("_baseline") or ()),
         )
     except ValidationError:

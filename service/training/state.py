@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
-from bandit.model_file import meta_path, write_atomic
+from bandit.model_file import write_atomic
 from bandit.vw.ranker import VWShelfRanker
 from service.training.candidates import Candidate
 
@@ -34,7 +34,6 @@ CHECKPOINT = "CHECKPOINT"
 JOURNAL = "steps.jsonl"
 CANDIDATE_FILE = "candidate.json"
 KEEP_MODELS = 2
-SCORE_COLUMNS = ("event_id", "slot", "target_prob", "target_marginal")
 
 
 def training_dir(data_dir: str | Path) -> Path:
