@@ -177,6 +177,38 @@ def test_errors_are_one_clear_line(tmp_path, args, message):
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
 
 
+BROKEN_FILES = [
+    ("header.csv", b"event_id,slot,action,reward,logging_prob\n", "error: log: holds no events"),
+    ("empty.csv", b"", "error: log: cannot be read as CSV"),
+    ("fake.parquet", b"not a parquet file", "error: log: cannot be read as Parquet"),
+    ("latin.jsonl", b"{\"EventId\": \"caf\xe9\"}\n", "error: line 1: is not UTF-8 text"),
+]
+
+
+def _joined_line(**changes) -> bytes:
+    from bandit.types import Context, LoggedEvent, Outcome, Shelf
+
+    shelves = (Shelf("a"), Shelf("b"))
+    decision = UniformRandomPolicy().rank(Context(), shelves, 1, event_id="e1")
+    record = json.loads(event_line(LoggedEvent(Context(), shelves, decision, Outcome((1.0,)))))
+    return (json.dumps({**record, **changes}) + "\n").encode()
+
+
+BROKEN_FILES += [
+    ("clock.jsonl", _joined_line(Timestamp="yesterday"), "error: line 1: line: malformed CCB DSJSON"),
+    ("cost.jsonl", _joined_line(_outcomes=[{"_id": "0", "_a": [0, 1], "_p": [0.5, 0.5], "_label_cost": "high"}]),
+     "error: line 1: line: malformed CCB DSJSON"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BROKEN_FILES, ids=[b[0] for b in BROKEN_FILES])
+def test_a_broken_log_file_is_one_clear_line(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    result = run("--log", str(tmp_path / name), "--json")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+
+
 def test_a_target_the_log_rarely_shows_is_not_enough_data_and_says_so():
     """A uniform log of 6-slot orderings and a target that shows one ordering 80% of the time: no
     logged slate is that ordering, so every observed slate weight is the target's exploration
