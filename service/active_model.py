@@ -102,14 +102,15 @@ class ActiveModel:
         self._try_load(pointer.version)
 
     def activate(self, version: str) -> tuple[str, str | None]:
-        """Check, activate in the store and serve `version` (admin endpoint); returns (version, previous).
-        Raises UnknownModelVersion or ModelRefused; the served model is unchanged then."""
+        """Check, activate and pin in the store, and serve `version` (admin endpoint); returns
+        (version, previous). Raises UnknownModelVersion or ModelRefused; the served model is
+        unchanged then. The pin pauses the trainer's timed publishing until `store.resume()`."""
         loaded: list[Served] = []
 
         def check(v: str) -> None:
             loaded.append(self._load_checked(v))
 
-        pointer = self.store.activate(version, check=check)
+        pointer = self.store.activate(version, check=check, pin=True)
         self._pointer_seen = (pointer.version, pointer.activated_at)
         self._swap(loaded[0])
         return pointer.version, pointer.previous

@@ -37,6 +37,7 @@ ENDPOINTS = {
     "/v1/reward": "reward",
     "/v1/model": "model",
     "/v1/model/activate": "activate",
+    "/v1/model/resume": "resume",
     "/v1/arms": "arms",
     "/healthz": "healthz",
     "/readyz": "readyz",

@@ -4,12 +4,17 @@ Layout under `<data_dir>/models`:
 
     versions/<version>.model        the payload `policy.save` wrote
     versions/<version>.model.json   its metadata (kind, version, sha256, config, created)
-    ACTIVE                          {"version", "activated_at", "previous"} (replaced atomically)
+    ACTIVE                          {"version", "activated_at", "previous", "pinned"} (replaced atomically)
     .lock                           serialises publishing and activation between processes
 
 The version id is derived from the payload's SHA-256 (see `bandit.model_file`), so publishing
 the same model twice is harmless. Any process may publish or activate (a trainer, the CLI,
 the service's admin endpoint); services poll `ACTIVE` and hot-swap.
+
+An operator's activation pins the pointer: the trainer's timed publishing (`activate(...,
+respect_pin=True)`) leaves a pinned pointer alone until `resume()` unpins it. `prune(keep)`
+removes all but the newest `keep` versions, never the active one, its previous one or a
+protected one (an arm's model).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,10 @@ class ModelRefused(ShelfBanditError):
     """A model failed its checks (corrupt, unreadable or unusable) and was not activated."""
 
 
+class PointerPinned(ShelfBanditError):
+    """An operator pinned the active version; timed publishing waits until it is resumed."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelVersion:
     """One stored model: version id, payload path and its metadata."""
@@ -60,11 +69,13 @@ class ModelVersion:
 
 @dataclass(frozen=True, slots=True)
 class ActivePointer:
-    """What `ACTIVE` says: the version to serve, when it was activated, and the one before."""
+    """What `ACTIVE` says: the version to serve, when it was activated, the one before, and
+    whether an operator pinned it (timed publishing then pauses)."""
 
     version: str
     activated_at: float
     previous: str | None = None
+    pinned: bool = False
 
 
 class ModelStore:
@@ -159,29 +170,64 @@ class ModelStore:
         """The active pointer, or None before the first activation."""
         try:
             data = json.loads(self.pointer_path.read_text())
-            return ActivePointer(str(data["version"]), float(data["activated_at"]), data.get("previous"))
+            return ActivePointer(str(data["version"]), float(data["activated_at"]), data.get("previous"), bool(data.get("pinned", False)))
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ModelRefused(f"pointer: the active pointer {self.pointer_path} is unreadable ({err})") from None
 
     # -- activation ----------------------------------------------------------------------------
-    def activate(self, version: str, *, check: Callable[[str], object] | None = None) -> ActivePointer:
+    def activate(self, version: str, *, check: Callable[[str], object] | None = None, pin: bool = False,
+                 respect_pin: bool = False) -> ActivePointer:
         """Point `ACTIVE` at `version` (temp file + fsync + rename). The version must load
         (`check`, default `self.load`, raises ModelRefused otherwise); rollback is activating an
-        older version."""
+        older version. `pin`: an operator's choice, kept until `resume()`; `respect_pin`: raise
+        PointerPinned instead of moving a pinned pointer (timed publishing)."""
         (check or self.load)(version)
         with self._locked():
             try:
                 current = self.active()
             except ModelRefused:
                 current = None
+            if respect_pin and current is not None and current.pinned:
+                raise PointerPinned(f"version: {current.version} is pinned by an operator; resume publishing to move it")
             previous = None
             if current is not None:
                 previous = current.version if current.version != version else current.previous
-            pointer = ActivePointer(version, time.time(), previous)
+            pointer = ActivePointer(version, time.time(), previous, pin)
             self._write_pointer(pointer)
         return pointer
+
+    def resume(self) -> ActivePointer | None:
+        """Unpin the active pointer (timed publishing moves it again); None before any activation."""
+        with self._locked():
+            current = self.active()
+            if current is None or not current.pinned:
+                return current
+            pointer = ActivePointer(current.version, current.activated_at, current.previous, False)
+            self._write_pointer(pointer)
+            return pointer
+
+    def prune(self, keep: int, protect: Collection[str] = ()) -> list[str]:
+        """Remove all but the newest `keep` versions, sparing the active and previous versions and
+        `protect`; returns the removed versions, oldest first."""
+        if keep < 1:
+            raise ValidationError("keep", "must be at least 1", keep)
+        with self._locked():
+            try:
+                pointer = self.active()
+            except ModelRefused:
+                return []  # cannot tell what is served: remove nothing
+            spared = set(protect) | ({pointer.version, pointer.previous} if pointer else set())
+            versions = self.versions()
+            removed = [v.version for v in versions[: max(0, len(versions) - keep)] if v.version not in spared]
+            for version in removed:
+                path = self.path_of(version)
+                meta_path(path).unlink(missing_ok=True)  # metadata first: the version stops being listed
+                path.unlink(missing_ok=True)
+            if removed:
+                fsync_directory(self.versions_dir)
+        return removed
 
     def ensure_active(self, make_policy: Callable[[], Policy]) -> ActivePointer:
         """The active pointer; if there is none yet, publish `make_policy()` and activate it."""
@@ -195,7 +241,8 @@ class ModelStore:
             return pointer
 
     def _write_pointer(self, pointer: ActivePointer) -> None:
-        data = {"version": pointer.version, "activated_at": pointer.activated_at, "previous": pointer.previous}
+        data = {"version": pointer.version, "activated_at": pointer.activated_at, "previous": pointer.previous,
+                "pinned": pointer.pinned}
         write_atomic(self.pointer_path, json.dumps(data).encode())
 
     @contextmanager

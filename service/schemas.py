@@ -111,6 +111,7 @@ class ModelOut(BaseModel):
     loaded_at: float
     pointer: str | None = Field(description="the version the store's active pointer names")
     previous: str | None = Field(description="the version active before (rollback target)")
+    pinned: bool = Field(description="an operator pinned the active version: timed publishing waits for /v1/model/resume")
     refused: ModelRefusalOut | None = Field(description="the last version this worker refused, if any")
     versions: list[str] = Field(description="stored versions, oldest first")
 
@@ -118,6 +119,12 @@ class ModelOut(BaseModel):
 class ActivateResponse(BaseModel):
     version: str
     previous: str | None
+    pinned: bool = Field(description="always true: an activation by hand pins the version")
+
+
+class ResumeResponse(BaseModel):
+    version: str = Field(description="the active version, now open to timed publishing again")
+    pinned: bool
 
 
 # the rules of an arms configuration live in `service.arms` (one place for the API, the file

@@ -12,6 +12,8 @@ Shelf examples are parsed once per (shelf, slot) and reused across requests.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 import threading
@@ -89,6 +91,16 @@ class VWShelfRanker(Policy):
         if self._learned_since_save:
             return f"{self._base_version}+{self._learned_since_save}"
         return self._base_version
+
+    def finite_weights(self) -> bool:
+        """Whether every weight of the model is a finite number (VW lists its non-zero weights)."""
+        with self._lock:
+            text = self.workspace.json_weights()
+        try:  # VW writes a non-finite weight as a bare nan or inf, which is not JSON
+            weights = json.loads(text, parse_constant=lambda name: math.nan)["weights"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        return all(math.isfinite(w["value"]) for w in weights)
 
     # -- scoring ---------------------------------------------------------------------------
     def slot_model(self, context: Context, shelves: Sequence[Shelf], n_slots: int, baseline: Sequence[str] = ()):

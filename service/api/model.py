@@ -1,4 +1,5 @@
-"""GET /v1/model and POST /v1/model/activate (admin): what is served, activation and rollback."""
+"""GET /v1/model, POST /v1/model/activate and /v1/model/resume (admin): what is served,
+activation and rollback (which pin the version), and resuming timed publishing."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from fastapi import APIRouter
 from service.api.deps import AdminDep, ServiceDep
 from service.errors import NotReady
 from service.model_store import ModelRefused
-from service.schemas import ActivateRequest, ActivateResponse, ModelOut, ModelRefusalOut, Problem
+from service.schemas import ActivateRequest, ActivateResponse, ModelOut, ModelRefusalOut, Problem, ResumeResponse
 
 router = APIRouter(prefix="/v1/model", tags=["model"])
 
@@ -30,6 +31,7 @@ def model(service: ServiceDep) -> ModelOut:
         loaded_at=served.loaded_at,
         pointer=pointer.version if pointer else None,
         previous=pointer.previous if pointer else None,
+        pinned=pointer.pinned if pointer else False,
         refused=ModelRefusalOut(version=refused.version, reason=refused.reason, at=refused.at) if refused else None,
         versions=[v.version for v in service.store.versions()],
     )
@@ -42,8 +44,20 @@ def model(service: ServiceDep) -> ModelOut:
     responses={401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}},
 )
 def activate(body: ActivateRequest, service: ServiceDep) -> ActivateResponse:
-    """Activate a stored version (rollback = activate an older one). The model is loaded and
+    """Activate a stored version (rollback = activate an older one) and pin it: the trainer's
+    timed publishing leaves it alone until `POST /v1/model/resume`. The model is loaded and
     probed first; a corrupt or unusable one is refused (409) and the current one keeps serving.
     Other workers pick the change up within `model_poll_s`."""
     version, previous = service.model.activate(body.version)
-    return ActivateResponse(version=version, previous=previous)
+    return ActivateResponse(version=version, previous=previous, pinned=True)
+
+
+@router.post("/resume", response_model=ResumeResponse, dependencies=[AdminDep],
+             responses={401: {"model": Problem}, 403: {"model": Problem}, 503: {"model": Problem}})
+def resume(service: ServiceDep) -> ResumeResponse:
+    """Unpin the active version: the trainer's timed publishing replaces it again at its next
+    publication. Harmless when nothing is pinned."""
+    pointer = service.store.resume()
+    if pointer is None:
+        raise NotReady("model: no model has been activated yet")
+    return ResumeResponse(version=pointer.version, pinned=pointer.pinned)

@@ -1,13 +1,20 @@
-"""Judging a challenger against the active model on the events the active model served.
+"""Judging a model from progressive scores: a challenger against the champion, a snapshot against the served model.
 
-On those events the active model's value is the logged reward: its target probabilities are
-the logging probabilities, so every importance weight is 1 and the difference challenger -
-active is paired per event. The challenger's target probabilities are its progressive scores
-(what it would have done on each event just before learning it).
+The challenger gate (configuration changes) judges on every learnable logged event of a
+recent window, each with its own logging probabilities: the challenger's targets are its
+progressive scores (what it would have done on each event just before learning it), the
+champion's are its own, and the difference challenger - champion is paired per event. So the
+evidence grows with the log instead of restarting whenever a new model is served.
+
+The publishing guardrail judges on the events the active model served: there the served
+model's targets are the logging probabilities (every importance weight 1, its estimate the
+logged reward), and the snapshot's are the champion's progressive scores.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,25 +31,31 @@ from offline_eval.slate import TargetProbs
 from service.joiner import JoinedLog
 from service.training.state import scores_name
 
-SLATE_COLUMNS = ["event_id", "slot", "action", "reward", "logging_prob", "logging_marginal", "model_version"]
+SLATE_COLUMNS = ["event_id", "slot", "action", "reward", "logging_prob", "logging_marginal", "model_version", "learn"]
+SCORE_COLUMNS = ("target_prob", "target_marginal")
+BASELINE_COLUMNS = ("baseline_prob", "baseline_marginal")
 # progressive scores hold the logged shelves' conditional and marginal probabilities, not whole distributions
 SCORED_NEEDS = frozenset({"complete", "conditional", "marginal"})
 SCORED_ESTIMATORS = tuple(name for name, cls in ESTIMATOR_CLASSES.items() if SCORED_NEEDS >= set(cls.needs))
+DEFAULT_ESTIMATOR = "snips_iips"
+CACHE_ROWS = 2_000_000  # slate or score rows kept in memory between rounds
 
 
 @dataclass(frozen=True, slots=True)
 class GateSettings:
-    """When a challenger is judged, and by which rule.
+    """When a challenger is judged against the champion, and by which rule.
 
-    A challenger is judged once `min_events` events served by the active model have been
-    scored by it, on the most recent `window_events` of them, and again only after it has
-    trained `every_events` more events (or the active model changed).
+    A challenger is judged once both have scored `min_events` learnable events, on the most
+    recent `window_events` of them, and again after it has trained `every_events` more events
+    (or the champion changed). The primary estimator defaults to item-position IPS
+    (`snips_iips`): on a 6-slot page its effective sample size stays in the hundreds where the
+    whole-prefix estimators' collapse (docs/training.md, "Choosing the estimator").
     """
 
-    min_events: int = 500
+    min_events: int = 2_000
     window_events: int = 20_000
-    every_events: int = 500
-    rule: GateRule = field(default_factory=GateRule)
+    every_events: int = 2_000
+    rule: GateRule = field(default_factory=lambda: GateRule(primary=DEFAULT_ESTIMATOR))
     ci: str = "bootstrap"
     level: float = 0.95
     n_resamples: int = 1000
@@ -69,30 +82,44 @@ def served_by(versions: pd.Series, version: str) -> np.ndarray:
     return ((versions == version) | versions.str.startswith(version + "+")).to_numpy()
 
 
-class OnPolicyEvents:
-    """Slate rows of the events one model version served, per committed part (read once, cached)."""
+def learnable(rows: pd.DataFrame) -> np.ndarray:
+    """Rows of events a trainer learns (not those of logging-only arms)."""
+    return rows["learn"].to_numpy(dtype=bool)
+
+
+class _PartCache(OrderedDict):
+    """Frames by part number, the least recently used dropped beyond CACHE_ROWS rows in all."""
+
+    def get_or_read(self, number: int, read: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        if number in self:
+            self.move_to_end(number)
+            return self[number]
+        frame = self[number] = read()
+        while len(self) > 1 and sum(len(f) for f in self.values()) > CACHE_ROWS:
+            self.popitem(last=False)
+        return frame
+
+
+class SlateRows:
+    """The slate rows of committed parts (each part read once while it stays recent)."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.joined = JoinedLog(data_dir)
-        self._version: str | None = None
-        self._parts: dict[int, pd.DataFrame] = {}
+        self._parts = _PartCache()
 
-    def rows(self, version: str, stop_part: int, window_events: int) -> pd.DataFrame:
-        """Rows, with a `part` column, of the events `version` served in the latest parts before
-        `stop_part` that hold at least `window_events` of them (whole parts; see `last_events`)."""
-        if version != self._version:
-            self._version, self._parts = version, {}
+    def recent(self, stop_part: int, n_events: int, select: Callable[[pd.DataFrame], np.ndarray]) -> pd.DataFrame:
+        """Rows, with a `part` column, of the events `select` keeps in the latest parts before
+        `stop_part` that hold at least `n_events` of them (whole parts; see `last_events`)."""
         frames = []
-        n_events = 0
+        found = 0
         for part in reversed(self.joined.parts(0)[:stop_part]):
-            if part.number not in self._parts:
-                slate = pd.read_parquet(part.slates, columns=SLATE_COLUMNS)
-                self._parts[part.number] = slate[served_by(slate["model_version"], version)].assign(part=part.number)
-            frame = self._parts[part.number]
-            if len(frame):
-                frames.append(frame)
-                n_events += frame["event_id"].nunique()
-            if n_events >= window_events:
+            frame = self._parts.get_or_read(
+                part.number, lambda: pd.read_parquet(part.slates, columns=SLATE_COLUMNS).assign(part=part.number))
+            chosen = frame[select(frame)]
+            if len(chosen):
+                frames.append(chosen)
+                found += chosen["event_id"].nunique()
+            if found >= n_events:
                 break
         if not frames:
             return pd.DataFrame(columns=[*SLATE_COLUMNS, "part"])
@@ -106,24 +133,22 @@ def last_events(rows: pd.DataFrame, n_events: int) -> pd.DataFrame:
 
 
 class ProgressiveScores:
-    """One candidate's progressive scores joined to on-policy slate rows, per part (cached for
-    the current active version: a committed part's scores never change)."""
+    """One candidate's progressive scores, per part (a committed part's scores never change)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self._version: str | None = None
-        self._parts: dict[int, pd.DataFrame] = {}
+        self._parts = _PartCache()
 
-    def attach(self, rows: pd.DataFrame, version: str) -> pd.DataFrame:
-        """`rows` (whole parts, with a `part` column) plus `target_prob` and `target_marginal`."""
-        if version != self._version:
-            self._version, self._parts = version, {}
+    def attach(self, rows: pd.DataFrame, columns: tuple[str, str] = SCORE_COLUMNS) -> pd.DataFrame:
+        """`rows` (whole parts, with a `part` column) with this candidate's conditional and
+        marginal scores as `columns`; rows it has no score for are dropped."""
         frames = []
         for number, part_rows in rows.groupby("part", sort=True):
-            if number not in self._parts:
-                scores = pd.read_parquet(self.directory / scores_name(number))
-                self._parts[number] = part_rows.merge(scores, on=["event_id", "slot"], how="inner", validate="one_to_one")
-            frames.append(self._parts[number])
+            scores = self._parts.get_or_read(int(number), lambda: pd.read_parquet(self.directory / scores_name(int(number))))
+            named = scores.rename(columns=dict(zip(SCORE_COLUMNS, columns)))
+            frames.append(part_rows.merge(named, on=["event_id", "slot"], how="inner", validate="one_to_one"))
+        if not frames:
+            return rows.assign(**{name: pd.Series(dtype=float) for name in columns})
         return pd.concat(frames, ignore_index=True)
 
 
@@ -135,12 +160,19 @@ def dominant_slot_count(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def judge(rows: pd.DataFrame, settings: GateSettings, rng: np.random.Generator) -> GateResult:
-    """The launch gate on slate rows that carry the challenger's `target_prob`, `target_marginal`;
-    the active model's targets are the logging probabilities."""
-    loaded = table_log({name: rows[name].to_numpy() for name in rows.columns})
+    """The launch gate on slate rows that carry the judged model's `target_prob`, `target_marginal`.
+    Its baseline: the `baseline_prob`, `baseline_marginal` columns where the rows carry them (the
+    champion), else the logging probabilities (the model that served the rows)."""
+    columns = {name: rows[name].to_numpy() for name in rows.columns if name not in BASELINE_COLUMNS}
+    loaded = table_log(columns)
     log = loaded.log
-    active = TargetProbs(prob=log.logging_prob, marginal=log.logging_marginal, name="active")
-    return compare(log, loaded.target, active, rng=rng, rule=settings.rule, ci=settings.ci,
+    if BASELINE_COLUMNS[0] in rows:
+        baseline_columns = {**columns, **{t: rows[b].to_numpy() for t, b in zip(SCORE_COLUMNS, BASELINE_COLUMNS)}}
+        scored = table_log(baseline_columns).target
+        baseline = TargetProbs(prob=scored.prob, marginal=scored.marginal, name="champion")
+    else:
+        baseline = TargetProbs(prob=log.logging_prob, marginal=log.logging_marginal, name="served")
+    return compare(log, loaded.target, baseline, rng=rng, rule=settings.rule, ci=settings.ci,
                    level=settings.level, n_resamples=settings.n_resamples)
 
 
@@ -148,9 +180,10 @@ def _interval(estimate: Estimate | Interval) -> dict:
     return {"value": estimate.value, "lower": estimate.lower, "upper": estimate.upper}
 
 
-def gate_fields(result: GateResult) -> dict:
+def gate_fields(result: GateResult, baseline: str) -> dict:
     """The gate's verdict and numbers as record fields: the primary estimator's value and
-    interval for both models and their paired difference, and the same for every estimator."""
+    interval for the judged model, the `baseline` ("champion" or "served") and their paired
+    difference, and the same for every estimator."""
     primary = result.rule.primary
     candidate, active = result.candidate.estimates, result.baseline.estimates
     return {
@@ -158,16 +191,16 @@ def gate_fields(result: GateResult) -> dict:
         "n_slots": result.candidate.n_slots,
         "estimator": primary,
         "candidate_estimate": _interval(candidate[primary]),
-        "active_estimate": _interval(active[primary]),
+        f"{baseline}_estimate": _interval(active[primary]),
         "difference": _interval(result.difference[primary]),
-        "ess": {"candidate": candidate[primary].ess, "active": active[primary].ess},
+        "ess": {"candidate": candidate[primary].ess, baseline: active[primary].ess},
         "verdict": result.verdict,
         "reason": result.reason,
         "rule": asdict(result.rule),
         "ci": result.candidate.ci,
         "level": result.candidate.level,
         "estimates": {
-            name: {"candidate": _interval(candidate[name]), "active": _interval(active[name]),
+            name: {"candidate": _interval(candidate[name]), baseline: _interval(active[name]),
                    "difference": _interval(result.difference[name])}
             for name in candidate
         },

@@ -1,12 +1,15 @@
-"""TrainingLoop: candidates train on Ray workers in parallel; the launch gate decides promotions.
+"""TrainingLoop: the champion learns continuously and is published on a timer; challengers
+train beside it and replace its configuration only on the launch gate's evidence.
 
 A round: every candidate's actor trains the committed parts it has not trained yet (up to
-`max_events_per_round` events each; one `ray.get` over all the actors' calls), the steps are
-recorded, then each candidate that trained enough since it was last judged is judged against
-the active model on the events the active model served (`service.training.gate`). Of the
-candidates the gate would ship, the one with the largest estimated lift is published and
-activated; every other judged candidate is refused, with the reason. Models are never
-averaged across workers (`vowpalwabbit.merge_models` merges only part of a CCB model's state).
+`max_events_per_round` events each; one `ray.get` over all the actors' calls) and the steps
+are recorded. Then each challenger that trained enough since it was last judged is judged
+against the champion on the learnable events of a recent window (`service.training.gate`);
+of those the gate ships, the one with the largest estimated lift becomes the champion. Then,
+every `publish.interval_s` (and at once after a change of champion), the champion's latest
+committed model is published and activated after the checks of
+`service.training.publishing`. Models are never averaged across workers
+(`vowpalwabbit.merge_models` merges only part of a CCB model's state).
 """
 
 from __future__ import annotations
@@ -25,24 +28,40 @@ from pathlib import Path
 import numpy as np
 
 from bandit.errors import ShelfBanditError, ValidationError
+from service.arms import ACTIVE, BASELINES, ArmsFile
 from service.joiner import JoinedLog
-from service.model_store import ModelRefused, ModelStore
+from service.model_store import ActivePointer, ModelRefused, ModelStore, PointerPinned
 from service.training.candidates import DEFAULT_CANDIDATES, Candidate, check_candidates
+from service.training.champion import read_champion, write_champion
 from service.training.gate import (
+    BASELINE_COLUMNS,
     GateSettings,
-    OnPolicyEvents,
     ProgressiveScores,
+    SlateRows,
     dominant_slot_count,
     gate_fields,
     judge,
     last_events,
+    learnable,
+    served_by,
 )
-from service.training.records import GATE, PROMOTED, REFUSED, TRAINED, TrainingRecords, read_records
+from service.training.publishing import PublishSettings, SnapshotRefused, checked_snapshot, guardrail_refusal, write_status
+from service.training.records import (
+    GATE,
+    PROMOTED,
+    PUBLISH_REFUSED,
+    PUBLISHED,
+    REFUSED,
+    TRAINED,
+    TrainingRecords,
+    read_records,
+)
 from service.training.state import candidate_dir, check_candidate, training_dir
 from service.training.worker import CandidateTrainer
 
 JUDGED = "judged"
 MAX_DEATHS = 3  # rounds in a row a trainer may die (Ray restarts it; it resumes from its checkpoint)
+GUARDRAIL_MIN_EVENTS = 100  # fewer events served by the active model: no evidence either way
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
 
 
@@ -53,13 +72,17 @@ class TrainingBusy(ShelfBanditError):
 @dataclass(frozen=True, slots=True)
 class RoundReport:
     """What one round did: events trained (summed over candidates), the records it wrote
-    (`trained`; `gate` and their outcome), the version it promoted, why candidates were not
-    judged, and trainers that died."""
+    (`trained`; challenger decisions `gate`, `promoted`, `refused`; `published` or
+    `publish_refused`), the champion after it, the candidate it promoted to champion and the
+    version it published (or None), why challengers were not judged, and trainers that died."""
 
     n_events: int
     steps: tuple[dict, ...]
     decisions: tuple[dict, ...]
+    publications: tuple[dict, ...]
+    champion: str
     promoted: str | None
+    published: str | None
     waiting: dict[str, str]
     lost: tuple[str, ...]
     statuses: tuple[dict, ...]
@@ -72,6 +95,10 @@ class RoundReport:
     def refused(self) -> tuple[dict, ...]:
         return tuple(r for r in self.decisions if r["record"] == REFUSED)
 
+    @property
+    def publish_refused(self) -> tuple[dict, ...]:
+        return tuple(r for r in self.publications if r["record"] == PUBLISH_REFUSED)
+
 
 @dataclass(frozen=True, slots=True)
 class _Verdict:
@@ -83,9 +110,11 @@ class _Verdict:
 
 
 class TrainingLoop:
-    """Trains `candidates` (one Ray actor each) on a data directory's joined log and promotes
-    the ones the launch gate ships. Use as a context manager (or `start()`/`close()`), from a
-    thread that outlives the loop: Ray started from a thread stops when that thread ends.
+    """Trains `candidates` (one Ray actor each) on a data directory's joined log, publishes the
+    champion's snapshots every `publish.interval_s`, and changes the champion when the launch
+    gate ships a challenger. The champion is the first candidate until the gate chooses another
+    (`training/CHAMPION`). Use as a context manager (or `start()`/`close()`), from a thread
+    that outlives the loop: Ray started from a thread stops when that thread ends.
 
     `ray_address`: join that cluster; otherwise a local Ray with `num_cpus` CPUs is started
     (unless Ray is already initialised in this process; then that one is used and left running).
@@ -97,6 +126,7 @@ class TrainingLoop:
         candidates: Sequence[Candidate] = DEFAULT_CANDIDATES,
         *,
         gate: GateSettings | None = None,
+        publish: PublishSettings | None = None,
         ray_address: str | None = None,
         num_cpus: int = 2,
         max_events_per_round: int = 20_000,
@@ -105,6 +135,7 @@ class TrainingLoop:
         self.data_dir = Path(data_dir).resolve()
         self.candidates = check_candidates(candidates)
         self.gate = gate or GateSettings()
+        self.publish = publish or PublishSettings()
         if num_cpus < 1:
             raise ValidationError("num_cpus", "must be at least 1", num_cpus)
         if max_events_per_round < 1:
@@ -114,14 +145,19 @@ class TrainingLoop:
         self.max_events_per_round = max_events_per_round
         self.seed = seed
         self.store = ModelStore(self.data_dir / "models")
-        self.judged = ModelStore(training_dir(self.data_dir) / JUDGED)  # refused models; never activated
+        self.judged = ModelStore(training_dir(self.data_dir) / JUDGED)  # refused snapshots; never activated
         self.records = TrainingRecords(self.data_dir)
-        self.on_policy = OnPolicyEvents(self.data_dir)
+        self.champion = self.candidates[0].name
+        self._logged = SlateRows(self.data_dir)   # learnable events, for the challenger gate
+        self._served = SlateRows(self.data_dir)   # events of the active model, for the guardrail
         self._scores = {c.name: ProgressiveScores(candidate_dir(self.data_dir, c.name)) for c in self.candidates}
         self._actors: dict = {}
         self._statuses: dict[str, dict] = {}
         self._recorded: dict[str, int] = {}
         self._last_gate: dict[str, tuple[str, int]] = {}
+        self._last_publish_try = 0.0
+        self._last_published: dict | None = None
+        self._refusals_in_a_row = 0
         self._deaths: dict[str, int] = {}
         self._lock_fd: int | None = None
         self._started_ray = False
@@ -137,6 +173,7 @@ class TrainingLoop:
         self._lock()
         try:
             self.records.repair()
+            self.champion = read_champion(self.data_dir, [c.name for c in self.candidates])
             self._read_history()
             self._start_actors()
         except BaseException:
@@ -179,13 +216,22 @@ class TrainingLoop:
         self._lock_fd = fd
 
     def _read_history(self) -> None:
-        """Where the records stand: the last recorded step and the last gate of each candidate."""
+        """Where the records stand: each candidate's last recorded step and last gate, the last
+        publication (publishing resumes on its schedule) and the refusals since."""
         for record in read_records(self.data_dir):
             name = record.get("candidate")
-            if record["record"] == TRAINED:
+            kind = record["record"]
+            if kind == TRAINED:
                 self._recorded[name] = max(self._recorded.get(name, 0), record["step"])
-            elif record["record"] == GATE:
-                self._last_gate[name] = (record["active_version"], record["events_trained"])
+            elif kind == GATE:
+                self._last_gate[name] = (record.get("champion"), record["events_trained"])
+            elif kind == PUBLISHED:
+                self._last_published = {"version": record["version"], "time": record["time"]}
+                self._last_publish_try = record["time"]
+                self._refusals_in_a_row = 0
+            elif kind == PUBLISH_REFUSED:
+                self._last_publish_try = record["time"]
+                self._refusals_in_a_row += 1
 
     def _start_actors(self) -> None:
         import ray
@@ -235,8 +281,9 @@ class TrainingLoop:
         """Per candidate: step, next part, events trained, model version and file."""
         return tuple(self._statuses.values())
 
-    def run_once(self) -> RoundReport:
-        """Train every candidate on its waiting parts (in parallel), record, judge, promote."""
+    def run_once(self, *, publish_now: bool = False) -> RoundReport:
+        """Train every candidate on its waiting parts (in parallel), record, judge the
+        challengers, and publish the champion when due (or `publish_now`)."""
         import ray
 
         self.start()
@@ -253,7 +300,7 @@ class TrainingLoop:
             if self._deaths[lost] >= MAX_DEATHS:
                 raise ShelfBanditError(f"the trainer of candidate {lost} died in {MAX_DEATHS} rounds in a row; see the Ray logs") from None
             self._refresh_statuses()  # Ray restarts the trainer; it resumes from its checkpoint
-            return RoundReport(0, (), (), None, {}, (lost,), self.statuses)
+            return RoundReport(0, (), (), (), self.champion, None, None, {}, (lost,), self.statuses)
         self._deaths.clear()
         steps = []
         for name, result in zip(names, results):
@@ -262,8 +309,11 @@ class TrainingLoop:
                 steps.append({"record": TRAINED, **step})
                 self._recorded[name] = step["step"]
         self.records.append(steps)
-        decisions, promoted, waiting = self._judge_candidates()
-        return RoundReport(sum(r["n_events"] for r in results), tuple(steps), tuple(decisions), promoted, waiting, (), self.statuses)
+        decisions, promoted, waiting = self._judge_challengers()
+        publications = self._publish_when_due(publish_now or promoted is not None)
+        published = next((r["version"] for r in publications if r["record"] == PUBLISHED), None)
+        return RoundReport(sum(r["n_events"] for r in results), tuple(steps), tuple(decisions), tuple(publications),
+                           self.champion, promoted, published, waiting, (), self.statuses)
 
     def run(self, stop: threading.Event, interval_s: float, on_round: Callable[[RoundReport], None] | None = None) -> None:
         """Rounds until `stop` is set: back to back while parts wait, else one every `interval_s`."""
@@ -272,90 +322,73 @@ class TrainingLoop:
             if on_round is not None:
                 on_round(report)
             if report.n_events == 0:
-                stop.wait(interval_s)
+                stop.wait(min(interval_s, self.publish.interval_s))
 
     def backfill(self, on_round: Callable[[RoundReport], None] | None = None) -> list[RoundReport]:
-        """Rounds until every candidate has trained every committed part."""
+        """Rounds until every candidate has trained every committed part; the last one publishes
+        the champion's model (after its checks) whether or not the timer is due."""
         reports = []
         while True:
-            report = self.run_once()
+            report = self.run_once(publish_now=not any(s["next_part"] < self._committed_parts() for s in self.statuses))
             reports.append(report)
             if on_round is not None:
                 on_round(report)
             if report.n_events == 0 and not report.lost:
                 return reports
 
-    # -- the gate ------------------------------------------------------------------------------
-    def _judge_candidates(self) -> tuple[list[dict], str | None, dict[str, str]]:
-        try:
-            pointer = self.store.active()
-        except ModelRefused as err:
-            return [], None, {name: str(err) for name in self._statuses}
-        if pointer is None:
-            return [], None, {name: "no active model to compare with" for name in self._statuses}
-        active = pointer.version
+    def _committed_parts(self) -> int:
+        return JoinedLog(self.data_dir).checkpoint().next_part
+
+    # -- the challenger gate --------------------------------------------------------------------
+    def _judge_challengers(self) -> tuple[list[dict], str | None, dict[str, str]]:
+        """Judge every challenger that trained `every_events` since it was last judged against
+        this champion; the shipped one with the largest lift becomes the champion."""
+        champion = self._statuses[self.champion]
         waiting: dict[str, str] = {}
         verdicts = []
         for name, status in self._statuses.items():
             trained = status["events_trained"]
             last = self._last_gate.get(name)
-            if trained == 0 or status["model_version"] == active:
+            if name == self.champion or trained == 0 or champion["events_trained"] == 0:
                 continue
-            if last is not None and last[0] == active and trained - last[1] < self.gate.every_events:
+            if last is not None and last[0] == self.champion and trained - last[1] < self.gate.every_events:
                 continue
-            verdict = self._judge(name, status, active)
+            verdict = self._judge(name, status, champion)
             if isinstance(verdict, str):
                 waiting[name] = verdict
             else:
                 verdicts.append(verdict)
-                self._last_gate[name] = (active, trained)
+                self._last_gate[name] = (self.champion, trained)
         shipping = [v for v in verdicts if v.ship]
         winner = max(shipping, key=lambda v: v.lift) if shipping else None
-        promoted = None
-        refusal = None
-        if winner is not None:
-            try:
-                promoted = self.store.publish_file(winner.status["model"], activate=True)
-            except (ShelfBanditError, OSError) as err:
-                refusal = f"the gate said ship but publishing failed ({err})"
         records = []
         for verdict in verdicts:
             records.append(verdict.record)
-            outcome = {key: verdict.record[key] for key in ("time", "candidate", "candidate_version", "active_version", "events_trained")}
-            if verdict is winner and promoted is not None:
-                records.append({"record": PROMOTED, **outcome, "version": promoted, "activated": True,
-                                "previous_version": active, "estimator": verdict.record["estimator"],
+            outcome = {key: verdict.record[key] for key in ("time", "candidate", "candidate_version", "champion", "champion_version", "events_trained")}
+            if verdict is winner:
+                records.append({"record": PROMOTED, **outcome, "estimator": verdict.record["estimator"],
                                 "difference": verdict.record["difference"]})
-                continue
-            if not verdict.ship:
-                reason = verdict.record["reason"]
-            elif verdict is winner:
-                reason = refusal
             else:
-                reason = f"candidate {winner.candidate} was promoted in this round with a larger estimated lift"
-            records.append({"record": REFUSED, **outcome, "verdict": verdict.record["verdict"], "reason": reason,
-                            "model": self._keep_judged(verdict.status["model"])})
+                reason = verdict.record["reason"] if not verdict.ship else (
+                    f"candidate {winner.candidate} became the champion in this round with a larger estimated lift")
+                records.append({"record": REFUSED, **outcome, "verdict": verdict.record["verdict"], "reason": reason})
+        if winner is not None:
+            write_champion(self.data_dir, winner.candidate, self.champion)
+            self.champion = winner.candidate
         self.records.append(records)
-        return records, promoted, waiting
+        return records, (winner.candidate if winner else None), waiting
 
-    def _keep_judged(self, model: str) -> str | None:
-        """Keep a refused model (its checkpoint file is deleted two steps later) in the judged
-        store; its payload path relative to the data directory, None if it could not be copied."""
-        try:
-            version = self.judged.publish_file(model)
-        except (ShelfBanditError, OSError):
-            return None
-        return str(self.judged.path_of(version).relative_to(self.data_dir))
-
-    def _judge(self, name: str, status: dict, active: str) -> _Verdict | str:
-        """The gate's verdict on one candidate, or why it cannot be judged yet."""
+    def _judge(self, name: str, status: dict, champion: dict) -> _Verdict | str:
+        """The gate's verdict on one challenger against the champion, or why it cannot be judged yet."""
         settings = self.gate
-        rows = self.on_policy.rows(active, status["next_part"], settings.window_events)
+        stop_part = min(status["next_part"], champion["next_part"])
+        rows = self._logged.recent(stop_part, settings.window_events, learnable)
         if len(rows):
-            rows = last_events(dominant_slot_count(self._scores[name].attach(rows, active)), settings.window_events)
+            rows = self._scores[self.champion].attach(self._scores[name].attach(rows), BASELINE_COLUMNS)
+            rows = last_events(dominant_slot_count(rows), settings.window_events)
         n_events = rows["event_id"].nunique() if len(rows) else 0
         if n_events < settings.min_events:
-            return f"{n_events} of the {settings.min_events} events needed were served by the active model {active}"
+            return f"{n_events} of the {settings.min_events} learnable events needed have been scored by it and the champion {self.champion}"
         rng = np.random.default_rng([self.seed, status["events_trained"], zlib.crc32(name.encode())])
         try:
             result = judge(rows, settings, rng)
@@ -366,12 +399,123 @@ class TrainingLoop:
             "time": time.time(),
             "candidate": name,
             "candidate_version": status["model_version"],
-            "active_version": active,
+            "champion": self.champion,
+            "champion_version": champion["model_version"],
             "events_trained": status["events_trained"],
             "parts": [int(rows["part"].iloc[0]), int(rows["part"].iloc[-1])],
-            **gate_fields(result),
+            **gate_fields(result, "champion"),
         }
         return _Verdict(name, status, record, result.difference[settings.rule.primary].value, result.ship)
+
+    # -- publishing ----------------------------------------------------------------------------
+    def _publish_when_due(self, now: bool) -> list[dict]:
+        """Publish the champion's latest committed model if the timer is due (or `now`) and it
+        differs from the active one; returns the `published` or `publish_refused` record."""
+        champion = self._statuses[self.champion]
+        if champion["model"] is None or not (now or time.time() - self._last_publish_try >= self.publish.interval_s):
+            return []
+        try:
+            pointer = self.store.active()
+        except ModelRefused:
+            pointer = None
+        if pointer is not None and (pointer.pinned or pointer.version == champion["model_version"]):
+            self._write_status(pointer)
+            return []
+        self._last_publish_try = time.time()
+        base = {"time": self._last_publish_try, "candidate": self.champion, "candidate_version": champion["model_version"],
+                "active_version": pointer.version if pointer else None, "events_trained": champion["events_trained"]}
+        guardrail = None
+        try:
+            checked_snapshot(champion["model"])
+            guardrail = self._guardrail(champion, pointer)
+            version = self.store.publish_file(champion["model"])
+            activated = self.store.activate(version, respect_pin=True)
+        except PointerPinned:  # an operator pinned a version meanwhile
+            self._write_status(self.store.active())
+            return []
+        except SnapshotRefused as err:
+            self._refusals_in_a_row += 1
+            record = {"record": PUBLISH_REFUSED, **base, "check": err.check, "reason": err.reason,
+                      "guardrail": err.figures, "refusals_in_a_row": self._refusals_in_a_row,
+                      "model": self._keep_judged(champion["model"])}
+        except (ShelfBanditError, OSError) as err:
+            self._refusals_in_a_row += 1
+            record = {"record": PUBLISH_REFUSED, **base, "check": "store", "reason": f"publishing failed ({err})",
+                      "guardrail": guardrail, "refusals_in_a_row": self._refusals_in_a_row, "model": None}
+        else:
+            self._refusals_in_a_row = 0
+            self._last_published = {"version": version, "time": activated.activated_at}
+            record = {"record": PUBLISHED, **base, "version": version, "previous_version": activated.previous,
+                      "guardrail": guardrail}
+            self.store.prune(self.publish.keep_versions, protect=self._arm_versions())
+        self.records.append([record])
+        self._write_status(self.store.active())
+        return [record]
+
+    def _guardrail(self, champion: dict, pointer: ActivePointer | None) -> dict:
+        """The guardrail's figures on the latest events the active model served; raises
+        SnapshotRefused when they show the snapshot worse (see service.training.publishing)."""
+        if pointer is None:
+            return {"n_events": 0, "reason": "no model is active yet"}
+        window = self.publish.guardrail_events
+        rows = self._served.recent(champion["next_part"], window, lambda frame: served_by(frame["model_version"], pointer.version))
+        if len(rows):
+            rows = last_events(dominant_slot_count(self._scores[self.champion].attach(rows)), window)
+        n_events = rows["event_id"].nunique() if len(rows) else 0
+        if n_events < GUARDRAIL_MIN_EVENTS:
+            return {"n_events": n_events, "reason": f"fewer than {GUARDRAIL_MIN_EVENTS} events served by {pointer.version}: no evidence either way"}
+        rng = np.random.default_rng([self.seed, champion["events_trained"], zlib.crc32(b"guardrail")])
+        try:
+            result = judge(rows, self.gate, rng)
+        except ValidationError as err:
+            return {"n_events": n_events, "reason": f"the guardrail cannot judge these events: {err}"}
+        primary = result.rule.primary
+        figures = {
+            "n_events": n_events,
+            "estimator": primary,
+            "difference": gate_fields(result, "served")["difference"],
+            "served_estimate": gate_fields(result, "served")["served_estimate"],
+            "snapshot_estimate": gate_fields(result, "served")["candidate_estimate"],
+            "ess": {"snapshot": result.candidate.estimates[primary].ess, "served": result.baseline.estimates[primary].ess},
+            "max_regression": self.publish.max_regression,
+        }
+        refusal = guardrail_refusal(result, self.publish.max_regression)
+        if refusal:
+            raise SnapshotRefused("guardrail", refusal, figures)
+        return {**figures, "reason": "not shown worse than the served model"}
+
+    def _keep_judged(self, model: str) -> str | None:
+        """Keep a refused snapshot (its checkpoint file is deleted two steps later) in the judged
+        store; its payload path relative to the data directory, None if it could not be copied."""
+        try:
+            version = self.judged.publish_file(model)
+            self.judged.prune(self.publish.keep_versions)
+        except (ShelfBanditError, OSError):
+            return None
+        return str(self.judged.path_of(version).relative_to(self.data_dir))
+
+    def _arm_versions(self) -> set[str]:
+        """Stored versions the A/B arms serve (pruning spares them)."""
+        try:
+            arms = ArmsFile(self.data_dir).read()
+        except (ShelfBanditError, OSError):
+            return {v.version for v in self.store.versions()}  # cannot tell: spare every version
+        if arms is None:
+            return set()
+        return {arm.policy for arm in arms.arms if arm.policy != ACTIVE and arm.policy not in BASELINES}
+
+    def _write_status(self, pointer: ActivePointer | None) -> None:
+        champion = self._statuses[self.champion]
+        write_status(training_dir(self.data_dir), {
+            "champion": self.champion,
+            "champion_version": champion["model_version"],
+            "active_version": pointer.version if pointer else None,
+            "pinned": bool(pointer and pointer.pinned),
+            "interval_s": self.publish.interval_s,
+            "last_published": self._last_published,
+            "last_try": self._last_publish_try,
+            "refusals_in_a_row": self._refusals_in_a_row,
+        })
 
     # -- Ray -----------------------------------------------------------------------------------
     def _get(self, refs: list) -> list:

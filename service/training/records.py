@@ -2,10 +2,12 @@
 
 Every record has `record` (its kind), `time` (seconds since the epoch) and `candidate`.
 Kinds (fields in docs/training.md): `trained` (a committed step: parts, events, first and
-last event id, digest, model version), `gate` (a launch-gate decision with the estimates of
-both models and of their difference), `promoted` (the version published and activated) and
-`refused` (a gate decision that did not promote, with the reason). Only the training loop
-writes the file; a line torn by a crash is cut off when the loop starts again.
+last event id, digest, model version); `published` (a champion snapshot published and
+activated, with the guardrail's figures) and `publish_refused` (a snapshot that failed a
+check, which one and why); `gate` (a challenger judged against the champion, with the
+estimates of both and of their difference), `promoted` (the challenger became the champion)
+and `refused` (a gate decision that did not, with the reason). Only the training loop writes
+the file; a line torn by a crash is cut off when the loop starts again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from service.training.state import training_dir
 
 RECORDS = "records.jsonl"
 TRAINED, GATE, PROMOTED, REFUSED = "trained", "gate", "promoted", "refused"
+PUBLISHED, PUBLISH_REFUSED = "published", "publish_refused"
 
 
 def records_path(data_dir: str | Path) -> Path:
