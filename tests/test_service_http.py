@@ -314,7 +314,11 @@ def test_hot_swap_under_concurrent_load_fails_no_request(tmp_path):
             wait_for(second)
             with server.client() as admin:  # rollback through the admin endpoint
                 answer = admin.post("/v1/model/activate", json={"version": first}, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-                assert answer.json() == {"version": first, "previous": second}
+                assert answer.json() == {"version": first, "previous": second, "pinned": True}
+                assert admin.get("/v1/model").json()["pinned"] is True and store.active().pinned  # timed publishing pauses
+                assert admin.post("/v1/model/resume").status_code == 401  # resuming is an admin's act too
+                resumed = admin.post("/v1/model/resume", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                assert resumed.json() == {"version": first, "pinned": False} and not store.active().pinned
             wait_for(first)
             third = store.publish(trained_ranker(3))
             store.path_of(third).write_bytes(b"corrupt")

@@ -1,5 +1,5 @@
-"""Trainer workers on a real local Ray: exact resume after a kill, the launch gate refusing a
-worse candidate and promoting a better one, the records, and `shelfbandit train`."""
+"""Trainer workers on a real local Ray: exact resume after a kill, the records, and `shelfbandit
+train` (publishing and the challenger gate: tests/test_service_publishing.py)."""
 
 from __future__ import annotations
 
@@ -187,108 +187,6 @@ def test_a_crash_between_writing_a_model_and_moving_the_pointer_resumes_at_the_p
     assert Path(resumed.status()["model"]).read_bytes() == Path(reference_trainer(tmp_path, "reference").status()["model"]).read_bytes()
 
 
-# -- the launch gate ----------------------------------------------------------------------------
-
-def uniform_value(world: TinyWorld) -> float:
-    """Exact expected reward per session of a uniformly random ranking, averaged over segments."""
-    theta = 1.0 / (1.0 + np.arange(world.n_slots))
-    return float(theta.sum() * world.appeal.mean())
-
-
-def greedy_value(ranker: VWShelfRanker, world: TinyWorld) -> float:
-    """Exact expected reward per session of the ranker's lowest-cost ordering, averaged over segments."""
-    segments = np.arange(world.appeal.shape[0])
-    rankings = np.array([np.argsort(ranker.score(world.context(s), world.shelves, 1)[0][0])[: world.n_slots] for s in segments])
-    return float(world.value(rankings, segments).mean())
-
-
-def test_a_worse_candidate_is_refused_and_the_record_says_why(local_ray, tmp_path):
-    rng = np.random.default_rng(5)
-    world = TinyWorld.strong(rng)
-    scratch, data_dir = tmp_path / "scratch", tmp_path / "data"
-    log_and_join(scratch, world, VWShelfRanker(RankerConfig(epsilon=0.2)), 3000, 3000, rng, "w")
-    learned = VWShelfRanker(RankerConfig(epsilon=0.2))
-    learned.learn_file(JoinedLog(scratch).parts()[0].jsonl)
-    store = ModelStore(data_dir / "models")
-    active = store.publish(learned, activate=True)
-    assert greedy_value(learned, world) > uniform_value(world) + 0.3  # the premise: the active model is good
-    log_and_join(data_dir, world, store.load(active)[0], 3000, 500, rng, "a")
-
-    with TrainingLoop(data_dir, [UNIFORM], gate=GateSettings(min_events=1000)) as loop:
-        reports = loop.backfill()
-    [gate] = [r for report in reports for r in report.gates]
-    assert (gate["candidate"], gate["active_version"], gate["n_events"]) == ("uniform", active, 3000)
-    assert gate["verdict"] == "do not ship"
-    assert gate["difference"]["upper"] < 0.0
-    assert gate["candidate_estimate"]["lower"] <= uniform_value(world) <= gate["candidate_estimate"]["upper"]
-    assert "lies below min_lift 0" in gate["reason"]
-    records = read_records(data_dir)
-    [refused] = [r for r in records if r["record"] == "refused"]
-    assert (refused["candidate"], refused["verdict"], refused["reason"]) == ("uniform", "do not ship", gate["reason"])
-    assert not [r for r in records if r["record"] == "promoted"]
-    assert store.active().version == active
-    kept = VWShelfRanker.load(data_dir / refused["model"])  # the refused model outlives its checkpoint
-    assert kept.model_version == refused["candidate_version"]
-
-
-def test_a_better_candidate_is_promoted_once_the_evidence_suffices(local_ray, tmp_path):
-    rng = np.random.default_rng(6)
-    world = TinyWorld.strong(rng)
-    store = ModelStore(tmp_path / "models")
-    fresh = store.publish(VWShelfRanker(RankerConfig(epsilon=0.2)), activate=True)  # all shelves tied: uniform
-    serving = store.load(fresh)[0]
-    log_and_join(tmp_path, world, serving, 600, 300, rng, "a")
-    settings = GateSettings(min_events=1000)
-    with TrainingLoop(tmp_path, [SQUARECB, UNIFORM], gate=settings) as loop:
-        early = loop.backfill()
-        with pytest.raises(TrainingBusy, match="another training loop is running"):
-            TrainingLoop(tmp_path, [SQUARECB]).start()
-        assert not [r for report in early for r in report.decisions]
-        assert early[0].waiting["squarecb"] == f"600 of the 1000 events needed were served by the active model {fresh}"
-
-        log_and_join(tmp_path, world, serving, 2400, 300, rng, "b")
-        later = loop.backfill()
-        promoted_model = VWShelfRanker.load(loop.statuses[0]["model"])
-    decisions = [r for report in later for r in report.decisions]
-    gates = {r["candidate"]: r for r in decisions if r["record"] == "gate"}
-    assert gates["squarecb"]["verdict"] == "ship" and gates["squarecb"]["difference"]["lower"] > 0.0
-    assert gates["squarecb"]["n_events"] == 3000
-    assert gates["uniform"]["verdict"] == "not enough data"  # the same policy as the active one: difference 0
-    [promoted] = [r for r in decisions if r["record"] == "promoted"]
-    assert promoted["candidate"] == "squarecb" and promoted["activated"] is True
-    assert promoted["version"] == gates["squarecb"]["candidate_version"] == store.active().version
-    assert promoted["previous_version"] == fresh == store.active().previous
-    assert [r["candidate"] for r in decisions if r["record"] == "refused"] == ["uniform"]
-    assert greedy_value(promoted_model, world) > uniform_value(world) + 0.3  # the premise: it did learn the signal
-    assert_documented_fields(read_records(tmp_path))
-
-
-# the record format of docs/training.md
-RECORD_FIELDS = {
-    "trained": {"record", "time", "candidate", "step", "config_id", "parts", "n_events", "first_event_id", "last_event_id",
-                "events_sha256", "events_trained", "next_part", "model_version", "scored_by", "model", "scores", "seconds"},
-    "gate": {"record", "time", "candidate", "candidate_version", "active_version", "events_trained", "parts", "n_events",
-             "n_slots", "estimator", "candidate_estimate", "active_estimate", "difference", "ess", "verdict", "reason",
-             "rule", "ci", "level", "estimates"},
-    "promoted": {"record", "time", "candidate", "candidate_version", "active_version", "events_trained", "version",
-                 "activated", "previous_version", "estimator", "difference"},
-    "refused": {"record", "time", "candidate", "candidate_version", "active_version", "events_trained", "verdict", "reason",
-                "model"},
-}
-INTERVAL_FIELDS = {"value", "lower", "upper"}
-
-
-def assert_documented_fields(records: list[dict]) -> None:
-    assert {r["record"] for r in records} == set(RECORD_FIELDS)
-    for record in records:
-        assert set(record) == RECORD_FIELDS[record["record"]], record["record"]
-        for name in ("candidate_estimate", "active_estimate", "difference"):
-            if name in record:
-                assert set(record[name]) == INTERVAL_FIELDS
-        for estimates in record.get("estimates", {}).values():
-            assert set(estimates) == {"candidate", "active", "difference"}
-
-
 # -- the command --------------------------------------------------------------------------------
 
 def candidates_file(path: Path, candidates: list[Candidate]) -> Path:
@@ -307,7 +205,9 @@ def test_train_backfills_everything_joined_then_a_rerun_has_nothing_left(local_r
     summary = json.loads(first.output.strip().splitlines()[-1])
     assert summary["events_trained"] == 1800 and summary["rounds"] == 3  # 2 rounds of 600 and 300 events each, then none
     assert [(c["candidate"], c["events_trained"], c["next_part"]) for c in summary["candidates"]] == [("squarecb", 900, 3), ("uniform", 900, 3)]
-    assert summary["active_version"] is None and summary["promoted"] == []
+    assert summary["promoted"] == [] and summary["champion"] == "squarecb"
+    assert len(summary["published"]) == 2  # when first due, and the last model once everything is trained
+    assert summary["active_version"] == summary["published"][-1] == summary["candidates"][0]["model_version"]
     assert len(read_records(data_dir, "trained")) == 6
     again = CliRunner().invoke(cli, args)
     assert json.loads(again.output.strip().splitlines()[-1])["events_trained"] == 0

@@ -61,6 +61,7 @@ from service.training.worker import CandidateTrainer
 
 JUDGED = "judged"
 MAX_DEATHS = 3  # rounds in a row a trainer may die (Ray restarts it; it resumes from its checkpoint)
+RESTART_WAIT_S = 60.0  # how long a restarting trainer may take to answer again
 GUARDRAIL_MIN_EVENTS = 100  # fewer events served by the active model: no evidence either way
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
 
@@ -260,14 +261,22 @@ class TrainingLoop:
                 f"(it has {committed}); was the data directory replaced? Remove training/ to start over"
             )
 
-    def _refresh_statuses(self) -> None:
+    def _refresh_statuses(self, restart_wait_s: float = 0.0) -> None:
+        """Every actor's status; a trainer Ray is still restarting is asked again for up to
+        `restart_wait_s` seconds."""
         import ray
 
-        try:
-            statuses = self._get([actor.status.remote() for actor in self._actors.values()])
-        except ray.exceptions.RayActorError as err:
-            last_line = str(err).strip().splitlines()[-1]  # "module.SomeError: message" of the failed start
-            raise ShelfBanditError(f"a trainer could not start: {_EXCEPTION_LINE.sub('', last_line)}") from None
+        deadline = time.monotonic() + restart_wait_s
+        while True:
+            try:
+                statuses = self._get([actor.status.remote() for actor in self._actors.values()])
+                break
+            except ray.exceptions.RayActorError as err:
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                last_line = str(err).strip().splitlines()[-1]  # "module.SomeError: message" of the failed start
+                raise ShelfBanditError(f"a trainer could not start: {_EXCEPTION_LINE.sub('', last_line)}") from None
         self._statuses = {s["candidate"]: s for s in statuses}
 
     # -- rounds --------------------------------------------------------------------------------
@@ -299,7 +308,7 @@ class TrainingLoop:
             self._deaths[lost] = self._deaths.get(lost, 0) + 1
             if self._deaths[lost] >= MAX_DEATHS:
                 raise ShelfBanditError(f"the trainer of candidate {lost} died in {MAX_DEATHS} rounds in a row; see the Ray logs") from None
-            self._refresh_statuses()  # Ray restarts the trainer; it resumes from its checkpoint
+            self._refresh_statuses(RESTART_WAIT_S)  # Ray restarts the trainer; it resumes from its checkpoint
             return RoundReport(0, (), (), (), self.champion, None, None, {}, (lost,), self.statuses)
         self._deaths.clear()
         steps = []
@@ -478,8 +487,9 @@ class TrainingLoop:
             "snapshot_estimate": gate_fields(result, "served")["candidate_estimate"],
             "ess": {"snapshot": result.candidate.estimates[primary].ess, "served": result.baseline.estimates[primary].ess},
             "max_regression": self.publish.max_regression,
+            "min_ess": self.publish.min_ess,
         }
-        refusal = guardrail_refusal(result, self.publish.max_regression)
+        refusal = guardrail_refusal(result, self.publish.max_regression, self.publish.min_ess)
         if refusal:
             raise SnapshotRefused("guardrail", refusal, figures)
         return {**figures, "reason": "not shown worse than the served model"}

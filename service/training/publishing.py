@@ -10,8 +10,10 @@ one-sided guardrail:
 4. guardrail: on the most recent `guardrail_events` events the active model served, the
    paired difference snapshot - served (the champion's progressive scores against the logged
    probabilities, the gate's primary estimator, `level` interval) is refused only when its
-   upper end lies below -`max_regression` x the served model's estimated value. Too few events,
-   or too small an effective sample, is no evidence of harm: the snapshot is published.
+   upper end lies below -`max_regression` x the served model's estimated value, with an
+   effective sample size of at least `min_ess` for both. Too few events, or too small an
+   effective sample (a snapshot that rarely does what the served model did), is no evidence
+   of harm: the snapshot is published.
 
 A refused snapshot is recorded (`publish_refused`, with the check and the figures), counted,
 kept among the judged models, and the service keeps the model it has. An operator's
@@ -50,6 +52,7 @@ class PublishSettings:
     interval_s: float = 60.0
     max_regression: float = 0.02  # a share of the served model's estimated value
     guardrail_events: int = 5_000
+    min_ess: float = 10.0
     keep_versions: int = 10
 
     def __post_init__(self) -> None:
@@ -59,6 +62,8 @@ class PublishSettings:
             raise ValidationError("max_regression", "must be >= 0", self.max_regression)
         if self.guardrail_events < 1:
             raise ValidationError("guardrail_events", "must be at least 1", self.guardrail_events)
+        if not self.min_ess >= 0:
+            raise ValidationError("min_ess", "must be >= 0", self.min_ess)
         if self.keep_versions < 2:
             raise ValidationError("keep_versions", "must be at least 2 (the active version and one to roll back to)", self.keep_versions)
 
@@ -107,15 +112,15 @@ def canary_problem(decision: Decision) -> str | None:
     return None
 
 
-def guardrail_refusal(result: GateResult, max_regression: float) -> str | None:
+def guardrail_refusal(result: GateResult, max_regression: float, min_ess: float) -> str | None:
     """Why the guardrail refuses the snapshot (the upper end of snapshot - served lies below
-    -max_regression x the served estimate, with both effective sample sizes at least the rule's
+    -max_regression x the served estimate, with both effective sample sizes at least
     `min_ess`), or None when the evidence does not show it worse."""
     primary = result.rule.primary
     difference = result.difference[primary]
     served = result.baseline.estimates[primary].value
     ess = min(result.candidate.estimates[primary].ess, result.baseline.estimates[primary].ess)
-    if not ess >= result.rule.min_ess:
+    if not ess >= min_ess:
         return None
     limit = -max_regression * abs(served) if math.isfinite(served) else 0.0
     if math.isfinite(difference.upper) and difference.upper < limit:
