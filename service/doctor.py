@@ -1,7 +1,8 @@
 """`shelfbandit doctor`: what is wrong with a data directory, in plain words.
 
 Checks: torn or unreadable log lines, logged probabilities outside (0, 1], the joiner's
-backlog and leftovers, and the model store's active pointer. Reads only; changes nothing.
+backlog and leftovers, the model store's active pointer, and the trainer's timed publishing
+(refusals in a row, a pin, publications overdue). Reads only; changes nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +22,14 @@ from service.paths import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.records import line_head
 from service.segments import is_live, segment_paths, torn_tail_size
 from service.settings import Settings
+from service.training.publishing import read_status
+from service.training.records import PUBLISH_REFUSED, read_records
+from service.training.state import training_dir
 
 OK, WARN, PROBLEM = "ok", "warning", "problem"
 MAX_EXAMPLES = 3
+REFUSALS_PROBLEM = 3  # snapshots refused in a row (the alert ShelfBanditSnapshotsRefused agrees)
+OVERDUE_INTERVALS = 10  # publish intervals without a publication (ShelfBanditPublishingStalled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,7 @@ def diagnose(settings: Settings, *, progress: Callable[[int], None] | None = Non
         findings.extend(_check_log(directory, kind, progress))
     findings.extend(_check_joiner(paths, settings))
     findings.extend(_check_models(paths))
+    findings.extend(_check_publishing(paths.root))
     quarantined = sorted(paths.quarantine.glob("*")) if paths.quarantine.is_dir() else []
     if quarantined:
         names = ", ".join(p.name for p in quarantined[:MAX_EXAMPLES])
@@ -181,6 +188,27 @@ def _check_models(paths: DataPaths) -> list[Finding]:
     if broken:
         findings.append(Finding("model store", WARN, f"{len(broken)} stored version(s) fail their checksum: {', '.join(broken[:MAX_EXAMPLES])}"))
     return findings
+
+
+def _check_publishing(data_dir: Path) -> list[Finding]:
+    status = read_status(training_dir(data_dir))
+    if status is None:
+        return [Finding("publishing", WARN, "no trainer has published here yet; run `shelfbandit train --follow` beside the service so the served model learns")]
+    now = time.time()
+    interval = float(status.get("interval_s") or 0.0)
+    published = status.get("last_published") or {}
+    refused = int(status.get("refusals_in_a_row") or 0)
+    if refused >= REFUSALS_PROBLEM:
+        last = next((r for r in reversed(read_records(data_dir, PUBLISH_REFUSED))), {})
+        return [Finding("publishing", PROBLEM, f"the champion's last {refused} snapshots were refused (the last by the {last.get('check', 'unknown')} check: {last.get('reason', 'see training/records.jsonl')}); the served model does not learn")]
+    if status.get("pinned"):
+        return [Finding("publishing", WARN, f"an operator pinned {status.get('active_version')}; timed publishing is paused until POST /v1/model/resume")]
+    waited_since = max(float(published.get("time") or 0.0), float(status.get("started") or 0.0))
+    if interval and now - waited_since > OVERDUE_INTERVALS * interval:
+        age = f"{now - published['time']:.0f} s ago" if published.get("time") else f"never (the trainer started {now - waited_since:.0f} s ago)"
+        return [Finding("publishing", PROBLEM, f"the last snapshot was published {age}, more than {OVERDUE_INTERVALS} publish intervals ({interval:g} s); the trainer last reported {now - float(status.get('updated') or 0.0):.0f} s ago — is `shelfbandit train --follow` running, and are decisions joined?")]
+    last = f"{published['version']} published {now - published['time']:.0f} s ago" if published.get("time") else "nothing published yet"
+    return [Finding("publishing", OK, f"champion {status.get('champion')}; {last} (every {interval:g} s)")]
 
 
 def findings_json(findings: list[Finding]) -> dict:

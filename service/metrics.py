@@ -1,16 +1,21 @@
-"""Prometheus metrics of the service, the logs, the model and the joiner.
+"""Prometheus metrics of the service, the logs, the model, the joiner and the trainer's publishing.
 
 One `ServiceMetrics` per app (its own registry, so apps in one process do not collide). With
 several uvicorn workers, `shelfbandit serve` sets `PROMETHEUS_MULTIPROC_DIR` and `/metrics`
-aggregates every worker's values (prometheus_client's multiprocess mode).
+aggregates every worker's values (prometheus_client's multiprocess mode). The trainer runs in
+a process of its own; its publishing state (`training/publishing.json`) is read at each scrape.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+
+from service.training.publishing import read_status
 
 PREFIX = "shelfbandit"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -25,9 +30,12 @@ def multiprocess_enabled() -> bool:
 class ServiceMetrics:
     """Every metric the dashboard and the alert rules use (see service/ops/)."""
 
-    def __init__(self) -> None:
+    def __init__(self, training_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._publishing = PublishingCollector(training_dir) if training_dir is not None else None
+        if self._publishing is not None:
+            r.register(self._publishing)
         self.requests = Counter(f"{PREFIX}_requests_total", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
         self.latency = Histogram(
             f"{PREFIX}_request_duration_seconds", "HTTP request latency by endpoint and status",
@@ -121,5 +129,43 @@ class ServiceMetrics:
         if multiprocess_enabled():
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            if self._publishing is not None:
+                registry.register(self._publishing)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+# the trainer's publishing state: gauge name -> (help, how to read it from the status file)
+PUBLISHING_GAUGES = {
+    f"{PREFIX}_training_publish_refusals_in_a_row": (
+        "snapshots refused in a row since the last publication", lambda s: s.get("refusals_in_a_row")),
+    f"{PREFIX}_training_publish_last_timestamp_seconds": (
+        "when the trainer last published and activated a snapshot", lambda s: (s.get("last_published") or {}).get("time")),
+    f"{PREFIX}_training_publish_paused": (
+        "1 while an operator's pin pauses timed publishing", lambda s: float(bool(s.get("pinned")))),
+    f"{PREFIX}_training_publish_interval_seconds": ("the trainer's publish interval", lambda s: s.get("interval_s")),
+    f"{PREFIX}_training_status_timestamp_seconds": (
+        "when the trainer last wrote its publishing state (every round)", lambda s: s.get("updated")),
+}
+
+
+class PublishingCollector:
+    """The trainer's publishing state as gauges, read from its status file at each scrape
+    (nothing is exported before a trainer has written one)."""
+
+    def __init__(self, training_dir: Path) -> None:
+        self.training_dir = training_dir
+
+    def describe(self) -> list:
+        return []  # the families exist only once a trainer has written its state
+
+    def collect(self):
+        status = read_status(self.training_dir)
+        if status is None:
+            return
+        for name, (doc, read) in PUBLISHING_GAUGES.items():
+            value = read(status)
+            if isinstance(value, (int, float)):
+                family = GaugeMetricFamily(name, doc)
+                family.add_metric([], float(value))
+                yield family

@@ -33,6 +33,7 @@ from service.paths import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.records import ServedBy, decision_line, reward_line
 from service.segments import LogWriteError, SegmentWriter, set_aside_torn_tails
 from service.settings import Settings
+from service.training.state import training_dir
 
 log = get_logger()
 
@@ -58,7 +59,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.paths = DataPaths(settings.data_dir)
-        self.metrics = ServiceMetrics()
+        self.metrics = ServiceMetrics(training_dir(settings.data_dir))
         self.store = ModelStore(self.paths.models)
         self.model = ActiveModel(self.store, self.metrics, poll_s=settings.model_poll_s)
         self.experiment = Experiment(settings.data_dir, self.store, self.model, self.metrics, poll_s=settings.model_poll_s)

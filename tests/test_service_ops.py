@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from service.joiner import JoinConfig, Joiner
-from service.metrics import ServiceMetrics
+from service.metrics import PUBLISHING_GAUGES, ServiceMetrics
 from service.model_store import ModelStore
 from service.paths import DataPaths
 from shelfbandit.cli import cli
@@ -31,6 +31,8 @@ ON_CALL = (
     "shelfbandit_explored_decisions_total",
     "shelfbandit_min_logged_probability",
     "shelfbandit_model_created_timestamp_seconds",
+    "shelfbandit_training_publish_refusals_in_a_row",
+    "shelfbandit_training_publish_last_timestamp_seconds",
 )
 
 
@@ -39,7 +41,7 @@ def exported_series() -> dict[str, set[str]]:
     names of every series a collector exports, and a metric's label names, only privately)."""
     collectors = ServiceMetrics().registry._names_to_collectors  # noqa: SLF001
     series = {name: set(c._labelnames) | ({"le"} if name.endswith("_bucket") else set()) for name, c in collectors.items()}  # noqa: SLF001
-    return series | BUILTIN
+    return series | {name: set() for name in PUBLISHING_GAUGES} | BUILTIN
 
 
 def selectors(expr: str) -> list[tuple[str, set[str]]]:

@@ -17,7 +17,10 @@ from bandit.model_file import read_meta
 from bandit.types import Context, Shelf
 from bandit.vw.ranker import VWShelfRanker
 from service.joiner import JoinedLog
+from service.doctor import diagnose
+from service.metrics import ServiceMetrics
 from service.model_store import ModelStore
+from service.settings import Settings
 from service.training.candidates import Candidate
 from service.training.champion import read_champion
 from service.training.gate import GateSettings
@@ -146,12 +149,17 @@ def test_a_snapshot_that_fails_a_check_is_refused_recorded_and_the_served_model_
         assert loop.run_once().published is None
         model = Path(loop.statuses[0]["model"])
         spoiled(model, model, float("nan"))  # the checkpoint's model goes bad on disk
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             report = loop.run_once(publish_now=True)
             [refused] = report.publish_refused
             assert (refused["check"], refused["refusals_in_a_row"], report.published) == ("weights", attempt, None)
+            [finding] = [f for f in diagnose(Settings(data_dir=tmp_path)) if f.check == "publishing"]
+            assert finding.status == ("problem" if attempt == 3 else "ok")  # doctor agrees with the alert rule
     assert store.active().version == first
-    assert read_status(training_dir(tmp_path))["refusals_in_a_row"] == 2
+    assert read_status(training_dir(tmp_path))["refusals_in_a_row"] == 3
+    assert "last 3 snapshots were refused (the last by the weights check" in finding.message
+    exposition = ServiceMetrics(training_dir(tmp_path)).exposition().decode()
+    assert "shelfbandit_training_publish_refusals_in_a_row 3.0" in exposition
     kept = read_meta(tmp_path / refused["model"])  # the refused snapshot is kept for a post-mortem
     assert kept["version"] == read_meta(model)["version"]
 

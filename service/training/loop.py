@@ -157,6 +157,7 @@ class TrainingLoop:
         self._recorded: dict[str, int] = {}
         self._last_gate: dict[str, tuple[str, int]] = {}
         self._last_publish_try = 0.0
+        self._started_at = 0.0
         self._last_published: dict | None = None
         self._refusals_in_a_row = 0
         self._deaths: dict[str, int] = {}
@@ -172,6 +173,7 @@ class TrainingLoop:
         for candidate in self.candidates:
             check_candidate(candidate_dir(self.data_dir, candidate.name), candidate)
         self._lock()
+        self._started_at = time.time()
         try:
             self.records.repair()
             self.champion = read_champion(self.data_dir, [c.name for c in self.candidates])
@@ -320,6 +322,7 @@ class TrainingLoop:
         self.records.append(steps)
         decisions, promoted, waiting = self._judge_challengers()
         publications = self._publish_when_due(publish_now or promoted is not None)
+        self._write_status()
         published = next((r["version"] for r in publications if r["record"] == PUBLISHED), None)
         return RoundReport(sum(r["n_events"] for r in results), tuple(steps), tuple(decisions), tuple(publications),
                            self.champion, promoted, published, waiting, (), self.statuses)
@@ -428,7 +431,6 @@ class TrainingLoop:
         except ModelRefused:
             pointer = None
         if pointer is not None and (pointer.pinned or pointer.version == champion["model_version"]):
-            self._write_status(pointer)
             return []
         self._last_publish_try = time.time()
         base = {"time": self._last_publish_try, "candidate": self.champion, "candidate_version": champion["model_version"],
@@ -440,7 +442,6 @@ class TrainingLoop:
             version = self.store.publish_file(champion["model"])
             activated = self.store.activate(version, respect_pin=True)
         except PointerPinned:  # an operator pinned a version meanwhile
-            self._write_status(self.store.active())
             return []
         except SnapshotRefused as err:
             self._refusals_in_a_row += 1
@@ -458,7 +459,6 @@ class TrainingLoop:
                       "guardrail": guardrail}
             self.store.prune(self.publish.keep_versions, protect=self._arm_versions())
         self.records.append([record])
-        self._write_status(self.store.active())
         return [record]
 
     def _guardrail(self, champion: dict, pointer: ActivePointer | None) -> dict:
@@ -514,7 +514,12 @@ class TrainingLoop:
             return set()
         return {arm.policy for arm in arms.arms if arm.policy != ACTIVE and arm.policy not in BASELINES}
 
-    def _write_status(self, pointer: ActivePointer | None) -> None:
+    def _write_status(self) -> None:
+        """The publishing state for the service's metrics and `doctor` (every round)."""
+        try:
+            pointer = self.store.active()
+        except ModelRefused:
+            pointer = None
         champion = self._statuses[self.champion]
         write_status(training_dir(self.data_dir), {
             "champion": self.champion,
@@ -524,6 +529,7 @@ class TrainingLoop:
             "interval_s": self.publish.interval_s,
             "last_published": self._last_published,
             "last_try": self._last_publish_try,
+            "started": self._started_at,
             "refusals_in_a_row": self._refusals_in_a_row,
         })
 
