@@ -6,11 +6,12 @@ import pytest
 
 from bandit.baselines import UniformRandomPolicy
 from bandit.config import RankerConfig
+from bandit.errors import ValidationError
 from bandit.types import Context
 from bandit.vw.ranker import VWShelfRanker
 from service.active_model import ActiveModel
 from service.metrics import ServiceMetrics
-from service.model_store import ModelRefused, ModelStore, UnknownModelVersion
+from service.model_store import ModelRefused, ModelStore, PointerPinned, UnknownModelVersion
 from tests.service_support import catalogue
 
 
@@ -64,6 +65,37 @@ def test_corrupt_unknown_and_unloadable_versions_are_refused(tmp_path):
     with pytest.raises(UnknownModelVersion, match="version: no model 'vw-000000000000'"):
         store.activate("vw-000000000000")
     assert store.active().version == good  # the pointer never moved
+
+
+def test_a_pin_holds_the_pointer_against_timed_publishing_until_resumed(tmp_path):
+    store = ModelStore(tmp_path)
+    first, second = store.publish(trained_ranker(1)), store.publish(trained_ranker(2))
+    store.activate(first)
+    assert store.activate(second, respect_pin=True).version == second  # nothing pinned: publishing moves it
+    pinned = store.activate(first, pin=True)  # an operator's rollback
+    assert (pinned.version, pinned.previous, pinned.pinned) == (first, second, True)
+    with pytest.raises(PointerPinned, match=f"{first} is pinned by an operator"):
+        store.activate(second, respect_pin=True)
+    assert store.active() == pinned  # the refused move wrote nothing
+    resumed = store.resume()
+    assert (resumed.version, resumed.activated_at, resumed.pinned) == (first, pinned.activated_at, False)
+    assert store.activate(second, respect_pin=True).version == second
+
+
+def test_prune_keeps_the_newest_and_never_the_served_ones(tmp_path):
+    store = ModelStore(tmp_path)
+    versions = [store.publish(trained_ranker(seed)) for seed in range(1, 7)]
+    store.activate(versions[0])
+    store.activate(versions[1])  # active: versions[1], previous: versions[0]
+    removed = store.prune(2, protect={versions[2]})
+    assert removed == [versions[3]]  # the newest two stay, and the active, previous and protected ones
+    assert [v.version for v in store.versions()] == [versions[0], versions[1], versions[2], versions[4], versions[5]]
+    assert not store.path_of(versions[3]).exists()
+    with pytest.raises(UnknownModelVersion):
+        store.load(versions[3])
+    assert store.prune(10) == []
+    with pytest.raises(ValidationError, match="keep"):
+        store.prune(0)
 
 
 def test_ensure_active_publishes_a_first_model_once(tmp_path):
