@@ -8,7 +8,8 @@ scores every shelf for every slot is enough to sample a whole ordering in numpy.
 
 `explorer.slot_model(costs (K, N), gamma)` is the SlotModel of one decision; it prepares what
 the explorer needs once per decision (cost ranks, softmax weights) so each slot costs only a
-few array operations.
+few array operations. `explorer.slot_model(costs (K, E, N), gamma (E,))` is the model of E
+decisions at once, whose `probs` takes the decision of each row (`event`).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class SquareCB:
             raise ValidationError("gamma_scale", "must be >= 0", self.gamma_scale)
 
     def probs(self, costs: np.ndarray, available: np.ndarray, n_available: int, gamma: float = 0.0) -> np.ndarray:
-        masked, _ = _masked(costs, available)
+        masked = np.where(available, costs, np.inf)
         rows = np.arange(len(masked))
         a_min = masked.argmin(axis=1)
         lowest = masked[rows, a_min][:, None]
@@ -105,18 +106,26 @@ Explorer = EpsilonGreedy | Softmax | SquareCB
 
 
 class _ExplorerSlots:
-    """SlotModel of one decision: the explorer applied to slot k's costs."""
+    """SlotModel of one decision (costs (K, N), gamma a float), or of E decisions at once (costs
+    (K, E, N), gamma (E,)): the explorer applied to slot k's costs. With E decisions, `event` (B,)
+    names the decision each row of `available` (B, N) belongs to."""
 
     __slots__ = ("explorer", "costs", "gamma", "n_shelves")
 
-    def __init__(self, explorer: Explorer, costs: np.ndarray, gamma: float = 0.0) -> None:
+    def __init__(self, explorer: Explorer, costs: np.ndarray, gamma: float | np.ndarray = 0.0) -> None:
         self.explorer = explorer
         self.costs = costs
         self.gamma = gamma
-        self.n_shelves = costs.shape[1]
+        self.n_shelves = costs.shape[-1]
 
-    def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
-        return self.explorer.probs(self.costs[slot], available, self.n_shelves - slot, self.gamma)
+    @staticmethod
+    def _rows(table: np.ndarray, slot: int, event: np.ndarray | None) -> np.ndarray:
+        """Slot k's entry of a per-decision table, for each row (one decision: broadcast)."""
+        return table[slot] if event is None else table[slot][event]
+
+    def probs(self, slot: int, available: np.ndarray, event: np.ndarray | None = None) -> np.ndarray:
+        gamma = self.gamma if event is None or np.ndim(self.gamma) == 0 else self.gamma[event][:, None]
+        return self.explorer.probs(self._rows(self.costs, slot, event), available, self.n_shelves - slot, gamma)
 
 
 class UniformShare:
@@ -130,8 +139,9 @@ class UniformShare:
         self.share = share
         self.n_shelves = base.n_shelves
 
-    def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
-        return (1.0 - self.share) * self.base.probs(slot, available) + available * (self.share / (self.n_shelves - slot))
+    def probs(self, slot: int, available: np.ndarray, event: np.ndarray | None = None) -> np.ndarray:
+        base = self.base.probs(slot, available, event)
+        return (1.0 - self.share) * base + available * (self.share / (self.n_shelves - slot))
 
 
 class _GreedySlots(_ExplorerSlots):
@@ -142,15 +152,15 @@ class _GreedySlots(_ExplorerSlots):
 
     def __init__(self, explorer: EpsilonGreedy, costs: np.ndarray) -> None:
         super().__init__(explorer, costs)
-        self.rank = np.argsort(np.argsort(costs, axis=1, kind="stable"), axis=1)
-        ordered = np.sort(costs, axis=1)
-        self.tied = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+        self.rank = np.argsort(np.argsort(costs, axis=-1, kind="stable"), axis=-1)
+        ordered = np.sort(costs, axis=-1)
+        self.tied = (ordered[..., 1:] == ordered[..., :-1]).any(axis=-1)
 
-    def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
-        if self.tied[slot]:
-            return super().probs(slot, available)
+    def probs(self, slot: int, available: np.ndarray, event: np.ndarray | None = None) -> np.ndarray:
+        if self._rows(self.tied, slot, event).any():
+            return super().probs(slot, available, event)
         epsilon = self.explorer.epsilon
-        best = np.where(available, self.rank[slot], self.n_shelves).argmin(axis=1)
+        best = np.where(available, self._rows(self.rank, slot, event), self.n_shelves).argmin(axis=1)
         p = available * (epsilon / (self.n_shelves - slot))
         p[np.arange(len(best)), best] += 1.0 - epsilon
         return p
@@ -164,13 +174,13 @@ class _SoftmaxSlots(_ExplorerSlots):
 
     def __init__(self, explorer: Softmax, costs: np.ndarray) -> None:
         super().__init__(explorer, costs)
-        self.weights = np.exp(-explorer.lam * (costs - costs.min(axis=1, keepdims=True)))
+        self.weights = np.exp(-explorer.lam * (costs - costs.min(axis=-1, keepdims=True)))
 
-    def probs(self, slot: int, available: np.ndarray) -> np.ndarray:
-        p = available * self.weights[slot]
+    def probs(self, slot: int, available: np.ndarray, event: np.ndarray | None = None) -> np.ndarray:
+        p = available * self._rows(self.weights, slot, event)
         total = p.sum(axis=1, keepdims=True)
         if self.explorer.epsilon > 0.0 or not total.all():  # floor, or weights that underflowed
-            return super().probs(slot, available)
+            return super().probs(slot, available, event)
         return p / total
 
 

@@ -56,6 +56,26 @@ def _draw(p: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum(chosen, p.shape[1] - 1, out=chosen)
 
 
+class _One:
+    """One decision's SlotModel as a model of E = 1 decisions (it ignores `event`)."""
+
+    __slots__ = ("model", "n_shelves")
+
+    def __init__(self, model: SlotModel) -> None:
+        self.model = model
+        self.n_shelves = model.n_shelves
+
+    def probs(self, slot: int, available: np.ndarray, event: np.ndarray) -> np.ndarray:
+        return self.model.probs(slot, available)
+
+
+def event_uniforms(seed: int, event_ids, n_slots: int, draws: int) -> np.ndarray:
+    """(E, K, max(draws, 1), 1): the uniforms `sample_ranking` draws for each event from
+    `event_rng(seed, event_id)` (one generator per event: the same event always gets the same)."""
+    shape = (n_slots, max(draws, 1), 1)
+    return np.stack([event_rng(seed, str(event_id)).random(shape) for event_id in event_ids])
+
+
 def sample_ranking(
     model: SlotModel, n_slots: int, rng: np.random.Generator, *, draws: int, exact_budget: int
 ) -> tuple[SampledRanking, Marginals]:
@@ -63,74 +83,124 @@ def sample_ranking(
     every slot (see `marginals`). The ordering is the first of `draws` simultaneous draws; the
     others only serve the Monte Carlo part of the marginals. With `draws` = 0 there is no
     Monte Carlo: marginals beyond the exact slots are NaN (unknown)."""
+    _check_draws(draws)
+    uniforms = rng.random((n_slots, max(draws, 1), 1))[None]
+    indices, distributions, marg = sample_rankings(_One(model), uniforms, draws=draws, exact_budget=exact_budget)
+    slot_probs = distributions[0][np.arange(n_slots), indices[0]]
+    return SampledRanking(indices[0], slot_probs, distributions[0]), Marginals(marg.values[0], marg.stderr[0])
+
+
+def _check_draws(draws: int) -> None:
     if draws == 1 or draws < 0:
         raise ValidationError("marginal_draws", "must be 0 (exact marginals only) or at least 2", draws)
+
+
+def sample_rankings(
+    model, uniforms: np.ndarray, *, draws: int, exact_budget: int
+) -> tuple[np.ndarray, np.ndarray, Marginals]:
+    """`sample_ranking` for E decisions at once: `model.probs(slot, available (B, N), event (B,))`
+    gives row b the distribution of decision event[b]; `uniforms` (E, K, max(draws, 1), 1).
+    Returns the orderings (E, K), their slots' distributions (E, K, N) and the marginals (E, K, N)."""
+    _check_draws(draws)
+    n_events, n_slots, d, _ = uniforms.shape
     n = model.n_shelves
-    rows = np.arange(max(draws, 1))
+    event = np.repeat(np.arange(n_events), d)
+    rows = np.arange(n_events * d)
+    first = np.arange(n_events) * d  # each decision's sampled ordering; the other rows serve Monte Carlo
     available = np.ones((len(rows), n), dtype=bool)
-    probs = np.empty((n_slots, len(rows), n))
-    chosen = np.empty((n_slots, len(rows)), dtype=np.int64)
-    uniforms = rng.random((n_slots, len(rows), 1))
+    distributions = np.empty((n_events, n_slots, n))
+    mean = np.empty((n_events, n_slots, n))
+    indices = np.empty((n_events, n_slots), dtype=np.int64)
+    u = uniforms.transpose(1, 0, 2, 3).reshape(n_slots, len(rows), 1)
     for k in range(n_slots):
-        p = probs[k] = model.probs(k, available)
-        picked = chosen[k] = _draw(p, uniforms[k])
-        if p[0, picked[0]] <= 0.0:  # round-off: u beyond the row's float sum
-            picked[0] = chosen[k, 0] = np.flatnonzero(p[0])[-1]
+        p = model.probs(k, available, event)
+        picked = _draw(p, u[k])
+        off = first[p[first, picked[first]] <= 0.0]  # round-off: u beyond the row's float sum
+        if len(off):
+            picked[off] = n - 1 - np.argmax(p[off, ::-1] > 0.0, axis=1)
         available[rows, picked] = False
-    indices = chosen[:, 0].copy()
-    distributions = probs[:, 0, :].copy()
-    slot_probs = distributions[np.arange(n_slots), indices]
+        indices[:, k] = picked[first]
+        distributions[:, k] = p[first]
+        if draws:
+            mean[:, k] = p.reshape(n_events, d, n).mean(axis=1)
     if draws:
-        mean = probs.mean(axis=1)
         # Each draw's value lies in [0, 1] with mean v, so its variance is at most v (1 - v): a
         # bound that, unlike the sample variance, also covers rare prefixes no draw visited.
         floor = (1.0 / draws) * (1.0 - 1.0 / draws)
         stderr = np.sqrt(np.maximum(mean * (1.0 - mean), floor) / draws)
     else:
-        mean = np.full((n_slots, n), np.nan)
-        stderr = np.full((n_slots, n), np.nan)
-    exact, n_exact = _exact_marginals(model, n_slots, exact_budget, distributions[0])
-    mean[:n_exact] = exact[:n_exact]
-    stderr[:n_exact] = 0.0
-    return SampledRanking(indices, slot_probs, distributions), Marginals(mean, stderr)
+        mean = np.full((n_events, n_slots, n), np.nan)
+        stderr = np.full((n_events, n_slots, n), np.nan)
+    exact, n_exact = _exact_marginals_of(model, n_slots, exact_budget, distributions[:, 0])
+    known = np.arange(n_slots)[None, :] < n_exact[:, None]
+    mean[known] = exact[known]
+    stderr[known] = 0.0
+    return indices, distributions, Marginals(mean, stderr)
 
 
-def _exact_marginals(
-    model: SlotModel, n_slots: int, exact_budget: int, first_slot: np.ndarray
-) -> tuple[np.ndarray, int]:
-    """Exact P(shelf at slot) for the leading slots while the live prefixes times N fit `exact_budget`.
-    Slot 0 (`first_slot`, every shelf available) is exact already and costs nothing more."""
-    n = model.n_shelves
-    values = np.zeros((n_slots, n))
-    values[0] = first_slot
-    live = np.flatnonzero(first_slot > 0.0)
-    if n_slots == 1 or len(live) * n > exact_budget:
-        return values, 1
-    weights = first_slot[live]
-    available = np.ones((len(live), n), dtype=bool)
-    available[np.arange(len(live)), live] = False
+def _segment_sum(x: np.ndarray, owner: np.ndarray, n_events: int) -> np.ndarray:
+    """Sum of the rows of x (R, N) per owner (R,) sorted ascending -> (n_events, N), in row order."""
+    out = np.zeros((n_events, x.shape[1]))
+    if len(owner):
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        out[owner[starts]] = np.add.reduceat(x, starts, axis=0)
+    return out
+
+
+def _exact_marginals(model: SlotModel, n_slots: int, exact_budget: int, first_slot: np.ndarray) -> tuple[np.ndarray, int]:
+    """Exact P(shelf at slot) (K, N) of one decision for the leading slots while the live prefixes
+    times N fit `exact_budget`, and how many slots that is."""
+    values, n_exact = _exact_marginals_of(_One(model), n_slots, exact_budget, np.asarray(first_slot)[None])
+    return values[0], int(n_exact[0])
+
+
+def _exact_marginals_of(model, n_slots: int, exact_budget: int, first_slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact P(shelf at slot) (E, K, N) for each decision's leading slots while its live prefixes
+    times N fit `exact_budget`, and how many slots that is (E,). Slot 0 (`first_slot` (E, N),
+    every shelf available) is exact already and costs nothing more."""
+    n_events, n = first_slot.shape
+    values = np.zeros((n_events, n_slots, n))
+    values[:, 0] = first_slot
+    n_exact = np.ones(n_events, dtype=np.int64)
+    if n_slots == 1:
+        return values, n_exact
+    owner, cols = np.nonzero(first_slot > 0.0)
+    rows = np.arange(len(owner))
+    weights = first_slot[owner, cols]
+    available = np.ones((len(owner), n), dtype=bool)
     k = 1
     while True:
-        p = model.probs(k, available)
-        values[k] = weights @ p
+        within = np.bincount(owner, minlength=n_events)[owner] * n <= exact_budget
+        rows, cols, owner = rows[within], cols[within], owner[within]
+        weights = weights[within] if k == 1 else weights[rows] * p[rows, cols]
+        available = available[rows]
+        available[np.arange(len(cols)), cols] = False
+        if not len(owner):
+            return values, n_exact
+        p = model.probs(k, available, owner)
+        values[:, k] = _segment_sum(weights[:, None] * p, owner, n_events)
+        n_exact[owner] = k + 1
         k += 1
         if k == n_slots:
-            return values, k
-        live_rows, cols = np.nonzero(p > 0.0)
-        if len(cols) * n > exact_budget:
-            return values, k
-        weights = weights[live_rows] * p[live_rows, cols]
-        available = available[live_rows]
-        available[np.arange(len(cols)), cols] = False
+            return values, n_exact
+        rows, cols = np.nonzero(p > 0.0)
+        owner = owner[rows]
 
 
 def logged_distributions(model: SlotModel, indices: np.ndarray) -> np.ndarray:
     """(K, N): P(shelf at slot k | shelves indices[:k] above it) under `model`, for every shelf."""
-    n_slots = len(indices)
-    available = np.ones((n_slots, model.n_shelves), dtype=bool)
+    return logged_distributions_of(_One(model), np.asarray(indices)[None])[0]
+
+
+def logged_distributions_of(model, indices: np.ndarray) -> np.ndarray:
+    """`logged_distributions` for E decisions at once: indices (E, K) -> (E, K, N); `model.probs`
+    takes the decision of each row (`event`)."""
+    n_events, n_slots = indices.shape
+    events = np.arange(n_events)
+    available = np.ones((n_events, n_slots, model.n_shelves), dtype=bool)
     for k in range(1, n_slots):
-        available[k:, indices[k - 1]] = False
-    return np.concatenate([model.probs(k, available[k : k + 1]) for k in range(n_slots)])
+        available[events[:, None], np.arange(k, n_slots)[None, :], indices[:, k - 1 : k]] = False
+    return np.stack([model.probs(k, available[:, k], events) for k in range(n_slots)], axis=1)
 
 
 def logged_probabilities(model: SlotModel, indices: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 For every logged event, one `slot_model` call (one VW pass for the VW ranker) gives the
 policy's distribution at each slot given the logged shelves above it, and its marginals
 (exact or Monte Carlo, as `bandit.sampling.marginals`, seeded by (policy seed, event id)).
+`logged_scores` does the same for many events at once from one SlotModel of all of them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from bandit.errors import ValidationError
 from bandit.jsonfile import read_json_file
 from bandit.model_file import load_policy
 from bandit.policy import Policy
-from bandit.sampling import event_rng, logged_distributions, marginals
+from bandit.sampling import event_rng, event_uniforms, logged_distributions, logged_distributions_of, marginals, sample_rankings
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.slate import TargetProbs
 
@@ -56,6 +57,21 @@ class _Scores:
             marginal_distribution=self.marginal,
             name=name,
         )
+
+
+def logged_scores(
+    model, action_index: np.ndarray, event_ids, *, seed: int, draws: int, exact_budget: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """E decisions of K slots under one SlotModel of all of them (`probs(slot, available, event)`),
+    logged shelves `action_index` (E, K): target_prob (E, K) = P(logged shelf at slot k | logged
+    shelves above) and target_marginal (E, K) = P(logged shelf at slot k), the marginals exact or
+    Monte Carlo with each event's draws seeded by (seed, event id), as `rank` draws them."""
+    n_events, n_slots = action_index.shape
+    conditional = logged_distributions_of(model, action_index)
+    uniforms = event_uniforms(seed, event_ids, n_slots, draws)
+    marginal = sample_rankings(model, uniforms, draws=draws, exact_budget=exact_budget)[2].values
+    logged = action_index[:, :, None]
+    return np.take_along_axis(conditional, logged, axis=2)[:, :, 0], np.take_along_axis(marginal, logged, axis=2)[:, :, 0]
 
 
 def _shape(batch: EventBatch) -> tuple[int, int]:

@@ -141,7 +141,7 @@ def test_a_corrupt_checkpoint_model_is_refused_with_the_candidate_named(tmp_path
         CandidateTrainer(tmp_path, SQUARECB)
 
 
-def test_each_part_is_scored_by_the_model_before_it_learns_that_part(tmp_path):
+def test_each_event_is_scored_by_the_model_before_it_learns_that_event(tmp_path):
     from bandit.batch import EventBatch
     from offline_eval.readers import read_dsjson
     from offline_eval.scoring import score_policy
@@ -149,17 +149,25 @@ def test_each_part_is_scored_by_the_model_before_it_learns_that_part(tmp_path):
     uniform_log(tmp_path, 600, 300, seed=11)
     trainer = CandidateTrainer(tmp_path, SQUARECB)
     steps = trainer.train()["steps"]
-    first, second = JoinedLog(tmp_path).parts()
+    lines = [line for part in JoinedLog(tmp_path).parts() for line in part.jsonl.read_text().splitlines(keepends=True)]
+    events = [e for part in JoinedLog(tmp_path).parts() for e in read_dsjson(part.jsonl)]
     state = trainer.state.directory
-    fresh_scores = pd.read_parquet(state / steps[0]["scores"])
-    # a fresh model ties every shelf: slot k picks uniformly among the 6 - k shelves left
-    np.testing.assert_allclose(fresh_scores["target_prob"], 1.0 / (6 - fresh_scores["slot"]))
-    learned_first = VWShelfRanker(SQUARECB.config)
-    learned_first.learn_file(first.jsonl)
-    expected = score_policy(learned_first, EventBatch.from_events(read_dsjson(second.jsonl)))
-    second_scores = pd.read_parquet(state / steps[1]["scores"])
-    np.testing.assert_array_equal(second_scores["target_prob"].to_numpy(), expected.prob.ravel())
-    np.testing.assert_array_equal(second_scores["target_marginal"].to_numpy(), expected.marginal.ravel())
+    scores = pd.concat([pd.read_parquet(state / s["scores"]) for s in steps], ignore_index=True)
+    assert scores["event_id"].tolist() == [e.decision.event_id for e in events for _ in range(2)]
+    # a fresh model ties every shelf: slot k of the first event picks uniformly among the 6 - k left
+    np.testing.assert_allclose(scores["target_prob"][:2], 1.0 / (6 - scores["slot"][:2]))
+    # event i: the scores of a ranker that learned the events before it (across parts) with VW's own reader
+    for i in (1, 150, 300, 599):
+        head = tmp_path / "head.jsonl"
+        head.write_text("".join(lines[:i]))
+        before = VWShelfRanker(SQUARECB.config)
+        before.learn_file(head)
+        expected = score_policy(before, EventBatch.from_events(events[i : i + 1]))
+        np.testing.assert_array_equal(scores["target_prob"][2 * i : 2 * i + 2], expected.prob.ravel())
+        np.testing.assert_array_equal(scores["target_marginal"][2 * i : 2 * i + 2], expected.marginal.ravel())
+    # and not by the model as it stood at the start of the event's part
+    part_start = score_policy(VWShelfRanker(SQUARECB.config), EventBatch.from_events(events[250:300]))
+    assert not np.allclose(scores["target_prob"][500:600], part_start.prob.ravel())
     assert steps[0]["scored_by"] == f"vw-new-{SQUARECB.config.config_id()}"
     assert steps[1]["scored_by"] == steps[0]["model_version"] != steps[1]["model_version"]
 

@@ -284,6 +284,25 @@ def _load(line: str | Mapping) -> Mapping:
     return record
 
 
+def dsjson_action_texts(line: str) -> list[str] | None:
+    """The JSON text of each shelf in a DSJSON line's `_multi` list, in order, found without parsing
+    the line (None when the layout is not the one the service writes: `_tag` first, `_slots` next)."""
+    start = line.find('"_multi"')
+    stop = line.find('"_slots"', start)
+    if start < 0 or stop < 0:
+        return None
+    body = line[line.find("[", start) + 1 : line.rfind("]", start, stop)]
+    items = body.split('{"_tag"')
+    if len(items) < 2 or items[0].strip():
+        return None
+    return ['{"_tag"' + item.rstrip().rstrip(",") for item in items[1:]]
+
+
+def shelf_from_json(item: str | Mapping, i: int = 0) -> Shelf:
+    """One `_multi` entry of a DSJSON line (its JSON text or parsed dict) -> Shelf."""
+    return _shelf_from_json(i, json.loads(item) if isinstance(item, str) else item)
+
+
 def _shelf_from_json(i: int, item: Mapping) -> Shelf:
     encoded = dict(item[SHELF_NS])
     shelf_id = item.get("_tag")

@@ -33,7 +33,7 @@ from bandit.explore import SquareCB, UniformShare
 from bandit.model_file import read_meta, write_model
 from bandit.policy import Policy
 from bandit.types import Context, Shelf
-from bandit.vw.format import listener_line, shelf_line, slot_line
+from bandit.vw.format import dsjson_action_texts, listener_line, shelf_from_json, shelf_line, slot_line
 
 CCB = LabelType.CONDITIONAL_CONTEXTUAL_BANDIT
 SHELF_CACHE_SIZE = 50_000
@@ -79,6 +79,7 @@ class VWShelfRanker(Policy):
         self._shelf_examples = _LRU(SHELF_CACHE_SIZE)
         self._slot_examples = _LRU(SLOT_CACHE_SIZE)
         self._shelf_lines = _LRU(SHELF_CACHE_SIZE)
+        self._line_shelves: dict[str, tuple[str, list[Example]]] = {}  # a DSJSON shelf's text -> id, copies
 
     @property
     def workspace(self) -> vowpalwabbit.Workspace:
@@ -105,8 +106,14 @@ class VWShelfRanker(Policy):
     # -- scoring ---------------------------------------------------------------------------
     def slot_model(self, context: Context, shelves: Sequence[Shelf], n_slots: int, baseline: Sequence[str] = ()):
         costs, slot0_pdf = self.score(context, shelves, n_slots)
-        gamma = _squarecb_gamma(costs[0], slot0_pdf) if slot0_pdf is not None else 0.0
-        model = self._explorer.slot_model(costs, gamma)
+        pdf = None if slot0_pdf is None else slot0_pdf[None]
+        return self.slot_models(costs[:, None], pdf, single=True)
+
+    def slot_models(self, costs: np.ndarray, slot0_pdf: np.ndarray | None, *, single: bool = False):
+        """The SlotModel of E decisions from their costs (K, E, N) and, for SquareCB, VW's slot-0
+        distributions (E, N) (`single`: the model of the one decision, costs (K, 1, N))."""
+        gamma = np.zeros(costs.shape[1]) if slot0_pdf is None else _squarecb_gamma(costs[0], slot0_pdf)
+        model = self._explorer.slot_model(costs[:, 0] if single else costs, float(gamma[0]) if single else gamma)
         return UniformShare(model, self.config.uniform_share) if self.config.uniform_share else model
 
     def score(self, context: Context, shelves: Sequence[Shelf], n_slots: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -184,6 +191,89 @@ class VWShelfRanker(Policy):
             self._learned_since_save += n_events
         return n_events
 
+    def learn_scored_lines(
+        self, lines: Sequence[str], n_slots: Sequence[int], learn: Sequence[bool]
+    ) -> tuple[list[np.ndarray], list[np.ndarray | None], list[tuple[str, ...]]]:
+        """Progressive validation in one pass over joined DSJSON lines: for each line in order, VW
+        scores every shelf at every slot with the model as it stands (the costs (K, N) and SquareCB
+        slot-0 distribution (N,) of `score`), then learns the event from the same parsed line if
+        `learn[i]`. Returns those per event, and the events' shelf ids. VW learns exactly what
+        `learn_file` learns from the learnable lines."""
+        costs: list[np.ndarray] = []
+        pdfs: list[np.ndarray | None] = []
+        shelf_ids: list[tuple[str, ...]] = []
+        squarecb = isinstance(self._explorer, SquareCB)
+        partial_prediction = pylibvw.example.get_partial_prediction
+        with self._lock:
+            self._reopen("--dsjson")
+            vw = self._vw
+            try:
+                for number, (line, k, keep) in enumerate(zip(lines, n_slots, learn), start=1):
+                    try:
+                        parsed = pylibvw.vw._parse(vw, line)
+                    except Exception as err:  # VW raises plain RuntimeError on malformed input
+                        raise ValidationError(f"line {number}", f"VW could not parse this DSJSON line ({err})") from None
+                    n = len(parsed) - 1 - k
+                    ids, copies = self._line_shelf_copies(line, n, k, number)
+                    shelf_ids.append(ids)
+                    actions = [copy[j] for j in range(k) for copy in copies]
+                    slots = self._slot_examples.get_or_make((n, k), lambda: self._make_slot_examples(n, k))
+                    pylibvw.vw.predict_multi(vw, [parsed[0], *actions, *slots])
+                    costs.append(np.fromiter(map(partial_prediction, actions), np.float64, n * k).reshape(k, n))
+                    if squarecb:
+                        pdf = np.zeros(n)
+                        for action, prob in parsed[0].get_decision_scores()[0]:
+                            pdf[action] = prob
+                        pdfs.append(pdf)
+                    else:
+                        pdfs.append(None)
+                    if keep:
+                        pylibvw.vw.learn_multi(vw, parsed)
+                    pylibvw.vw._finish_example_multi_ex(vw, parsed)
+            finally:
+                self._reopen("")
+            learned = int(sum(bool(x) for x in learn))
+            self.n_learned_events += learned
+            self._learned_since_save += learned
+        return costs, pdfs, shelf_ids
+
+    def _reopen(self, extra: str) -> None:
+        """Carry the model over to a new workspace with `extra` arguments (e.g. VW's DSJSON parser)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            model = os.path.join(tmp, "model.vw")
+            self.workspace.save(model)
+            self._vw.finish()
+            self._vw = vowpalwabbit.Workspace(f"{self.config.vw_args()} --quiet {extra} -i {model}")
+        self._clear_caches()
+
+    def _line_shelf_copies(
+        self, line: str, n_shelves: int, n_slots: int, number: int
+    ) -> tuple[tuple[str, ...], list[list[Example]]]:
+        """The shelf ids of a DSJSON line and parsed copies (one per slot) of each shelf's example,
+        cached by the shelf's JSON text."""
+        texts = dsjson_action_texts(line)
+        if texts is None or len(texts) != n_shelves:
+            try:
+                texts = [json.dumps(item) for item in json.loads(line)["c"]["_multi"]]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValidationError(f"line {number}", f"not a CCB DSJSON event ({err})") from None
+            if len(texts) != n_shelves:
+                raise ValidationError(f"line {number}", f"VW read {n_shelves} shelves, the line lists {len(texts)}")
+        cache = self._line_shelves
+        if len(cache) > SHELF_CACHE_SIZE:
+            cache.clear()
+        ids, copies = [], []
+        for i, text in enumerate(texts):
+            entry = cache.get(text)
+            if entry is None:
+                entry = cache[text] = (shelf_from_json(text, i).shelf_id, [])
+            if len(entry[1]) < n_slots:
+                line_text = shelf_line(shelf_from_json(text, i))
+                entry[1].extend(Example(self._vw, line_text, CCB) for _ in range(n_slots - len(entry[1])))
+            ids.append(entry[0])
+            copies.append(entry[1])
+        return tuple(ids), copies
+
     def event_lines(self, batch: EventBatch, i: int, rows: slice) -> list[str]:
         """The VW text lines of logged event i (shared, shelves, labelled slots)."""
         lines = [listener_line(batch.contexts[i])]
@@ -243,10 +333,13 @@ class VWShelfRanker(Policy):
         return ranker
 
 
-def _squarecb_gamma(costs: np.ndarray, vw_pdf: np.ndarray) -> float:
-    """SquareCB's gamma as VW applied it: p_a = 1/(N + gamma (c_a - c_min)) for a non-best shelf."""
-    gap = costs - costs.min()
-    a = int(gap.argmax())
-    if gap[a] <= 1e-6 or vw_pdf[a] <= 0.0:
-        return 0.0
-    return max(0.0, (1.0 / vw_pdf[a] - len(costs)) / gap[a])
+def _squarecb_gamma(costs: np.ndarray, vw_pdf: np.ndarray) -> np.ndarray:
+    """SquareCB's gamma (E,) as VW applied it to slot 0 of each decision (costs and VW's
+    distribution (E, N)): p_a = 1/(N + gamma (c_a - c_min)) for a non-best shelf."""
+    gap = costs - costs.min(axis=1, keepdims=True)
+    a = gap.argmax(axis=1)
+    rows = np.arange(len(gap))
+    widest, p = gap[rows, a], vw_pdf[rows, a]
+    usable = (widest > 1e-6) & (p > 0.0)
+    gamma = (1.0 / np.where(usable, p, 1.0) - costs.shape[1]) / np.where(usable, widest, 1.0)
+    return np.where(usable, np.maximum(gamma, 0.0), 0.0)

@@ -1,73 +1,121 @@
 """CandidateTrainer: one candidate learning the committed joined parts in order (a Ray actor's body).
 
-For each part, in order: read its events, score them with the model as it stands
-(progressive validation: the target probabilities of the logged shelves, conditional and
-marginal, as `offline_eval.scoring.score_policy` gives them), write the scores, learn the part
-with VW's own file reader (`VWShelfRanker.learn_file`), and commit the checkpoint
+For each part, in order: read it (the joined lines as text, the slate table's event ids, slots
+and shown shelves as columns), then one VW pass over its lines in which every event is scored
+with the model as it stands and then learned (`VWShelfRanker.learn_scored_lines`: progressive
+validation event by event; events of logging-only arms, `"_learn": false`, are scored but
+never learned), turn the costs into the target probabilities of the logged shelves
+(`offline_eval.scoring.logged_scores`), write them, and commit the checkpoint
 (`service.training.state`). Work comes in whole parts, never one event per call.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
-from bandit.batch import EventBatch
 from bandit.errors import ShelfBanditError
-from bandit.policy import Policy
-from bandit.types import LoggedEvent
+from bandit.vw.ranker import VWShelfRanker
 from offline_eval.readers import read_dsjson
-from offline_eval.scoring import score_policy
+from offline_eval.scoring import logged_scores
 from service.joiner import JoinedLog, JoinedPart
 from service.training.candidates import Candidate
 from service.training.state import StepRecord, TrainerState, candidate_dir, model_name
 
 PHASES = ("read", "score", "learn", "commit")
+_NOT_LEARNED = re.compile(r'"_learn"\s*:\s*false')
 
 
-def progressive_table(policy: Policy, events: Sequence[LoggedEvent]) -> pd.DataFrame:
+@dataclass(frozen=True, slots=True)
+class PartEvents:
+    """A joined part read for training: its lines, and per event (E,) its id, slot count and
+    whether it may be learned; per logged (event, slot) row, in log order, the shown shelf."""
+
+    lines: list[str]
+    event_ids: np.ndarray
+    n_slots: np.ndarray
+    learn: np.ndarray
+    actions: np.ndarray
+
+    @classmethod
+    def read(cls, part: JoinedPart) -> PartEvents:
+        """The part's joined lines and slate table (written together by the joiner, in one order).
+        Logging-only events carry `"_learn": false` in their line (top-level: VW feature names
+        never start with an underscore)."""
+        text = part.jsonl.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        ends = np.cumsum([len(line) + 1 for line in lines]) if lines else np.zeros(0, dtype=np.int64)
+        learn = np.ones(len(lines), dtype=bool)
+        learn[np.searchsorted(ends, [m.start() for m in _NOT_LEARNED.finditer(text)], side="right")] = False
+        table = pq.read_table(part.slates, columns=["event_id", "slot", "action"])
+        slot = table.column("slot").to_numpy()
+        starts = np.flatnonzero(slot == 0)
+        event_ids = table.column("event_id").to_numpy(zero_copy_only=False)[starts].astype(str)
+        n_slots = np.diff(np.append(starts, len(slot)))
+        if len(event_ids) != len(lines) or (starts[:1] != 0).any() or (slot != _positions(n_slots)).any():
+            read_dsjson(part.jsonl)  # names a broken line, if that is why
+            raise ShelfBanditError(f"{part.slates}: its {len(event_ids)} events do not match the {len(lines)} lines of {part.jsonl}")
+        actions = table.column("action").to_numpy(zero_copy_only=False).astype(str)
+        return cls(lines, event_ids, n_slots, learn, actions)
+
+
+def _positions(counts: np.ndarray) -> np.ndarray:
+    """0..c-1 for each count, concatenated."""
+    total = int(counts.sum())
+    return np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def progressive_table(
+    policy: VWShelfRanker, events: PartEvents, costs: Sequence[np.ndarray], slot0_pdfs: Sequence[np.ndarray | None],
+    shelf_ids: Sequence[tuple[str, ...]],
+) -> pd.DataFrame:
     """One row per logged (event, slot), in log order: `target_prob` = P(logged shelf at slot k |
-    logged shelves above) and `target_marginal` = P(logged shelf at slot k) under `policy`.
-    Events are scored in groups of equal slot count (one `score_policy` pass per group)."""
-    n_slots = np.fromiter((e.decision.n_slots for e in events), dtype=np.int64, count=len(events))
-    frames = []
-    for k in np.unique(n_slots):
-        chosen = np.flatnonzero(n_slots == k)
-        group = events if len(chosen) == len(events) else [events[i] for i in chosen]
-        batch = EventBatch.from_events(group)
-        target = score_policy(policy, batch)
-        frames.append(pd.DataFrame({
-            "event_id": np.repeat(batch.event_ids, k).astype(str),
-            "slot": np.tile(np.arange(k, dtype=np.int32), len(chosen)),
-            "target_prob": target.prob.ravel(),
-            "target_marginal": target.marginal.ravel(),
-            "position": np.repeat(chosen, k),
-        }))
-    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return table.sort_values(["position", "slot"], kind="stable").drop(columns="position").reset_index(drop=True)
+    logged shelves above) and `target_marginal` = P(logged shelf at slot k) under the policy as it
+    stood before the event (its costs from VW's pass). Events of equal shape are scored at once."""
+    n_shelves = np.fromiter(map(len, shelf_ids), dtype=np.int64, count=len(shelf_ids))
+    row_start = np.cumsum(events.n_slots) - events.n_slots
+    prob = np.empty(len(events.actions))
+    marginal = np.empty(len(events.actions))
+    shapes = np.stack([events.n_slots, n_shelves], axis=1)
+    for k, n in np.unique(shapes, axis=0).tolist():
+        chosen = np.flatnonzero((shapes[:, 0] == k) & (shapes[:, 1] == n))
+        rows = (row_start[chosen][:, None] + np.arange(k)).ravel()
+        ids = np.array([shelf_ids[i] for i in chosen], dtype=str).reshape(len(chosen), n)
+        shown = events.actions[rows].reshape(len(chosen), k)
+        match = ids[:, None, :] == shown[:, :, None]
+        if not match.any(axis=2).all():
+            raise ShelfBanditError("a shown shelf of the slate table is not among its event's shelves")
+        pdfs = None if slot0_pdfs[chosen[0]] is None else np.stack([slot0_pdfs[i] for i in chosen])
+        model = policy.slot_models(np.stack([costs[i] for i in chosen], axis=1), pdfs)
+        target, target_marginal = logged_scores(
+            model, match.argmax(axis=2), events.event_ids[chosen],
+            seed=policy.seed, draws=policy.marginal_draws, exact_budget=policy.exact_budget,
+        )
+        prob[rows], marginal[rows] = target.ravel(), target_marginal.ravel()
+    return pd.DataFrame({
+        "event_id": np.repeat(events.event_ids, events.n_slots),
+        "slot": _positions(events.n_slots).astype(np.int32),
+        "target_prob": prob,
+        "target_marginal": marginal,
+    })
 
 
 def events_digest(event_ids: Sequence[str]) -> str:
     """SHA-256 of the event ids, one per line, in training order."""
     return hashlib.sha256("".join(f"{e}\n" for e in event_ids).encode()).hexdigest()
 
-
-def learnable_lines(path: Path) -> list[tuple[int, bytes]] | None:
-    """(position, line) of the events of a joined part a trainer may learn, or None when all of
-    them may (the usual case): lines of logging-only arms carry `"_learn": false`."""
-    lines = Path(path).read_bytes().splitlines(keepends=True)
-    marked = [b"_learn" in line and json.loads(line).get("_learn", True) is False for line in lines]
-    if not any(marked):
-        return None
-    return [(i, line) for i, (line, skip) in enumerate(zip(lines, marked)) if not skip]
 
 class CandidateTrainer:
     """Trains one candidate on the committed parts of a data directory's joined log, resuming
@@ -135,33 +183,26 @@ class CandidateTrainer:
         }
 
     def train_part(self, part: JoinedPart, seconds: dict[str, float]) -> StepRecord:
-        """Score, learn and commit one part (it must be the next one)."""
+        """Score and learn one part event by event, write its scores and commit (it must be the next part)."""
         if part.number != self.next_part:
             raise ShelfBanditError(f"candidate {self.candidate.name}: part {part.number} is not the next part ({self.next_part})")
         clock = time.perf_counter
         started = clock()
-        events = read_dsjson(part.jsonl)
+        events = PartEvents.read(part)
         read = clock()
-        scores = self.state.write_scores(part.number, progressive_table(self.policy, events))
-        scored = clock()
         scored_by = self.policy.model_version
-        learnable = learnable_lines(part.jsonl)
-        if learnable is None:  # every event may be learned: VW reads the part itself
-            n_events = self.policy.learn_file(part.jsonl)
-            event_ids = [e.decision.event_id for e in events]
-        else:  # logging-only events (`_learn: false`) are scored above but never learned
-            kept = self.state.directory / f".learn-part-{part.number:08d}.jsonl"
-            kept.write_bytes(b"".join(line for _, line in learnable))
-            try:
-                n_events = self.policy.learn_file(kept)
-            finally:
-                kept.unlink()
-            event_ids = [events[i].decision.event_id for i, _ in learnable]
-        learned = clock()
-        if n_events != len(event_ids):
-            raise ShelfBanditError(f"{part.jsonl}: VW learned {n_events} events, {len(event_ids)} are learnable")
+        try:
+            costs, pdfs, shelf_ids = self.policy.learn_scored_lines(events.lines, events.n_slots.tolist(), events.learn.tolist())
+            learned = clock()
+            scores = self.state.write_scores(part.number, progressive_table(self.policy, events, costs, pdfs, shelf_ids))
+        except BaseException:
+            self.policy = self.state.load_policy(self.checkpoint)  # it may have learned part of the part
+            raise
+        scored = clock()
+        event_ids = events.event_ids[events.learn].tolist()
+        n_events = len(event_ids)
         step = (self.checkpoint.step if self.checkpoint else 0) + 1
-        timing = {"read": read - started, "score": scored - read, "learn": learned - scored}
+        timing = {"read": read - started, "learn": learned - read, "score": scored - learned}
         record = StepRecord(
             step=step,
             candidate=self.candidate.name,
@@ -183,5 +224,5 @@ class CandidateTrainer:
         self.checkpoint = self.state.commit(self.policy, record)
         for name, value in timing.items():
             seconds[name] += value
-        seconds["commit"] += clock() - learned
+        seconds["commit"] += clock() - scored
         return self.checkpoint
