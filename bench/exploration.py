@@ -9,7 +9,7 @@ scores, champion targets = its logging probabilities (weights 1), the paired dif
 challenger - champion with a 1000-resample bootstrap interval, for every estimator the
 progressive scores support. The truth is known: each policy's true value on each scored event.
 
-(a) Under the champion's default exploration (uniform_share 0): per estimator and challenger,
+(a) Under the champion's default exploration (its default uniform_share): per estimator and challenger,
     the worst-slot effective sample size (`ess`, the challenger's; the champion's is n), the
     width of the 95% interval of the difference, whether it covers the true difference, and the
     verdict with that estimator as primary (ship / do not ship / not enough data) next to the
@@ -62,7 +62,6 @@ UNIFORM = "uniform"  # deliberately worse: uniformly random orderings
 B_CHALLENGERS = ("epsilon", UNIFORM)
 FLOORS = (0.0, 0.02, 0.05, 0.1, 0.2)
 SMALL_GAMMA_SCALE = 1.0
-RECOMMENDED_FLOOR = 0.05
 LEARN_EVERY = 10
 RULE = GateRule()  # min_ess 100, min_lift 0, max_unsupported 1%, weight band [0.5, 2]
 
@@ -231,7 +230,7 @@ def main() -> None:
     print_tables(rows_a, rows_b, args)
     elapsed = time.perf_counter() - started
     print(f"\n{len(jobs)} runs in {elapsed:.0f} s ({args.workers} workers)")
-    chosen = f"share={RECOMMENDED_FLOOR:g}" if rows_b else "share=0"
+    chosen = f"share={CHAMPION.uniform_share:g}" if rows_b else "share=0"
     value = med(c["served_value"] for c in by_label[chosen])
     baseline = med(c["served_value"] for c in by_label["share=0"])
     print(json.dumps({
