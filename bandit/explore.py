@@ -92,8 +92,11 @@ class SquareCB:
         masked = np.where(available, costs, np.inf)
         rows = np.arange(len(masked))
         a_min = masked.argmin(axis=1)
-        lowest = masked[rows, a_min][:, None]
-        p = available / (n_available + gamma * np.maximum(costs - lowest, 0.0))
+        scale = np.subtract(costs, masked[rows, a_min][:, None], out=masked)  # c_a - c_min, in place
+        np.maximum(scale, 0.0, out=scale)
+        scale *= gamma
+        scale += n_available
+        p = np.divide(available, scale, out=scale)
         p[rows, a_min] = 0.0
         p[rows, a_min] = 1.0 - p.sum(axis=1)
         return p

@@ -3,7 +3,10 @@
 A `SlotModel` gives, for slot k and a batch of availability masks (B, N), the policy's
 probabilities (B, N) of each shelf for that slot. Everything else (sampling an ordering with
 the project's seeded generator, the probability of a logged ordering, the marginal
-probability of each shelf at each slot) is derived from it in numpy.
+probability of each shelf at each slot) is derived from it in numpy. The same derivations run
+for E decisions at once (`sample_rankings`, `logged_distributions_of`) on a model whose
+`probs(slot, available, event)` also takes the decision of each row; the one-decision
+functions are those with E = 1.
 """
 
 from __future__ import annotations
