@@ -167,28 +167,23 @@ def _exact_marginals_of(model, n_slots: int, exact_budget: int, first_slot: np.n
     n_exact = np.ones(n_events, dtype=np.int64)
     if n_slots == 1:
         return values, n_exact
-    owner, cols = np.nonzero(first_slot > 0.0)
-    rows = np.arange(len(owner))
+    owner, cols = np.nonzero(first_slot > 0.0)  # live prefixes: their decision, their last shelf
     weights = first_slot[owner, cols]
     available = np.ones((len(owner), n), dtype=bool)
-    k = 1
-    while True:
+    for k in range(1, n_slots):
         within = np.bincount(owner, minlength=n_events)[owner] * n <= exact_budget
-        rows, cols, owner = rows[within], cols[within], owner[within]
-        weights = weights[within] if k == 1 else weights[rows] * p[rows, cols]
-        available = available[rows]
+        owner, cols, weights, available = owner[within], cols[within], weights[within], available[within]
         available[np.arange(len(cols)), cols] = False
         if not len(owner):
-            return values, n_exact
+            break
         p = model.probs(k, available, owner)
         values[:, k] = _segment_sum(weights[:, None] * p, owner, n_events)
         n_exact[owner] = k + 1
-        k += 1
-        if k == n_slots:
-            return values, n_exact
+        if k + 1 == n_slots:
+            break
         rows, cols = np.nonzero(p > 0.0)
-        owner = owner[rows]
-
+        owner, weights, available = owner[rows], weights[rows] * p[rows, cols], available[rows]
+    return values, n_exact
 
 def logged_distributions(model: SlotModel, indices: np.ndarray) -> np.ndarray:
     """(K, N): P(shelf at slot k | shelves indices[:k] above it) under `model`, for every shelf."""

@@ -66,7 +66,7 @@ def logged_scores(
     logged shelves `action_index` (E, K): target_prob (E, K) = P(logged shelf at slot k | logged
     shelves above) and target_marginal (E, K) = P(logged shelf at slot k), the marginals exact or
     Monte Carlo with each event's draws seeded by (seed, event id), as `rank` draws them."""
-    n_events, n_slots = action_index.shape
+    n_slots = action_index.shape[1]
     conditional = logged_distributions_of(model, action_index)
     uniforms = event_uniforms(seed, event_ids, n_slots, draws)
     marginal = sample_rankings(model, uniforms, draws=draws, exact_budget=exact_budget)[2].values

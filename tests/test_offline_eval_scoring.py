@@ -12,7 +12,7 @@ from bandit.errors import ValidationError
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.evaluate import evaluate
 from offline_eval.readers import batch_log
-from offline_eval.scoring import event_slice, progressive_scores, resolve_policy, score_policy
+from offline_eval.scoring import event_slice, logged_scores, progressive_scores, resolve_policy, score_policy
 from tests.offline_eval_synth import shelf_world_events
 
 CONFIG = RankerConfig(explorer="epsilon", epsilon=0.2, seed=4)
@@ -43,6 +43,26 @@ def test_scores_agree_with_the_policy_interface(which, batch, trained_ranker):
     # a shelf placed above has no probability below it
     above = batch.action_index.reshape(n, k)[:, 0]
     assert (target.conditional_distribution[np.arange(n), 1, above] == 0.0).all()
+
+
+@pytest.mark.parametrize("config", [
+    RankerConfig(explorer="epsilon", epsilon=0.2, seed=4),
+    RankerConfig(explorer="softmax", softmax_lambda=3.0, epsilon=0.05, seed=4, exact_budget=20),
+    RankerConfig(explorer="squarecb", seed=4, marginal_draws=16, exact_budget=20),
+    RankerConfig(explorer="epsilon", epsilon=0.0, uniform_share=0.1, seed=4, exact_budget=40),
+], ids=["epsilon", "softmax-monte-carlo", "squarecb-monte-carlo", "greedy-uniform-share"])
+def test_scores_of_many_events_at_once_equal_those_of_one_at_a_time(config, batch):
+    ranker = VWShelfRanker(config)
+    ranker.learn(batch)
+    n, k = batch.n_events, 3
+    scored = [ranker.score(context, shelves, k) for context, shelves in zip(batch.contexts, batch.shelves)]
+    pdfs = None if scored[0][1] is None else np.stack([pdf for _, pdf in scored])
+    model = ranker.slot_models(np.stack([costs for costs, _ in scored], axis=1), pdfs)
+    prob, marginal = logged_scores(model, batch.action_index.reshape(n, k), batch.event_ids, seed=config.seed,
+                                   draws=config.marginal_draws, exact_budget=config.exact_budget)
+    one_at_a_time = score_policy(ranker, batch)
+    np.testing.assert_array_equal(prob, one_at_a_time.prob)
+    np.testing.assert_array_equal(marginal, one_at_a_time.marginal)
 
 
 def test_a_uniform_target_on_a_uniform_log_has_unit_weights_and_the_on_policy_mean(batch):

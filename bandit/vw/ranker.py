@@ -217,7 +217,7 @@ class VWShelfRanker(Policy):
                     ids, copies = self._line_shelf_copies(line, n, k, number)
                     shelf_ids.append(ids)
                     actions = [copy[j] for j in range(k) for copy in copies]
-                    slots = self._slot_examples.get_or_make((n, k), lambda: self._make_slot_examples(n, k))
+                    slots = self._slot_examples.get_or_make((n, k), lambda n=n, k=k: self._make_slot_examples(n, k))
                     pylibvw.vw.predict_multi(vw, [parsed[0], *actions, *slots])
                     costs.append(np.fromiter(map(partial_prediction, actions), np.float64, n * k).reshape(k, n))
                     if squarecb:
