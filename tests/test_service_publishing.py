@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 
 from bandit.config import RankerConfig
 from bandit.model_file import read_meta
-from bandit.types import Context, Shelf
 from bandit.vw.ranker import VWShelfRanker
 from service.joiner import JoinedLog
 from service.doctor import diagnose
@@ -24,7 +22,7 @@ from service.settings import Settings
 from service.training.candidates import Candidate
 from service.training.champion import read_champion
 from service.training.gate import GateSettings
-from service.training.loop import TrainingLoop
+from service.training.loop import TrainingBusy, TrainingLoop
 from service.training.publishing import PublishSettings, SnapshotRefused, checked_snapshot, read_status
 from service.training.records import read_records
 from service.training.state import training_dir
@@ -33,15 +31,6 @@ from tests.service_training_support import TinyWorld, log_and_join
 SQUARECB = Candidate("squarecb", RankerConfig(explorer="squarecb"))
 UNIFORM = Candidate("uniform", RankerConfig(explorer="epsilon", epsilon=1.0))
 SLOW = PublishSettings(interval_s=3600.0)  # publishing only when a test asks for it
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def uniform_value(world: TinyWorld) -> float:
@@ -57,11 +46,16 @@ def greedy_value(ranker: VWShelfRanker, world: TinyWorld) -> float:
     return float(world.value(rankings, segments).mean())
 
 
-def serving_fresh_model(data_dir: Path) -> tuple[ModelStore, str]:
-    """A store whose active model is a fresh ranker (every shelf tied: uniformly random), as the
-    service's first model."""
+def served_log(data_dir: Path, seed: int, n_events: int, part_size: int):
+    """A strong-signal world whose store serves a fresh ranker (every shelf tied: uniformly
+    random), as the service's first model, and `n_events` of its decisions joined into parts:
+    (rng, world, store, the fresh version)."""
+    rng = np.random.default_rng(seed)
+    world = TinyWorld.strong(rng)
     store = ModelStore(data_dir / "models")
-    return store, store.publish(VWShelfRanker(RankerConfig(epsilon=0.2)), activate=True)
+    first = store.publish(VWShelfRanker(RankerConfig(epsilon=0.2)), activate=True)
+    log_and_join(data_dir, world, store.load(first)[0], n_events, part_size, rng, "a")
+    return rng, world, store, first
 
 
 # -- the checks --------------------------------------------------------------------------------
@@ -106,10 +100,7 @@ def test_a_good_snapshot_passes_and_each_broken_one_is_refused_by_its_check(tmp_
 # -- timed publishing --------------------------------------------------------------------------
 
 def test_the_champion_is_published_on_its_timer_and_the_schedule_survives_a_restart(local_ray, tmp_path):
-    rng = np.random.default_rng(2)
-    world = TinyWorld.strong(rng)
-    store, first = serving_fresh_model(tmp_path)
-    log_and_join(tmp_path, world, store.load(first)[0], 600, 300, rng, "a")
+    rng, world, store, first = served_log(tmp_path, 2, 600, 300)
     publish = PublishSettings(interval_s=4.0, keep_versions=3)
     with TrainingLoop(tmp_path, [SQUARECB], publish=publish) as loop:
         report = loop.run_once()  # never published before: due at once
@@ -140,10 +131,7 @@ def test_the_champion_is_published_on_its_timer_and_the_schedule_survives_a_rest
 
 
 def test_a_snapshot_that_fails_a_check_is_refused_recorded_and_the_served_model_stays(local_ray, tmp_path):
-    rng = np.random.default_rng(3)
-    world = TinyWorld.strong(rng)
-    store, first = serving_fresh_model(tmp_path)
-    log_and_join(tmp_path, world, store.load(first)[0], 600, 300, rng, "a")
+    rng, world, store, first = served_log(tmp_path, 3, 600, 300)
     with TrainingLoop(tmp_path, [SQUARECB], publish=SLOW) as loop:
         loop._last_publish_try = time.time()  # as if just published: the round below only trains
         assert loop.run_once().published is None
@@ -193,10 +181,7 @@ def test_a_snapshot_trained_on_inverted_rewards_is_refused_by_the_guardrail(loca
 
 
 def test_an_operators_activation_pins_the_version_until_publishing_is_resumed(local_ray, tmp_path):
-    rng = np.random.default_rng(5)
-    world = TinyWorld.strong(rng)
-    store, first = serving_fresh_model(tmp_path)
-    log_and_join(tmp_path, world, store.load(first)[0], 600, 300, rng, "a")
+    rng, world, store, first = served_log(tmp_path, 5, 600, 300)
     with TrainingLoop(tmp_path, [SQUARECB], publish=SLOW) as loop:
         published = loop.run_once().published
         store.activate(first, pin=True)  # a rollback by an operator (what POST /v1/model/activate does)
@@ -213,13 +198,12 @@ def test_an_operators_activation_pins_the_version_until_publishing_is_resumed(lo
 # -- the challenger gate -----------------------------------------------------------------------
 
 def test_a_better_challenger_becomes_the_champion_and_is_published_at_once(local_ray, tmp_path):
-    rng = np.random.default_rng(6)
-    world = TinyWorld.strong(rng)
-    store, first = serving_fresh_model(tmp_path)
-    log_and_join(tmp_path, world, store.load(first)[0], 600, 300, rng, "a")
+    rng, world, store, first = served_log(tmp_path, 6, 600, 300)
     gate = GateSettings(min_events=1000, every_events=500)
     with TrainingLoop(tmp_path, [UNIFORM, SQUARECB], gate=gate, publish=SLOW) as loop:
         early = loop.run_once()
+        with pytest.raises(TrainingBusy, match="another training loop is running"):
+            TrainingLoop(tmp_path, [SQUARECB]).start()
         assert early.champion == "uniform" and not early.decisions
         assert early.waiting["squarecb"] == "600 of the 1000 learnable events needed have been scored by it and the champion uniform"
         log_and_join(tmp_path, world, store.load(first)[0], 2400, 300, rng, "b")
@@ -241,10 +225,7 @@ def test_a_better_challenger_becomes_the_champion_and_is_published_at_once(local
 
 
 def test_a_worse_challenger_is_refused_and_the_record_says_why(local_ray, tmp_path):
-    rng = np.random.default_rng(7)
-    world = TinyWorld.strong(rng)
-    store, first = serving_fresh_model(tmp_path)
-    log_and_join(tmp_path, world, store.load(first)[0], 3000, 500, rng, "a")
+    rng, world, store, first = served_log(tmp_path, 7, 3000, 500)
     with TrainingLoop(tmp_path, [SQUARECB, UNIFORM], gate=GateSettings(min_events=1000), publish=SLOW) as loop:
         reports = loop.backfill()
     [gate] = [r for report in reports for r in report.gates]

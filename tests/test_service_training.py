@@ -17,18 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 from click.testing import CliRunner
 
 from bandit.config import RankerConfig
 from bandit.errors import ShelfBanditError, ValidationError
 from bandit.vw.ranker import VWShelfRanker
 from service.joiner import JoinedLog
-from service.model_store import ModelStore
 from service.training.candidates import Candidate, read_candidates
 from offline_eval.gate import GateRule
 from service.training.gate import GateSettings
-from service.training.loop import TrainingBusy, TrainingLoop
+from service.training.loop import TrainingLoop
 from service.training.records import read_records
 from service.training.state import CHECKPOINT, JOURNAL, candidate_dir, model_name
 from service.training.worker import CandidateTrainer
@@ -38,15 +36,6 @@ from tests.service_training_support import TinyWorld, log_and_join
 SQUARECB = Candidate("squarecb", RankerConfig(explorer="squarecb"))
 UNIFORM = Candidate("uniform", RankerConfig(explorer="epsilon", epsilon=1.0))
 BIN = Path(sys.executable).parent / "shelfbandit"
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def joined_event_ids(data_dir: Path) -> list[list[str]]:
