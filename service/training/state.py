@@ -67,7 +67,7 @@ class StepRecord:
     events_trained: int     # by this candidate, this step included
     next_part: int
     model_version: str
-    scored_by: str          # the model version that scored the step's events (before learning them)
+    scored_by: str          # the model version as the step began (it scored the first event; each later one is scored after learning those before it)
     model: str              # model file, relative to the candidate's directory
     scores: str             # progressive scores file, relative to the candidate's directory
     seconds: dict = field(default_factory=dict)
