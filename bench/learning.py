@@ -9,7 +9,8 @@ closed over the last 1,000 of 6,000 sessions, by the simulator's true expected r
   (`shelfbandit.demo.run_loop`, the demo's own harness);
 - baseline, in the same run on the same requests: the plain learner (`simulator.peer`: the
   in-process VW CCB ranker, SquareCB, learning after every session with instant feedback,
-  rewards drawn from the world), median over `--peer-repeats` seeds.
+  rewards drawn from the world; VW's explorer as it is, without the uniform floor the default
+  candidates serve with), median over `--peer-repeats` seeds.
 
 Two worlds: `simple` (16 shelves, all candidates, 6 slots, 4 listener segments, position-based
 examination, no context effect but the segment's taste, no individual deviation) and the
@@ -125,11 +126,13 @@ def main() -> None:
         parser.error(f"unknown worlds {unknown}; known: {', '.join(WORLDS)}")
     config = DemoConfig(sessions=args.sessions, rate=args.rate, reward_window_s=5.0,
                         publish_interval_s=args.publish_interval, num_cpus=2, seed=args.seed)
-    champion = DEFAULT_CANDIDATES[0].config.model_fields()
-    same = PeerConfig().ranker.model_fields() == champion
+    champion, peer = DEFAULT_CANDIDATES[0].config.to_dict(), PeerConfig().ranker.to_dict()
+    differ = {k: {"plain_learner": peer[k], "champion": champion[k]} for k in champion if peer[k] != champion[k]}
+    same = PeerConfig().ranker.model_fields() == DEFAULT_CANDIDATES[0].config.model_fields()
     print(f"loop: reward window {config.reward_window_s:g} s, publish interval {config.publish_interval_s:g} s, "
-          f"{config.rate:g} sessions/s, {config.sessions} sessions; the plain learner's configuration "
-          f"{'is' if same else 'is NOT'} the champion's ({DEFAULT_CANDIDATES[0].name})")
+          f"{config.rate:g} sessions/s, {config.sessions} sessions; the plain learner learns "
+          f"{'as' if same else 'NOT as'} the champion ({DEFAULT_CANDIDATES[0].name}) does"
+          + (f"; they differ in {differ}" if differ else ""))
     results = {name: run_world(name, WORLDS[name], config, args.peer_repeats) for name in names}
     head = results.get("default") or next(iter(results.values()))
     print("\n" + "  ".join(f"{name}: ratio {r['ratio']:.2f} (loop {r['gap_closed']:.2f} / plain {r['peer_gap_closed']:.2f})"
@@ -142,7 +145,8 @@ def main() -> None:
         "ratio_min": min(r["ratio"] for r in results.values()), "target_simple_gap_closed": TARGET_SIMPLE_GAP,
         "sessions": config.sessions, "window": [config.sessions - WINDOW, config.sessions - 1],
         "rate": config.rate, "reward_window_s": config.reward_window_s, "publish_interval_s": config.publish_interval_s,
-        "peer_repeats": args.peer_repeats, "peer_is_champion_config": same, "worlds": results,
+        "peer_repeats": args.peer_repeats, "peer_learns_as_champion": same, "peer_vs_champion_config": differ,
+        "worlds": results,
     }))
 
 
