@@ -40,7 +40,6 @@ from simulator.world import RequestBatch, World, WorldConfig
 
 MARKER = ".shelfbandit-demo"
 GATE_MODELS = "gate-models"  # beside the data directory: copies of the models the gate compared
-TRAINER_POLL_S = 5.0  # `shelfbandit train --follow --interval`'s default
 CHUNK_S = 2.0  # seconds of listeners per drive call
 MAX_SLOWDOWN = 2.0  # the listeners stop once they run this many times longer than planned (+ 60 s)
 
@@ -114,7 +113,7 @@ class _Trainer(threading.Thread):
         try:
             with self.loop:
                 self.ready.set()
-                self.loop.run(self.stop_event, interval_s=TRAINER_POLL_S, on_round=self._after_round)
+                self.loop.run(self.stop_event, on_round=self._after_round)
         except BaseException as err:  # reported by the main thread
             self.error = err
         finally:

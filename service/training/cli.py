@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from service.training.loop import FOLLOW_INTERVAL_S
 from service.training.gate import DEFAULT_ESTIMATOR, SCORED_ESTIMATORS, GateSettings
 from service.training.publishing import PublishSettings
 
@@ -25,7 +26,7 @@ PUBLISH_DEFAULTS = PublishSettings()
               help='JSON list of candidates: [{"name": "greedy", "explorer": "epsilon", "epsilon": 0.02}, ...] (RankerConfig fields). [default: three built-in]')
 @click.option("--ray-address", help="Join this Ray cluster (the data directory must be visible to its nodes). [default: start a local Ray]")
 @click.option("--num-cpus", type=click.IntRange(min=1), default=2, show_default=True, help="CPUs of the local Ray.")
-@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+@click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=FOLLOW_INTERVAL_S, show_default=True,
               help="With --follow: seconds between polls for new parts once caught up.")
 @click.option("--publish-interval", "publish_interval_s", type=click.FloatRange(min=0, min_open=True),
               default=PUBLISH_DEFAULTS.interval_s, show_default=True,

@@ -61,6 +61,7 @@ from service.training.worker import CandidateTrainer
 
 JUDGED = "judged"
 MAX_DEATHS = 3  # rounds in a row a trainer may die (Ray restarts it; it resumes from its checkpoint)
+FOLLOW_INTERVAL_S = 1.0  # how often a following loop looks for new parts once caught up
 RESTART_WAIT_S = 60.0  # how long a restarting trainer may take to answer again
 GUARDRAIL_MIN_EVENTS = 100  # fewer events served by the active model: no evidence either way
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
@@ -327,7 +328,8 @@ class TrainingLoop:
         return RoundReport(sum(r["n_events"] for r in results), tuple(steps), tuple(decisions), tuple(publications),
                            self.champion, promoted, published, waiting, (), self.statuses)
 
-    def run(self, stop: threading.Event, interval_s: float, on_round: Callable[[RoundReport], None] | None = None) -> None:
+    def run(self, stop: threading.Event, interval_s: float = FOLLOW_INTERVAL_S,
+            on_round: Callable[[RoundReport], None] | None = None) -> None:
         """Rounds until `stop` is set: back to back while parts wait, else one every `interval_s`."""
         while not stop.is_set():
             report = self.run_once()
