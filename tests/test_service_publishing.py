@@ -116,6 +116,7 @@ def test_the_champion_is_published_on_its_timer_and_the_schedule_survives_a_rest
     assert (published["version"], published["previous_version"], published["candidate"]) == (report.published, first, "squarecb")
     assert published["guardrail"]["n_events"] == 600 and published["guardrail"]["difference"]["lower"] > 0  # it learned
     assert again["previous_version"] == report.published
+    assert again["guardrail"]["n_events"] == 900  # the evidence spans every version published since
     status = read_status(training_dir(tmp_path))
     assert status["last_published"]["version"] == due.published and status["refusals_in_a_row"] == 0
 

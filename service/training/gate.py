@@ -6,15 +6,15 @@ progressive scores (what it would have done on each event just before learning i
 champion's are its own, and the difference challenger - champion is paired per event. So the
 evidence grows with the log instead of restarting whenever a new model is served.
 
-The publishing guardrail judges on the events the active model served: there the served
-model's targets are the logging probabilities (every importance weight 1, its estimate the
-logged reward), and the snapshot's are the champion's progressive scores.
+The publishing guardrail judges on the events the recently published models served: there the
+served models' targets are the logging probabilities (every importance weight 1, their
+estimate the logged reward), and the snapshot's are the champion's progressive scores.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,9 +77,9 @@ class GateSettings:
             raise ValidationError("rule.primary", f"must be an estimator the progressive scores support ({', '.join(SCORED_ESTIMATORS)})", self.rule.primary)
 
 
-def served_by(versions: pd.Series, version: str) -> np.ndarray:
-    """Rows logged by `version`, also while it learned online (logged as `version+n`)."""
-    return ((versions == version) | versions.str.startswith(version + "+")).to_numpy()
+def served_by(versions: pd.Series, served: Collection[str]) -> np.ndarray:
+    """Rows logged by one of the `served` versions, also while it learned online (logged as `version+n`)."""
+    return versions.str.split("+", n=1).str[0].isin(served).to_numpy()
 
 
 def learnable(rows: pd.DataFrame) -> np.ndarray:

@@ -21,6 +21,7 @@ import re
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,7 @@ from service.training.worker import CandidateTrainer
 
 JUDGED = "judged"
 MAX_DEATHS = 3  # rounds in a row a trainer may die (Ray restarts it; it resumes from its checkpoint)
+MAX_SERVED_VERSIONS = 1000  # recently published versions whose events the guardrail reads
 FOLLOW_INTERVAL_S = 1.0  # how often a following loop looks for new parts once caught up
 RESTART_WAIT_S = 60.0  # how long a restarting trainer may take to answer again
 GUARDRAIL_MIN_EVENTS = 100  # fewer events served by the active model: no evidence either way
@@ -160,6 +162,7 @@ class TrainingLoop:
         self._last_publish_try = 0.0
         self._started_at = 0.0
         self._last_published: dict | None = None
+        self._published: deque[str] = deque(maxlen=MAX_SERVED_VERSIONS)  # published versions and those they replaced
         self._refusals_in_a_row = 0
         self._deaths: dict[str, int] = {}
         self._lock_fd: int | None = None
@@ -230,6 +233,7 @@ class TrainingLoop:
             elif kind == GATE:
                 self._last_gate[name] = (record.get("champion"), record["events_trained"])
             elif kind == PUBLISHED:
+                self._published.extend(v for v in (record["active_version"], record["version"]) if v)
                 self._last_published = {"version": record["version"], "time": record["time"]}
                 self._last_publish_try = record["time"]
                 self._refusals_in_a_row = 0
@@ -456,6 +460,7 @@ class TrainingLoop:
                       "guardrail": guardrail, "refusals_in_a_row": self._refusals_in_a_row, "model": None}
         else:
             self._refusals_in_a_row = 0
+            self._published.extend(v for v in (activated.previous, version) if v)
             self._last_published = {"version": version, "time": activated.activated_at}
             record = {"record": PUBLISHED, **base, "version": version, "previous_version": activated.previous,
                       "guardrail": guardrail}
@@ -464,17 +469,20 @@ class TrainingLoop:
         return [record]
 
     def _guardrail(self, champion: dict, pointer: ActivePointer | None) -> dict:
-        """The guardrail's figures on the latest events the active model served; raises
-        SnapshotRefused when they show the snapshot worse (see service.training.publishing)."""
+        """The guardrail's figures on the latest events the active model and the versions
+        published before it served; raises SnapshotRefused when they show the snapshot worse
+        than what was served (see service.training.publishing)."""
         if pointer is None:
             return {"n_events": 0, "reason": "no model is active yet"}
         window = self.publish.guardrail_events
-        rows = self._served.recent(champion["next_part"], window, lambda frame: served_by(frame["model_version"], pointer.version))
+        served = {*self._published, pointer.version}
+        rows = self._served.recent(champion["next_part"], window, lambda frame: served_by(frame["model_version"], served))
         if len(rows):
             rows = last_events(dominant_slot_count(self._scores[self.champion].attach(rows)), window)
         n_events = rows["event_id"].nunique() if len(rows) else 0
         if n_events < GUARDRAIL_MIN_EVENTS:
-            return {"n_events": n_events, "reason": f"fewer than {GUARDRAIL_MIN_EVENTS} events served by {pointer.version}: no evidence either way"}
+            return {"n_events": n_events, "reason": f"fewer than {GUARDRAIL_MIN_EVENTS} events served by {pointer.version} "
+                                                    "or the versions published before it: no evidence either way"}
         rng = np.random.default_rng([self.seed, champion["events_trained"], zlib.crc32(b"guardrail")])
         try:
             result = judge(rows, self.gate, rng)

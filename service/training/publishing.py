@@ -7,13 +7,13 @@ one-sided guardrail:
 2. its weights are all finite;
 3. it ranks a canary request with valid probabilities: every slot's distribution sums to 1,
    every probability lies in [0, 1] and the chosen shelves' in (0, 1], nothing is NaN;
-4. guardrail: on the most recent `guardrail_events` events the active model served, the
-   paired difference snapshot - served (the champion's progressive scores against the logged
-   probabilities, the gate's primary estimator, `level` interval) is refused only when its
-   upper end lies below -`max_regression` x the served model's estimated value, with an
-   effective sample size of at least `min_ess` for both. Too few events, or too small an
-   effective sample (a snapshot that rarely does what the served model did), is no evidence
-   of harm: the snapshot is published.
+4. guardrail: on the most recent `guardrail_events` events served by the active model or the
+   versions published before it, the paired difference snapshot - served (the champion's
+   progressive scores against the logged probabilities, the gate's primary estimator, a 95%
+   interval) is refused only when its upper end lies below -`max_regression` x the served
+   estimate, with an effective sample size of at least `min_ess` for both. Too few events, or
+   too small an effective sample (a snapshot that rarely does what the served models did), is
+   no evidence of harm: the snapshot is published.
 
 A refused snapshot is recorded (`publish_refused`, with the check and the figures), counted,
 kept among the judged models, and the service keeps the model it has. An operator's
