@@ -128,6 +128,7 @@ def test_the_champion_is_published_on_its_timer_and_the_schedule_survives_a_rest
         assert loop.run_once().published == loop.statuses[0]["model_version"]
     versions = [v.version for v in store.versions()]
     assert len(versions) == publish.keep_versions and first not in versions  # rollback versions, the oldest pruned
+    assert first in read_records(tmp_path, "published")[-1]["pruned"]
     assert store.active().version in versions and store.active().previous in versions
 
 
@@ -244,7 +245,7 @@ RECORD_FIELDS = {
     "trained": {"record", "time", "candidate", "step", "config_id", "parts", "n_events", "first_event_id", "last_event_id",
                 "events_sha256", "events_trained", "next_part", "model_version", "scored_by", "model", "scores", "seconds"},
     "published": {"record", "time", "candidate", "candidate_version", "active_version", "events_trained", "version",
-                  "previous_version", "guardrail"},
+                  "previous_version", "guardrail", "pruned"},
     "publish_refused": {"record", "time", "candidate", "candidate_version", "active_version", "events_trained", "check",
                         "reason", "guardrail", "refusals_in_a_row", "model"},
     "gate": {"record", "time", "candidate", "candidate_version", "champion", "champion_version", "events_trained", "parts",

@@ -462,9 +462,12 @@ class TrainingLoop:
             self._refusals_in_a_row = 0
             self._published.extend(v for v in (activated.previous, version) if v)
             self._last_published = {"version": version, "time": activated.activated_at}
+            try:
+                pruned: list[str] | str = self.store.prune(self.publish.keep_versions, protect=self._arm_versions())
+            except (ShelfBanditError, OSError) as err:  # the publication stands; the next one prunes again
+                pruned = f"pruning failed ({err})"
             record = {"record": PUBLISHED, **base, "version": version, "previous_version": activated.previous,
-                      "guardrail": guardrail}
-            self.store.prune(self.publish.keep_versions, protect=self._arm_versions())
+                      "guardrail": guardrail, "pruned": pruned}
         self.records.append([record])
         return [record]
 
