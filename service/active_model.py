@@ -4,7 +4,8 @@ A poller thread reads the pointer every `poll_s` seconds. A new version is loade
 (one small ranking) off the request path, then swapped in with one reference assignment:
 requests in flight finish on the model they started with. A version that fails (corrupt,
 unreadable, fails the probe) is refused: the old model keeps serving and the refusal shows
-in `/v1/model` and the metrics until the pointer moves again.
+in `/v1/model` and the metrics until the pointer moves again. The poller is supervised
+(service/supervisor.py): a poll that fails is retried with backoff while `/readyz` says so.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bandit.errors import ShelfBanditError
 from bandit.policy import Policy
 from bandit.types import Context, Shelf
 from service.logs import get_logger
 from service.metrics import ServiceMetrics
 from service.model_store import ModelRefused, ModelStore, ModelVersion, UnknownModelVersion
+from service.supervisor import Supervised
 
 PROBE_SHELVES = (Shelf("probe-a", {"kind": "probe"}), Shelf("probe-b", {"kind": "probe"}))
 
@@ -56,7 +57,7 @@ def probe(policy: Policy, version: str) -> None:
 class ActiveModel:
     """Holds the served model; `current` is what a request ranks with."""
 
-    def __init__(self, store: ModelStore, metrics: ServiceMetrics, *, poll_s: float = 1.0) -> None:
+    def __init__(self, store: ModelStore, metrics: ServiceMetrics, *, poll_s: float = 1.0, max_backoff_s: float = 30.0) -> None:
         self.store = store
         self.metrics = metrics
         self.poll_s = poll_s
@@ -64,8 +65,7 @@ class ActiveModel:
         self.refused: Refusal | None = None
         self._pointer_seen: tuple[str, float] | None = None
         self._swap_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.poller = Supervised("model-poller", self._poll_step, metrics, base_s=poll_s, max_backoff_s=max(poll_s, max_backoff_s))
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -76,13 +76,10 @@ class ActiveModel:
             for version in (pointer.version, pointer.previous):
                 if version is not None and self._try_load(version):
                     break
-        self._thread = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
-        self._thread.start()
+        self.poller.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        self.poller.stop(timeout_s=5.0)
 
     # -- swapping ------------------------------------------------------------------------------
     def poll_once(self) -> None:
@@ -155,9 +152,6 @@ class ActiveModel:
         self.refused = None
         self.metrics.model_refused.set(0)
 
-    def _poll_loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.poll_once()
-            except (OSError, ShelfBanditError) as err:
-                log.error("model poll failed", extra={"fields": {"error": f"{type(err).__name__}: {err}"}})
+    def _poll_step(self) -> float:
+        self.poll_once()
+        return self.poll_s

@@ -1,8 +1,10 @@
 """`shelfbandit doctor`: what is wrong with a data directory, in plain words.
 
 Checks: torn or unreadable log lines, logged probabilities outside (0, 1], the joiner's
-backlog and leftovers, the model store's active pointer, and the trainer's timed publishing
-(refusals in a row, a pin, publications overdue). Reads only; changes nothing.
+backlog (decisions unjoined more than 3 join intervals after their window) and leftovers, the
+model store's active pointer, the trainer's backlog (joined parts waiting and no step
+committed for 10 minutes) and its timed publishing (refusals in a row, a pin, publications
+overdue). Reads only; changes nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from service.paths import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.records import line_head
 from service.segments import is_live, segment_paths, torn_tail_size
 from service.settings import Settings
+from service.trainer_backlog import trainer_backlog
 from service.training.publishing import read_status
 from service.training.records import PUBLISH_REFUSED, read_records
 from service.training.state import training_dir
@@ -30,6 +33,8 @@ OK, WARN, PROBLEM = "ok", "warning", "problem"
 MAX_EXAMPLES = 3
 REFUSALS_PROBLEM = 3  # snapshots refused in a row (the alert ShelfBanditSnapshotsRefused agrees)
 OVERDUE_INTERVALS = 10  # publish intervals without a publication (ShelfBanditPublishingStalled)
+UNJOINED_INTERVALS = 3  # join intervals after the window (and grace) before a decision is overdue (ShelfBanditDecisionsUnjoined)
+TRAINER_STALL_S = 600.0  # joined parts waiting without a committed step (ShelfBanditTrainerStalled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,7 @@ def diagnose(settings: Settings, *, progress: Callable[[int], None] | None = Non
         findings.extend(_check_log(directory, kind, progress))
     findings.extend(_check_joiner(paths, settings))
     findings.extend(_check_models(paths))
+    findings.extend(_check_trainer(paths.root))
     findings.extend(_check_publishing(paths.root))
     quarantined = sorted(paths.quarantine.glob("*")) if paths.quarantine.is_dir() else []
     if quarantined:
@@ -129,7 +135,8 @@ def _check_joiner(paths: DataPaths, settings: Settings) -> list[Finding]:
     findings = []
     now = time.time()
     cutoff = now - settings.reward_window_s - settings.join_grace_s
-    n_ready = n_waiting = 0
+    overdue = cutoff - UNJOINED_INTERVALS * settings.join_interval_s
+    n_ready = n_overdue = n_waiting = 0
     oldest_ready = None
     for path in segment_paths(paths.decisions, DECISION_KIND):
         with open(path, "rb") as handle:
@@ -140,11 +147,12 @@ def _check_joiner(paths: DataPaths, settings: Settings) -> list[Finding]:
                     continue
                 if head[1] <= cutoff:
                     n_ready += 1
+                    n_overdue += head[1] <= overdue
                     oldest_ready = head[1] if oldest_ready is None else min(oldest_ready, head[1])
                 else:
                     n_waiting += 1
-    if n_ready:
-        findings.append(Finding("joiner", PROBLEM, f"{n_ready} decision(s) are past their reward window but not joined (the oldest has waited {now - settings.reward_window_s - oldest_ready:.0f} s); is a joiner running (the service's, or `shelfbandit join`)?"))
+    if n_overdue:
+        findings.append(Finding("joiner", PROBLEM, f"{n_overdue} decision(s) are past their reward window by more than {UNJOINED_INTERVALS} join intervals ({UNJOINED_INTERVALS * settings.join_interval_s:g} s) but not joined (the oldest has waited {now - settings.reward_window_s - oldest_ready:.0f} s); is a joiner running (the service's, or `shelfbandit join`), and is it failing (`/readyz`, the service's log)?"))
     leftovers = [p.name for d, s in ((paths.joined, ".jsonl"), (paths.slates, ".parquet")) for p in (d.glob(f"part-*{s}") if d.is_dir() else []) if int(p.name[5:13]) >= checkpoint.next_part]
     if leftovers:
         findings.append(Finding("joiner", WARN, f"uncommitted part(s) {', '.join(leftovers[:MAX_EXAMPLES])} were left by an interrupted joiner; the next joiner run deletes and redoes them"))
@@ -157,7 +165,8 @@ def _check_joiner(paths: DataPaths, settings: Settings) -> list[Finding]:
             n_rejected = sum(1 for _ in lines)
         findings.append(Finding("joiner", WARN, f"{n_rejected} decision line(s) could not be joined; see {rejected}"))
     if not findings:
-        findings.append(Finding("joiner", OK, f"{checkpoint.n_events} decisions joined in {checkpoint.next_part} part(s); {n_waiting} waiting for their reward window"))
+        ready = f", {n_ready} ready for the next join pass" if n_ready else ""
+        findings.append(Finding("joiner", OK, f"{checkpoint.n_events} decisions joined in {checkpoint.next_part} part(s); {n_waiting} waiting for their reward window{ready}"))
     return findings
 
 
@@ -188,6 +197,24 @@ def _check_models(paths: DataPaths) -> list[Finding]:
     if broken:
         findings.append(Finding("model store", WARN, f"{len(broken)} stored version(s) fail their checksum: {', '.join(broken[:MAX_EXAMPLES])}"))
     return findings
+
+
+def _check_trainer(data_dir: Path) -> list[Finding]:
+    try:
+        backlog = trainer_backlog(data_dir)
+    except ShelfBanditError as err:
+        return [Finding("trainer", PROBLEM, str(err))]
+    if not backlog.candidates:
+        return []  # no trainer has run here: the publishing check says so
+    now = time.time()
+    stalled = [c for c in backlog.candidates if c.waiting_since is not None and now - c.waiting_since > TRAINER_STALL_S]
+    if stalled:
+        status = read_status(training_dir(data_dir)) or {}
+        reported = f"{now - float(status['updated']):.0f} s ago" if status.get("updated") else "never"
+        names = ", ".join(f"{c.candidate} (at part {c.next_part}, {now - c.waiting_since:.0f} s)" for c in stalled[:MAX_EXAMPLES])
+        return [Finding("trainer", PROBLEM, f"{len(stalled)} candidate(s) have committed no step for more than {TRAINER_STALL_S:g} s although joined parts wait (the joiner has committed {backlog.committed_parts}): {names}; the trainer last reported {reported} — is `shelfbandit train --follow` running, and does its log show a failing step?")]
+    behind = max(backlog.committed_parts - c.next_part for c in backlog.candidates)
+    return [Finding("trainer", OK, f"{len(backlog.candidates)} candidate(s); the slowest is {behind} part(s) behind the joiner's {backlog.committed_parts}")]
 
 
 def _check_publishing(data_dir: Path) -> list[Finding]:

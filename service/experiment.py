@@ -5,7 +5,8 @@ pointer). A changed file is parsed, checked, and its pinned model versions loade
 off the request path; then the new arms are swapped in by one reference assignment (requests
 in flight finish with the arms they started with). An invalid file is refused: the previous
 arms keep serving and the refusal shows in `GET /v1/arms` and in the metrics until the file
-changes again.
+changes again. The poller is supervised (service/supervisor.py): a poll that fails (an
+unreadable file, a popularity refit that fails) is retried with backoff while `/readyz` says so.
 
 Policies per arm: `active` is the worker's active model at the time of the request; a stored
 version is loaded once per configuration; `editorial` and `uniform` are the baselines;
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bandit.baselines import EditorialPolicy, PopularityPolicy, UniformRandomPolicy
-from bandit.errors import ShelfBanditError, ValidationError
+from bandit.errors import ValidationError
 from bandit.policy import Policy
 from bandit.sampling import SlotModel, logged_distributions
 from bandit.types import Context, Decision, Shelf
@@ -35,6 +36,7 @@ from service.joiner import JoinedLog
 from service.logs import get_logger
 from service.metrics import ServiceMetrics
 from service.model_store import ModelRefused, ModelStore, UnknownModelVersion
+from service.supervisor import Supervised
 
 log = get_logger()
 DEFAULT_SOURCE, FILE_SOURCE = "default", "file"
@@ -144,7 +146,8 @@ class Experiment:
     """The arms of one worker: `current` is what a request is assigned with."""
 
     def __init__(
-        self, data_dir, store: ModelStore, model: ActiveModel, metrics: ServiceMetrics, *, poll_s: float = 1.0
+        self, data_dir, store: ModelStore, model: ActiveModel, metrics: ServiceMetrics, *, poll_s: float = 1.0,
+        max_backoff_s: float = 30.0,
     ) -> None:
         self.file = ArmsFile(data_dir)
         self.store = store
@@ -157,21 +160,17 @@ class Experiment:
         self.agreement: dict[str, AgreementCount] = {}
         self._seen: bytes | None = None
         self._apply_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.poller = Supervised("arms-poller", self._poll_step, metrics, base_s=poll_s, max_backoff_s=max(poll_s, max_backoff_s))
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Serve the file's arms (the default arm if there is none or it is refused) and poll."""
         self._publish_metrics(self.current)
         self.poll_once()
-        self._thread = threading.Thread(target=self._poll_loop, name="arms-poller", daemon=True)
-        self._thread.start()
+        self.poller.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        self.poller.stop(timeout_s=5.0)
 
     # -- serving -------------------------------------------------------------------------------
     def policy_of(self, live: LiveArms, arm: Arm) -> Policy:
@@ -272,9 +271,6 @@ class Experiment:
         log.error("arms config refused, the previous arms keep serving",
                   extra={"fields": {"reason": reason, "serving": list(self.current.config.names)}})
 
-    def _poll_loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.poll_once()
-            except (OSError, ValueError, ShelfBanditError) as err:
-                log.error("arms poll failed", extra={"fields": {"error": f"{type(err).__name__}: {err}"}})
+    def _poll_step(self) -> float:
+        self.poll_once()
+        return self.poll_s

@@ -25,7 +25,6 @@ from __future__ import annotations
 import fcntl
 import io
 import json
-import math
 import os
 import threading
 import time
@@ -41,7 +40,7 @@ import pyarrow.parquet as pq
 from bandit.errors import ShelfBanditError, ValidationError
 from bandit.model_file import write_atomic
 from bandit.types import Outcome
-from bandit.vw.format import join_record
+from bandit.vw.format import join_record, nullable_floats
 from service.arms import DEFAULT_ARM, ONLINE
 from service.paths import DECISION_KIND, REWARD_KIND, DataPaths
 from service.records import json_line, line_head, shown_shelves
@@ -427,7 +426,7 @@ class Joiner:
             }
         )
         rewards = self._rewards.frame.drop(columns="decided").merge(events, on="event_id")
-        rewards = rewards[(rewards["received"] - rewards["decided"] <= config.reward_window_s) & (rewards["slot"] < rewards["n_slots"])]
+        rewards = rewards[rewards["received"] - rewards["decided"] <= config.reward_window_s]
         counted = slot_rewards(rewards, config.aggregation).to_dict()
         lines: list[bytes] = []
         columns: dict[str, list] = {name: [] for name in SLATE_TABLE_COLUMNS}
@@ -438,13 +437,13 @@ class Joiner:
                 tuple(config.default_reward if r is None else r for r in found), tuple(r is None for r in found)
             )
             joined = join_record(record, outcome)
-            lines.append(json_line(joined, keep_nan=any(math.isnan(m) for m in joined.get("_marginals") or ())))
+            lines.append(json_line(joined))
             columns["event_id"].extend([event_id] * n_slots)
             columns["slot"].extend(range(n_slots))
             columns["action"].extend(shown_shelves(record))
             columns["reward"].extend(outcome.rewards)
             columns["logging_prob"].extend(slot["_p"][0] for slot in record["_outcomes"])
-            columns["logging_marginal"].extend(record.get("_marginals") or [float("nan")] * n_slots)
+            columns["logging_marginal"].extend(nullable_floats(record.get("_marginals"), n_slots))
             columns["defaulted"].extend(outcome.defaulted)
             columns["timestamp"].extend([timestamp] * n_slots)
             columns["model_version"].extend([str(record.get("_model_version", ""))] * n_slots)

@@ -3,7 +3,8 @@
 One `ServiceMetrics` per app (its own registry, so apps in one process do not collide). With
 several uvicorn workers, `shelfbandit serve` sets `PROMETHEUS_MULTIPROC_DIR` and `/metrics`
 aggregates every worker's values (prometheus_client's multiprocess mode). The trainer runs in
-a process of its own; its publishing state (`training/publishing.json`) is read at each scrape.
+a process of its own; its publishing state (`training/publishing.json`) and its backlog (joined
+parts its candidates have not trained, service/trainer_backlog.py) are read at each scrape.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
+from bandit.errors import ShelfBanditError
+from service.trainer_backlog import trainer_backlog
 from service.training.publishing import read_status
 
 PREFIX = "shelfbandit"
@@ -80,6 +83,19 @@ class ServiceMetrics:
         )
         self.join_last_run = Gauge(
             f"{PREFIX}_joiner_last_run_timestamp_seconds", "when the joiner last completed a pass",
+            registry=r, multiprocess_mode="livemax",
+        )
+        self.join_interval = Gauge(
+            f"{PREFIX}_join_interval_seconds", "the in-process joiner's pass interval (set by a worker that runs one)",
+            registry=r, multiprocess_mode="livemax",
+        )
+        # supervised background work (service/supervisor.py)
+        self.background_failures = Counter(
+            f"{PREFIX}_background_failures_total", "failures of a background task (each is retried with backoff)",
+            ["task"], registry=r,
+        )
+        self.background_failing = Gauge(
+            f"{PREFIX}_background_failing", "1 while a background task's last attempt failed", ["task"],
             registry=r, multiprocess_mode="livemax",
         )
         # A/B arms (docs/experiments.md)
@@ -149,9 +165,21 @@ PUBLISHING_GAUGES = {
 }
 
 
+# the trainer's backlog: gauge name -> (help, how to read it from a TrainerBacklog)
+BACKLOG_GAUGES = {
+    f"{PREFIX}_joined_parts_committed": ("parts the joiner has committed", lambda b: b.committed_parts),
+    f"{PREFIX}_training_parts_behind": (
+        "committed parts the slowest candidate has not trained yet",
+        lambda b: b.committed_parts - min(c.next_part for c in b.candidates)),
+    f"{PREFIX}_training_waiting_since_timestamp_seconds": (
+        "since when a candidate has had a part to train and committed no step (absent when none waits)",
+        lambda b: b.waiting_since),
+}
+
+
 class PublishingCollector:
-    """The trainer's publishing state as gauges, read from its status file at each scrape
-    (nothing is exported before a trainer has written one)."""
+    """The trainer's publishing state and backlog as gauges, read from its files at each scrape
+    (nothing is exported before a trainer has written them)."""
 
     def __init__(self, training_dir: Path) -> None:
         self.training_dir = training_dir
@@ -161,11 +189,21 @@ class PublishingCollector:
 
     def collect(self):
         status = read_status(self.training_dir)
-        if status is None:
-            return
-        for name, (doc, read) in PUBLISHING_GAUGES.items():
+        for name, (doc, read) in PUBLISHING_GAUGES.items() if status is not None else ():
             value = read(status)
             if isinstance(value, (int, float)):
+                family = GaugeMetricFamily(name, doc)
+                family.add_metric([], float(value))
+                yield family
+        try:
+            backlog = trainer_backlog(self.training_dir.parent)
+        except (OSError, ShelfBanditError):
+            return  # `shelfbandit doctor` names what is unreadable
+        if not backlog.candidates:
+            return
+        for name, (doc, read) in BACKLOG_GAUGES.items():
+            value = read(backlog)
+            if value is not None:
                 family = GaugeMetricFamily(name, doc)
                 family.add_metric([], float(value))
                 yield family

@@ -9,7 +9,9 @@ crash in the middle of a write) is moved to `quarantine/<segment>.torn` and cut 
 Durability (`Settings.durability`):
 - `fsync`: each line is written and fsynced by the request's own thread;
 - `group`: requests queue their lines and wait; one committer thread writes everything
-  queued and fsyncs once, so concurrent requests share an fsync;
+  queued and fsyncs once, so concurrent requests share an fsync. The committer is supervised
+  (service/supervisor.py): a failed commit fails every request of its batch (none is
+  acknowledged) and the next batch is tried after a backoff of at most 0.5 s;
 - `write`: each line is written (kernel page cache) but not fsynced: survives `kill -9`
   of the process, not a power cut.
 """
@@ -24,11 +26,18 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bandit.errors import ShelfBanditError
+from service.records import line_head
+from service.supervisor import Supervised
+
+if TYPE_CHECKING:
+    from service.metrics import ServiceMetrics
 
 SUFFIX = ".jsonl"
 READ_CHUNK = 1 << 20
+COMMIT_RETRY_S, COMMIT_MAX_BACKOFF_S = 0.05, 0.5  # waits after failed group commits (requests queue meanwhile)
 
 
 class LogWriteError(ShelfBanditError):
@@ -155,6 +164,7 @@ class SegmentWriter:
         max_bytes: int = 64 * 2**20,
         max_seconds: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         if durability not in ("group", "fsync", "write"):
             raise ValueError(f"durability: must be group, fsync or write (found {durability!r})")
@@ -175,11 +185,12 @@ class SegmentWriter:
         self._queue: list[tuple[bytes, Future]] = []
         self._closing = False
         self._work = threading.Condition(self._lock)
-        self._committer: threading.Thread | None = None
+        self.committer: Supervised | None = None
         self.directory.mkdir(parents=True, exist_ok=True)
         if durability == "group":
-            self._committer = threading.Thread(target=self._commit_loop, name=f"{kind}-committer", daemon=True)
-            self._committer.start()
+            self.committer = Supervised(
+                f"{kind}-committer", self._commit_step, metrics, base_s=COMMIT_RETRY_S, max_backoff_s=COMMIT_MAX_BACKOFF_S
+            ).start()
 
     # -- public ------------------------------------------------------------------------------
     def append(self, line: bytes) -> None:
@@ -209,8 +220,8 @@ class SegmentWriter:
         with self._lock:
             self._closing = True
             self._work.notify_all()
-        if self._committer is not None:
-            self._committer.join(timeout=10.0)
+        if self.committer is not None:
+            self.committer.join(timeout_s=10.0)
         with self._lock:
             self._close_segment()
 
@@ -260,24 +271,29 @@ class SegmentWriter:
             raise LogWriteError(f"{self.kind} log write failed: {err.strerror or err}") from None
 
     # -- group commit --------------------------------------------------------------------------
-    def _commit_loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._queue and not self._closing:
-                    self._work.wait()
-                if not self._queue and self._closing:
-                    return
-            if self.group_commit_s > 0:
-                time.sleep(self.group_commit_s)
-            with self._lock:
-                batch, self._queue = self._queue, []
-            # only this thread writes in group mode, so the write needs no lock and
-            # requests keep queueing the next group meanwhile
-            try:
-                self._write_now(b"".join(line for line, _ in batch), sync=True)
-            except LogWriteError as err:
-                for _, done in batch:
-                    done.set_exception(err)
-            else:
-                for _, done in batch:
-                    done.set_result(None)
+    def _commit_step(self) -> float | None:
+        """Write and fsync everything queued, then complete its futures (None once closed and empty)."""
+        with self._lock:
+            while not self._queue and not self._closing:
+                self._work.wait()
+            if not self._queue:
+                return None
+        if self.group_commit_s > 0:
+            time.sleep(self.group_commit_s)
+        with self._lock:
+            batch, self._queue = self._queue, []
+        # only this thread writes in group mode, so the write needs no lock and
+        # requests keep queueing the next group meanwhile
+        try:
+            self._write_now(b"".join(line for line, _ in batch), sync=True)
+        except BaseException as err:  # whatever went wrong, no line of the batch is acknowledged
+            failure = err if isinstance(err, LogWriteError) else LogWriteError(f"{self.kind} log write failed: {type(err).__name__}: {err}")
+            for _, done in batch:
+                done.set_exception(failure)
+            head = line_head(batch[0][0])
+            if head is not None:
+                err.event_id = head[0]
+            raise
+        for _, done in batch:
+            done.set_result(None)
+        return 0.0

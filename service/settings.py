@@ -56,6 +56,9 @@ class Settings(BaseModel):
     join_grace_s: float = Field(2.0, ge=0.0, description="wait after the window before joining (in-flight rewards)")
     join_interval_s: float = Field(5.0, gt=0.0)
     run_joiner: bool = Field(True, description="run the joiner inside the service (one worker holds its lock)")
+    background_max_backoff_s: float = Field(
+        30.0, gt=0.0, description="longest wait before a failed joiner pass or model/arms poll is retried"
+    )
     event_memory_s: float | None = Field(
         None, gt=0.0, description="how long the reward endpoint remembers events; default 2 x reward window"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +32,7 @@ from service.paths import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.records import ServedBy, decision_line, reward_line
 from service.segments import LogWriteError, SegmentWriter, set_aside_torn_tails
 from service.settings import Settings
+from service.supervisor import Supervised
 from service.training.state import training_dir
 
 log = get_logger()
@@ -61,8 +61,11 @@ class Service:
         self.paths = DataPaths(settings.data_dir)
         self.metrics = ServiceMetrics(training_dir(settings.data_dir))
         self.store = ModelStore(self.paths.models)
-        self.model = ActiveModel(self.store, self.metrics, poll_s=settings.model_poll_s)
-        self.experiment = Experiment(settings.data_dir, self.store, self.model, self.metrics, poll_s=settings.model_poll_s)
+        backoff = settings.background_max_backoff_s
+        self.model = ActiveModel(self.store, self.metrics, poll_s=settings.model_poll_s, max_backoff_s=backoff)
+        self.experiment = Experiment(
+            settings.data_dir, self.store, self.model, self.metrics, poll_s=settings.model_poll_s, max_backoff_s=backoff
+        )
         self.events = EventIndex(self.paths.decisions, settings.remembered_s)
         self._in_flight: set[str] = set()  # event ids being ranked and logged on this worker
         self.decisions: SegmentWriter | None = None
@@ -71,8 +74,8 @@ class Service:
         # ranking is CPU-bound and holds the GIL: one thread does it, off the event loop
         # (more threads would only contend for the GIL and VW's lock)
         self._ranking_thread = ThreadPoolExecutor(1, thread_name_prefix="ranking")
-        self._joiner_stop = threading.Event()
-        self._joiner_thread: threading.Thread | None = None
+        self._joiner: Joiner | None = None
+        self.joiner_task: Supervised | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -92,26 +95,24 @@ class Service:
         self.experiment.start()
         self.events.refresh()
         if settings.run_joiner:
-            joiner = Joiner(paths.root, join_config(settings))
-            self._joiner_thread = threading.Thread(
-                target=joiner.run,
-                args=(self._joiner_stop, settings.join_interval_s, self._joined),
-                kwargs={"wait_for_lock": True, "on_error": self._join_failed},
-                name="joiner",
-                daemon=True,
-            )
-            self._joiner_thread.start()
+            self._joiner = Joiner(paths.root, join_config(settings))
+            self.metrics.join_interval.set(settings.join_interval_s)
+            self.joiner_task = Supervised(
+                "joiner", self._join_step, self.metrics,
+                base_s=settings.join_interval_s, max_backoff_s=max(settings.join_interval_s, settings.background_max_backoff_s),
+            ).start()
         # what start-up built lives as long as the process: keep it out of every garbage
         # collection (full collections over it were the service's longest pauses)
         gc.freeze()
         log.info("service started", extra={"fields": {"data_dir": str(paths.root), "durability": settings.durability}})
 
     def stop(self) -> None:
-        self._joiner_stop.set()
         self.model.stop()
         self.experiment.stop()
-        if self._joiner_thread is not None:
-            self._joiner_thread.join(timeout=30.0)
+        if self.joiner_task is not None:
+            self.joiner_task.stop(timeout_s=30.0)
+            if not self.joiner_task.running:  # a pass still under way keeps the lock until the process ends
+                self._joiner.release()
         self._ranking_thread.shutdown(wait=True)
         for writer in (self.decisions, self.rewards, self.late_rewards):
             if writer is not None:
@@ -127,11 +128,19 @@ class Service:
             group_commit_s=s.group_commit_ms / 1e3,
             max_bytes=s.segment_max_bytes,
             max_seconds=s.segment_max_seconds,
+            metrics=self.metrics,
         )
 
     @property
     def ready(self) -> bool:
-        return self.model.current is not None and self.decisions is not None
+        return self.model.current is not None and self.decisions is not None and not self.failing
+
+    @property
+    def failing(self) -> dict[str, str]:
+        """Background task -> its last error, for each task whose last attempt failed."""
+        tasks = [self.model.poller, self.experiment.poller, self.joiner_task]
+        tasks += [w.committer for w in (self.decisions, self.rewards, self.late_rewards) if w is not None]
+        return {task.task: task.failing for task in tasks if task is not None and task.failing is not None}
 
     # -- operations ----------------------------------------------------------------------------
     async def rank(
@@ -243,7 +252,22 @@ class Service:
             raise
         self.metrics.log_commit.labels(name).observe(time.perf_counter() - started)
 
-    # -- joiner callbacks ----------------------------------------------------------------------
+    # -- joiner --------------------------------------------------------------------------------
+    def _join_step(self) -> float:
+        """One pass if this worker holds the joiner lock (else try again in an interval); the wait
+        before the next pass: none while a backlog remains. A failed pass releases the lock, so
+        the next one starts again from the checkpoint."""
+        interval = self.settings.join_interval_s
+        if not self._joiner.acquire():
+            return interval
+        try:
+            report = self._joiner.run_once()
+        except BaseException:
+            self._joiner.release()
+            raise
+        self._joined(report)
+        return 0.0 if report.more_ready else interval
+
     def _joined(self, report: JoinReport) -> None:
         m = self.metrics
         m.joined_events.inc(report.n_events)
@@ -258,6 +282,3 @@ class Service:
                 extra={"fields": {"part": report.part, "events": report.n_events, "default_slots": report.n_default_slots,
                                   "rejected": report.n_rejected, "lag_s": round(report.lag_s, 3)}},
             )
-
-    def _join_failed(self, err: Exception) -> None:
-        log.error("join pass failed; retrying from the checkpoint", extra={"fields": {"error": f"{type(err).__name__}: {err}"}})

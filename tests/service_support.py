@@ -41,9 +41,10 @@ def write_segment(directory: Path, kind: str, lines: list[bytes], created_ns: in
     return path
 
 
-def logged_decisions(n: int, start: float, spacing: float, *, n_shelves: int = 5, n_slots: int = 3, seed: int = 0):
+def logged_decisions(n: int, start: float, spacing: float, *, n_shelves: int = 5, n_slots: int = 3, seed: int = 0,
+                     config: RankerConfig | None = None):
     """(event ids, decision lines, decisions) of `n` real VW decisions made `spacing` s apart."""
-    ranker = VWShelfRanker(RankerConfig(epsilon=0.3, seed=seed))
+    ranker = VWShelfRanker(config or RankerConfig(epsilon=0.3, seed=seed))
     shelves = catalogue(n_shelves)
     ids, lines, decisions = [], [], []
     for i in range(n):

@@ -118,12 +118,16 @@ def test_a_repeated_event_id_is_served_once_even_when_the_retries_race(server):
 
 
 def test_reward_errors(server, client):
-    assert client.post("/v1/rank", json=rank_body(4, 2, event_id="late-1")).status_code == 200
+    served = client.post("/v1/rank", json=rank_body(4, 2, event_id="late-1"))
+    assert served.status_code == 200
+    candidate_not_shown = min({f"shelf-{i}" for i in range(4)} - {r["shelf_id"] for r in served.json()["ranking"]})
     unknown = client.post("/v1/reward", json={"event_id": "never-served", "slot": 0, "value": 1.0})
     assert unknown.status_code == 404 and unknown.json()["detail"][0]["field"] == "event_id"
     out_of_range = client.post("/v1/reward", json={"event_id": "late-1", "slot": 2, "value": 1.0})
     assert out_of_range.status_code == 422 and out_of_range.json()["detail"][0]["field"] == "slot"
     not_shown = client.post("/v1/reward", json={"event_id": "late-1", "shelf_id": "shelf-9", "value": 1.0})  # not a candidate
+    assert not_shown.status_code == 422 and not_shown.json()["detail"][0]["field"] == "shelf_id"
+    not_shown = client.post("/v1/reward", json={"event_id": "late-1", "shelf_id": candidate_not_shown, "value": 1.0})
     assert not_shown.status_code == 422 and not_shown.json()["detail"][0]["field"] == "shelf_id"
     repeat = client.post("/v1/rank", json=rank_body(4, 2, event_id="late-1"))
     assert repeat.status_code == 409 and repeat.json()["detail"][0]["field"] == "event_id"

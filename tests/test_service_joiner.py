@@ -15,6 +15,7 @@ from bandit.config import RankerConfig
 from bandit.types import LoggedEvent, Outcome
 from bandit.vw.format import listener_line, shelf_line, slot_line
 from bandit.vw.ranker import VWShelfRanker
+from offline_eval.readers import read_dsjson, read_log
 from service.joiner import Checkpoint, JoinConfig, Joiner, JoinerBusy, JoinedLog, slot_rewards
 from service.paths import DataPaths
 from bandit.vw.format import epoch_seconds
@@ -45,7 +46,9 @@ def test_an_event_is_joined_after_its_window_with_its_rewards_and_the_default(tm
         reward(event, 0, 1.0, T0 + 5, T0),
         reward(event, 0, 4.0, T0 + 9, T0),   # later: ignored under "earliest"
         reward(event, 2, 0.5, T0 + 59, T0),  # inside the window
-        reward(event, 2, 9.0, T0 + 61, T0),  # after the window: never counts
+        reward(event, 1, 9.0, T0 + 61, T0),  # after the window: never counts (slot 1 has no other reward)
+        reward(event, 3, 7.0, T0 + 1, T0),   # a slot the decision did not have: ignored
+        reward("never-decided", 0, 7.0, T0 + 1, T0),
     ], 2)
     clock = Clock(T0 + WINDOW + 1.0)  # window passed, grace (2 s) not yet
     joiner = Joiner(tmp_path, JoinConfig(WINDOW, grace_s=2.0, default_reward=-0.25), clock=clock)
@@ -72,6 +75,30 @@ def test_an_event_is_joined_after_its_window_with_its_rewards_and_the_default(tm
     assert slate["logging_marginal"].tolist() == list(decision.slot_marginals)
     assert slate["defaulted"].tolist() == [False, True, False]
     assert slate["model_version"].tolist() == [decision.model_version] * 3
+
+
+def test_a_decision_whose_marginals_were_not_estimated_is_joined_read_and_learned(tmp_path):
+    """`marginal_draws=0`: marginals beyond the exact slots are NaN, logged as null; the joiner,
+    the DSJSON and slate-table readers and VW all take them."""
+    paths = DataPaths(tmp_path)
+    config = RankerConfig(epsilon=0.3, marginal_draws=0)
+    ids, lines, decisions, _ = logged_decisions(4, T0, 1.0, n_shelves=60, n_slots=6, config=config)
+    write_segment(paths.decisions, "decisions", lines, 1)
+    write_segment(paths.rewards, "rewards", [reward(ids[0], 5, 1.0, T0 + 1, T0)], 2)
+    with Joiner(tmp_path, JoinConfig(WINDOW), clock=Clock(T0 + 1000)) as joiner:
+        assert joiner.run_once().n_events == 4
+    records = joined_records(tmp_path)
+    assert all(None in r["_marginals"] for r in records)
+    [part] = JoinedLog(tmp_path).parts()
+    events = read_dsjson(part.jsonl)
+    for event, (_, decision) in zip(events, decisions):
+        assert np.array_equal(event.decision.slot_marginals, decision.slot_marginals, equal_nan=True)
+    slate = JoinedLog(tmp_path).slate_table()
+    expected = np.concatenate([d.slot_marginals for _, d in decisions])
+    assert np.isnan(expected).any() and np.array_equal(slate["logging_marginal"].to_numpy(), expected, equal_nan=True)
+    assert slate["reward"].tolist()[5] == 1.0
+    assert read_log(part.slates).log.logging_marginal is None is read_log(part.jsonl).log.logging_marginal  # unknown
+    assert VWShelfRanker(config).learn_file(part.jsonl) == 4
 
 
 def _rewards(rows) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from service.joiner import JoinConfig, Joiner
-from service.metrics import PUBLISHING_GAUGES, ServiceMetrics
+from service.metrics import BACKLOG_GAUGES, PUBLISHING_GAUGES, ServiceMetrics
 from service.model_store import ModelStore
 from service.paths import DataPaths
 from shelfbandit.cli import cli
@@ -33,6 +33,10 @@ ON_CALL = (
     "shelfbandit_model_created_timestamp_seconds",
     "shelfbandit_training_publish_refusals_in_a_row",
     "shelfbandit_training_publish_last_timestamp_seconds",
+    "shelfbandit_background_failing",
+    "shelfbandit_background_failures_total",
+    "shelfbandit_join_interval_seconds",
+    "shelfbandit_training_waiting_since_timestamp_seconds",
 )
 
 
@@ -41,7 +45,7 @@ def exported_series() -> dict[str, set[str]]:
     names of every series a collector exports, and a metric's label names, only privately)."""
     collectors = ServiceMetrics().registry._names_to_collectors  # noqa: SLF001
     series = {name: set(c._labelnames) | ({"le"} if name.endswith("_bucket") else set()) for name, c in collectors.items()}  # noqa: SLF001
-    return series | {name: set() for name in PUBLISHING_GAUGES} | BUILTIN
+    return series | {name: set() for name in (*PUBLISHING_GAUGES, *BACKLOG_GAUGES)} | BUILTIN
 
 
 def selectors(expr: str) -> list[tuple[str, set[str]]]:
@@ -125,9 +129,9 @@ def test_doctor_finds_a_healthy_directory_healthy_and_names_each_problem(tmp_pat
     verdict = json.loads(backlog.output.splitlines()[-1])
     assert backlog.exit_code == 1 and not verdict["healthy"]
     assert [f["message"] for f in verdict["findings"] if f["status"] == "problem"] == [
-        "6 decision(s) are past their reward window but not joined (the oldest has waited "
-        + re.search(r"waited (\d+) s", backlog.output).group(1)
-        + " s); is a joiner running (the service's, or `shelfbandit join`)?"
+        "6 decision(s) are past their reward window by more than 3 join intervals (15 s) but not joined (the oldest "
+        "has waited " + re.search(r"waited (\d+) s", backlog.output).group(1)
+        + " s); is a joiner running (the service's, or `shelfbandit join`), and is it failing (`/readyz`, the service's log)?"
     ]
     joined = run_cli("join", "--data-dir", str(tmp_path), "--once", "--json")
     assert json.loads(joined.output.splitlines()[-1])["events"] == 6

@@ -201,8 +201,8 @@ def _nullable(values: Iterable[float]) -> list[float | None]:
     return [None if math.isnan(v) else v for v in values]
 
 
-def _floats(values: list | None, n: int) -> tuple[float, ...]:
-    """Read back a list written by _nullable (null or absent: NaN)."""
+def nullable_floats(values: list | None, n: int) -> tuple[float, ...]:
+    """Read back a list written by _nullable: n floats, NaN for a null (or for all n when absent)."""
     return tuple(float("nan") if v is None else float(v) for v in (values or [None] * n))
 
 
@@ -251,8 +251,8 @@ def parse_event(line: str | Mapping) -> LoggedEvent:
             model_version=str(record.get("_model_version", "unknown")),
             shelf_ids=tuple(shelf_ids),
             slot_probs=tuple(probs),
-            slot_marginals=_floats(record.get("_marginals"), n_slots),
-            marginal_stderr=_floats(record.get("_marginal_stderr"), n_slots),
+            slot_marginals=nullable_floats(record.get("_marginals"), n_slots),
+            marginal_stderr=nullable_floats(record.get("_marginal_stderr"), n_slots),
             slot_distributions=tuple(distributions),
         )
         outcome = Outcome(tuple(rewards), tuple(record.get("_defaulted") or ()))

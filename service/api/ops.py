@@ -17,11 +17,14 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(service: ServiceDep, response: Response) -> dict:
-    """Ready to rank: a model is loaded and the decision log is open (503 otherwise)."""
+    """Ready: a model is loaded, the decision log is open and no background task is failing
+    (503 otherwise, naming each failing task and its error; `/v1/rank` serves on meanwhile)."""
     served = service.model.current
-    if not service.ready:
+    failing = service.failing
+    ready = service.ready
+    if not ready:
         response.status_code = 503
-    return {"ready": service.ready, "model_version": served.version if served else None}
+    return {"ready": ready, "model_version": served.version if served else None, "failing": failing}
 
 
 @router.get("/metrics")
