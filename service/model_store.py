@@ -14,7 +14,8 @@ the service's admin endpoint); services poll `ACTIVE` and hot-swap.
 An operator's activation pins the pointer: the trainer's timed publishing (`activate(...,
 respect_pin=True)`) leaves a pinned pointer alone until `resume()` unpins it. `prune(keep)`
 removes all but the newest `keep` versions, never the active one, its previous one or a
-protected one (an arm's model).
+protected one (an arm's model); an activation checks under the same lock that its version is
+still there.
 """
 
 from __future__ import annotations
@@ -185,6 +186,8 @@ class ModelStore:
         PointerPinned instead of moving a pinned pointer (timed publishing)."""
         (check or self.load)(version)
         with self._locked():
+            if not (self.path_of(version).exists() and meta_path(self.path_of(version)).exists()):
+                raise UnknownModelVersion(f"version: {version} was removed from the store while it was checked")
             try:
                 current = self.active()
             except ModelRefused:
@@ -208,9 +211,10 @@ class ModelStore:
             self._write_pointer(pointer)
             return pointer
 
-    def prune(self, keep: int, protect: Collection[str] = ()) -> list[str]:
+    def prune(self, keep: int, protect: Callable[[], Collection[str]] = frozenset) -> list[str]:
         """Remove all but the newest `keep` versions, sparing the active and previous versions and
-        `protect`; returns the removed versions, oldest first."""
+        `protect()` (asked under the lock, so nothing named meanwhile is removed); returns the
+        removed versions, oldest first."""
         if keep < 1:
             raise ValidationError("keep", "must be at least 1", keep)
         with self._locked():
@@ -218,7 +222,7 @@ class ModelStore:
                 pointer = self.active()
             except ModelRefused:
                 return []  # cannot tell what is served: remove nothing
-            spared = set(protect) | ({pointer.version, pointer.previous} if pointer else set())
+            spared = set(protect()) | ({pointer.version, pointer.previous} if pointer else set())
             versions = self.versions()
             removed = [v.version for v in versions[: max(0, len(versions) - keep)] if v.version not in spared]
             for version in removed:

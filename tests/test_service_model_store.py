@@ -87,7 +87,7 @@ def test_prune_keeps_the_newest_and_never_the_served_ones(tmp_path):
     versions = [store.publish(trained_ranker(seed)) for seed in range(1, 7)]
     store.activate(versions[0])
     store.activate(versions[1])  # active: versions[1], previous: versions[0]
-    removed = store.prune(2, protect={versions[2]})
+    removed = store.prune(2, protect=lambda: {versions[2]})
     assert removed == [versions[3]]  # the newest two stay, and the active, previous and protected ones
     assert [v.version for v in store.versions()] == [versions[0], versions[1], versions[2], versions[4], versions[5]]
     assert not store.path_of(versions[3]).exists()
@@ -96,6 +96,21 @@ def test_prune_keeps_the_newest_and_never_the_served_ones(tmp_path):
     assert store.prune(10) == []
     with pytest.raises(ValidationError, match="keep"):
         store.prune(0)
+
+
+def test_an_activation_never_points_at_a_version_pruned_while_it_was_checked(tmp_path):
+    store = ModelStore(tmp_path)
+    versions = [store.publish(trained_ranker(seed)) for seed in range(1, 5)]
+    store.activate(versions[2])
+    store.activate(versions[3])
+
+    def check_while_pruning(version: str) -> None:
+        store.load(version)
+        assert store.prune(2) == [versions[0], versions[1]]  # the trainer prunes meanwhile
+
+    with pytest.raises(UnknownModelVersion, match="removed from the store while it was checked"):
+        store.activate(versions[0], check=check_while_pruning, pin=True)
+    assert store.active().version == versions[3] and not store.active().pinned
 
 
 def test_ensure_active_publishes_a_first_model_once(tmp_path):

@@ -20,7 +20,6 @@ from service.metrics import ServiceMetrics
 from service.model_store import ModelStore
 from service.settings import Settings
 from service.training.candidates import Candidate
-from service.training.champion import read_champion
 from service.training.gate import GateSettings
 from service.training.loop import TrainingBusy, TrainingLoop
 from service.training.publishing import PublishSettings, SnapshotRefused, checked_snapshot, read_status
@@ -99,17 +98,29 @@ def test_a_good_snapshot_passes_and_each_broken_one_is_refused_by_its_check(tmp_
 
 # -- timed publishing --------------------------------------------------------------------------
 
+class Clock:
+    """A clock the test moves by hand: publishing is due by it, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_the_champion_is_published_on_its_timer_and_the_schedule_survives_a_restart(local_ray, tmp_path):
     rng, world, store, first = served_log(tmp_path, 2, 600, 300)
-    publish = PublishSettings(interval_s=4.0, keep_versions=3)
-    with TrainingLoop(tmp_path, [SQUARECB], publish=publish) as loop:
+    publish = PublishSettings(interval_s=60.0, keep_versions=3)
+    clock = Clock()
+    with TrainingLoop(tmp_path, [SQUARECB], publish=publish, clock=clock) as loop:
         report = loop.run_once()  # never published before: due at once
         assert report.published == store.active().version == loop.statuses[0]["model_version"]
         assert store.active().previous == first
         log_and_join(tmp_path, world, store.load(report.published)[0], 300, 300, rng, "b")
+        clock.now += publish.interval_s - 1
         early = loop.run_once()
         assert early.n_events == 300 and early.published is None  # trained, but not due yet
-        time.sleep(publish.interval_s)
+        clock.now += 1
         due = loop.run_once()
         assert due.n_events == 0 and due.published == loop.statuses[0]["model_version"] != report.published
     [published, again] = read_records(tmp_path, "published")
@@ -117,15 +128,19 @@ def test_the_champion_is_published_on_its_timer_and_the_schedule_survives_a_rest
     assert published["guardrail"]["n_events"] == 600 and published["guardrail"]["difference"]["lower"] > 0  # it learned
     assert again["previous_version"] == report.published
     assert again["guardrail"]["n_events"] == 900  # the evidence spans every version published since
-    status = read_status(training_dir(tmp_path))
-    assert status["last_published"]["version"] == due.published and status["refusals_in_a_row"] == 0
+    assert read_status(training_dir(tmp_path))["last_published"]["version"] == due.published
 
     log_and_join(tmp_path, world, store.load(due.published)[0], 300, 300, rng, "c")
-    with TrainingLoop(tmp_path, [SQUARECB], publish=publish) as loop:  # a restart: the schedule goes on
+    with TrainingLoop(tmp_path, [SQUARECB], publish=publish, clock=clock) as loop:  # a restart: the schedule goes on
+        clock.now += publish.interval_s - 1
         restarted = loop.run_once()
         assert restarted.n_events == 300 and restarted.published is None
-        time.sleep(publish.interval_s)
+        clock.now += 1
         assert loop.run_once().published == loop.statuses[0]["model_version"]
+        clock.now += publish.interval_s
+        assert loop.run_once().published is None  # nothing new: the served model is current
+    status = read_status(training_dir(tmp_path))
+    assert status["current_at"] == clock.now and status["refusals_in_a_row"] == 0
     versions = [v.version for v in store.versions()]
     assert len(versions) == publish.keep_versions and first not in versions  # rollback versions, the oldest pruned
     assert first in read_records(tmp_path, "published")[-1]["pruned"]
@@ -135,8 +150,9 @@ def test_the_champion_is_published_on_its_timer_and_the_schedule_survives_a_rest
 def test_a_snapshot_that_fails_a_check_is_refused_recorded_and_the_served_model_stays(local_ray, tmp_path):
     rng, world, store, first = served_log(tmp_path, 3, 600, 300)
     with TrainingLoop(tmp_path, [SQUARECB], publish=SLOW) as loop:
-        loop._last_publish_try = time.time()  # as if just published: the round below only trains
-        assert loop.run_once().published is None
+        served = loop.run_once().published  # the first publication is due at once
+        log_and_join(tmp_path, world, store.load(served)[0], 300, 300, rng, "b")
+        assert loop.run_once().published is None  # trained; the next publication is an hour away
         model = Path(loop.statuses[0]["model"])
         spoiled(model, model, float("nan"))  # the checkpoint's model goes bad on disk
         for attempt in (1, 2, 3):
@@ -145,8 +161,9 @@ def test_a_snapshot_that_fails_a_check_is_refused_recorded_and_the_served_model_
             assert (refused["check"], refused["refusals_in_a_row"], report.published) == ("weights", attempt, None)
             [finding] = [f for f in diagnose(Settings(data_dir=tmp_path)) if f.check == "publishing"]
             assert finding.status == ("problem" if attempt == 3 else "ok")  # doctor agrees with the alert rule
-    assert store.active().version == first
-    assert read_status(training_dir(tmp_path))["refusals_in_a_row"] == 3
+    assert store.active().version == served != first
+    status = read_status(training_dir(tmp_path))
+    assert (status["refusals_in_a_row"], status["refusals_by_check"]) == (3, {"weights": 3})
     assert "last 3 snapshots were refused (the last by the weights check" in finding.message
     exposition = ServiceMetrics(training_dir(tmp_path)).exposition().decode()
     assert "shelfbandit_training_publish_refusals_in_a_row 3.0" in exposition
@@ -219,7 +236,8 @@ def test_a_better_challenger_becomes_the_champion_and_is_published_at_once(local
     assert dethroned["champion"] == "squarecb" and dethroned["verdict"] == "do not ship"
     [promoted] = read_records(tmp_path, "promoted")
     assert (promoted["candidate"], promoted["champion"]) == ("squarecb", "uniform")
-    assert read_champion(tmp_path, ["uniform", "squarecb"]) == "squarecb"
+    with TrainingLoop(tmp_path, [UNIFORM, SQUARECB], gate=gate, publish=SLOW) as restarted:
+        assert restarted.champion == "squarecb"  # the last promoted record names it
     promoting = next(report for report in later if report.promoted)
     assert promoting.published == promoted["candidate_version"] == store.active().version  # published in the same round
     assert greedy_value(champion_model, world) > uniform_value(world) + 0.3  # the premise: it did learn the signal
@@ -237,7 +255,7 @@ def test_a_worse_challenger_is_refused_and_the_record_says_why(local_ray, tmp_pa
     assert "lies below min_lift 0" in gate["reason"]
     [refused] = read_records(tmp_path, "refused")
     assert (refused["candidate"], refused["verdict"], refused["reason"]) == ("uniform", "do not ship", gate["reason"])
-    assert not read_records(tmp_path, "promoted") and read_champion(tmp_path, ["squarecb", "uniform"]) == "squarecb"
+    assert not read_records(tmp_path, "promoted") and reports[-1].champion == "squarecb"
 
 
 # the record format of docs/training.md

@@ -33,7 +33,6 @@ from service.arms import ACTIVE, BASELINES, ArmsFile
 from service.joiner import JoinedLog
 from service.model_store import ActivePointer, ModelRefused, ModelStore, PointerPinned
 from service.training.candidates import DEFAULT_CANDIDATES, Candidate, check_candidates
-from service.training.champion import read_champion, write_champion
 from service.training.gate import (
     BASELINE_COLUMNS,
     GateSettings,
@@ -65,7 +64,6 @@ MAX_DEATHS = 3  # rounds in a row a trainer may die (Ray restarts it; it resumes
 MAX_SERVED_VERSIONS = 1000  # recently published versions whose events the guardrail reads
 FOLLOW_INTERVAL_S = 1.0  # how often a following loop looks for new parts once caught up
 RESTART_WAIT_S = 60.0  # how long a restarting trainer may take to answer again
-GUARDRAIL_MIN_EVENTS = 100  # fewer events served by the active model: no evidence either way
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
 
 
@@ -116,9 +114,10 @@ class _Verdict:
 class TrainingLoop:
     """Trains `candidates` (one Ray actor each) on a data directory's joined log, publishes the
     champion's snapshots every `publish.interval_s`, and changes the champion when the launch
-    gate ships a challenger. The champion is the first candidate until the gate chooses another
-    (`training/CHAMPION`). Use as a context manager (or `start()`/`close()`), from a thread
-    that outlives the loop: Ray started from a thread stops when that thread ends.
+    gate ships a challenger. The champion is the first candidate until the gate promotes another
+    (the last `promoted` record names it). `clock` tells when publishing is due. Use as a context
+    manager (or `start()`/`close()`), from a thread that outlives the loop: Ray started from a
+    thread stops when that thread ends.
 
     `ray_address`: join that cluster; otherwise a local Ray with `num_cpus` CPUs is started
     (unless Ray is already initialised in this process; then that one is used and left running).
@@ -135,6 +134,7 @@ class TrainingLoop:
         num_cpus: int = 2,
         max_events_per_round: int = 20_000,
         seed: int = 0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.candidates = check_candidates(candidates)
@@ -152,8 +152,8 @@ class TrainingLoop:
         self.judged = ModelStore(training_dir(self.data_dir) / JUDGED)  # refused snapshots; never activated
         self.records = TrainingRecords(self.data_dir)
         self.champion = self.candidates[0].name
-        self._logged = SlateRows(self.data_dir)   # learnable events, for the challenger gate
-        self._served = SlateRows(self.data_dir)   # events of the active model, for the guardrail
+        self.clock = clock  # when publishing is due
+        self._slates = SlateRows(self.data_dir)
         self._scores = {c.name: ProgressiveScores(candidate_dir(self.data_dir, c.name)) for c in self.candidates}
         self._actors: dict = {}
         self._statuses: dict[str, dict] = {}
@@ -164,6 +164,10 @@ class TrainingLoop:
         self._last_published: dict | None = None
         self._published: deque[str] = deque(maxlen=MAX_SERVED_VERSIONS)  # published versions and those they replaced
         self._refusals_in_a_row = 0
+        self._refusals: dict[str, int] = {}  # publish refusals by check, over the records
+        self._current_at = 0.0  # when the active model was last seen to be the champion's latest
+        self._waiting: dict[str, str] = {}
+        self._names = {c.name for c in self.candidates}
         self._deaths: dict[str, int] = {}
         self._lock_fd: int | None = None
         self._started_ray = False
@@ -177,10 +181,9 @@ class TrainingLoop:
         for candidate in self.candidates:
             check_candidate(candidate_dir(self.data_dir, candidate.name), candidate)
         self._lock()
-        self._started_at = time.time()
+        self._started_at = self.clock()
         try:
             self.records.repair()
-            self.champion = read_champion(self.data_dir, [c.name for c in self.candidates])
             self._read_history()
             self._start_actors()
         except BaseException:
@@ -223,8 +226,9 @@ class TrainingLoop:
         self._lock_fd = fd
 
     def _read_history(self) -> None:
-        """Where the records stand: each candidate's last recorded step and last gate, the last
-        publication (publishing resumes on its schedule) and the refusals since."""
+        """Where the records stand: each candidate's last recorded step and last gate, the
+        champion (the last promoted candidate still configured, else the first), the last
+        publication (publishing resumes on its schedule) and the refusals."""
         for record in read_records(self.data_dir):
             name = record.get("candidate")
             kind = record["record"]
@@ -232,6 +236,8 @@ class TrainingLoop:
                 self._recorded[name] = max(self._recorded.get(name, 0), record["step"])
             elif kind == GATE:
                 self._last_gate[name] = (record.get("champion"), record["events_trained"])
+            elif kind == PROMOTED and name in self._names:
+                self.champion = name
             elif kind == PUBLISHED:
                 self._published.extend(v for v in (record["active_version"], record["version"]) if v)
                 self._last_published = {"version": record["version"], "time": record["time"]}
@@ -240,6 +246,7 @@ class TrainingLoop:
             elif kind == PUBLISH_REFUSED:
                 self._last_publish_try = record["time"]
                 self._refusals_in_a_row += 1
+                self._refusals[record["check"]] = self._refusals.get(record["check"], 0) + 1
 
     def _start_actors(self) -> None:
         import ray
@@ -371,7 +378,10 @@ class TrainingLoop:
                 continue
             if last is not None and last[0] == self.champion and trained - last[1] < self.gate.every_events:
                 continue
-            verdict = self._judge(name, status, champion)
+            try:
+                verdict = self._judge(name, status, champion)
+            except (ShelfBanditError, OSError, ValueError, KeyError) as err:  # unreadable parts or scores
+                verdict = f"the gate failed on this round's events ({type(err).__name__}: {err}); it tries again next round"
             if isinstance(verdict, str):
                 waiting[name] = verdict
             else:
@@ -390,17 +400,17 @@ class TrainingLoop:
                 reason = verdict.record["reason"] if not verdict.ship else (
                     f"candidate {winner.candidate} became the champion in this round with a larger estimated lift")
                 records.append({"record": REFUSED, **outcome, "verdict": verdict.record["verdict"], "reason": reason})
+        self.records.append(records)  # the promoted record is what makes the change of champion
         if winner is not None:
-            write_champion(self.data_dir, winner.candidate, self.champion)
             self.champion = winner.candidate
-        self.records.append(records)
+        self._waiting = waiting
         return records, (winner.candidate if winner else None), waiting
 
     def _judge(self, name: str, status: dict, champion: dict) -> _Verdict | str:
         """The gate's verdict on one challenger against the champion, or why it cannot be judged yet."""
         settings = self.gate
         stop_part = min(status["next_part"], champion["next_part"])
-        rows = self._logged.recent(stop_part, settings.window_events, learnable)
+        rows = self._slates.recent(stop_part, settings.window_events, learnable)
         if len(rows):
             rows = self._scores[self.champion].attach(self._scores[name].attach(rows), BASELINE_COLUMNS)
             rows = last_events(dominant_slot_count(rows), settings.window_events)
@@ -414,7 +424,7 @@ class TrainingLoop:
             return f"the gate cannot judge these events: {err}"
         record = {
             "record": GATE,
-            "time": time.time(),
+            "time": self.clock(),
             "candidate": name,
             "candidate_version": status["model_version"],
             "champion": self.champion,
@@ -430,15 +440,18 @@ class TrainingLoop:
         """Publish the champion's latest committed model if the timer is due (or `now`) and it
         differs from the active one; returns the `published` or `publish_refused` record."""
         champion = self._statuses[self.champion]
-        if champion["model"] is None or not (now or time.time() - self._last_publish_try >= self.publish.interval_s):
+        if champion["model"] is None or not (now or self.clock() - self._last_publish_try >= self.publish.interval_s):
             return []
         try:
             pointer = self.store.active()
         except ModelRefused:
             pointer = None
-        if pointer is not None and (pointer.pinned or pointer.version == champion["model_version"]):
+        if pointer is not None and pointer.version == champion["model_version"]:
+            self._current_at = self.clock()  # nothing newer to publish: the served model is current
             return []
-        self._last_publish_try = time.time()
+        if pointer is not None and pointer.pinned:
+            return []
+        self._last_publish_try = self.clock()
         base = {"time": self._last_publish_try, "candidate": self.champion, "candidate_version": champion["model_version"],
                 "active_version": pointer.version if pointer else None, "events_trained": champion["events_trained"]}
         guardrail = None
@@ -446,24 +459,27 @@ class TrainingLoop:
             checked_snapshot(champion["model"])
             guardrail = self._guardrail(champion, pointer)
             version = self.store.publish_file(champion["model"])
-            activated = self.store.activate(version, respect_pin=True)
+            activated = self.store.activate(version, check=self.store.get, respect_pin=True)  # loaded above
         except PointerPinned:  # an operator pinned a version meanwhile
             return []
         except SnapshotRefused as err:
             self._refusals_in_a_row += 1
+            self._refusals[err.check] = self._refusals.get(err.check, 0) + 1
             record = {"record": PUBLISH_REFUSED, **base, "check": err.check, "reason": err.reason,
                       "guardrail": err.figures, "refusals_in_a_row": self._refusals_in_a_row,
                       "model": self._keep_judged(champion["model"])}
         except (ShelfBanditError, OSError) as err:
             self._refusals_in_a_row += 1
+            self._refusals["store"] = self._refusals.get("store", 0) + 1
             record = {"record": PUBLISH_REFUSED, **base, "check": "store", "reason": f"publishing failed ({err})",
                       "guardrail": guardrail, "refusals_in_a_row": self._refusals_in_a_row, "model": None}
         else:
             self._refusals_in_a_row = 0
             self._published.extend(v for v in (activated.previous, version) if v)
-            self._last_published = {"version": version, "time": activated.activated_at}
+            self._last_published = {"version": version, "time": self._last_publish_try}
+            self._current_at = self._last_publish_try
             try:
-                pruned: list[str] | str = self.store.prune(self.publish.keep_versions, protect=self._arm_versions())
+                pruned: list[str] | str = self.store.prune(self.publish.keep_versions, protect=self._arm_versions)
             except (ShelfBanditError, OSError) as err:  # the publication stands; the next one prunes again
                 pruned = f"pruning failed ({err})"
             record = {"record": PUBLISHED, **base, "version": version, "previous_version": activated.previous,
@@ -477,14 +493,17 @@ class TrainingLoop:
         than what was served (see service.training.publishing)."""
         if pointer is None:
             return {"n_events": 0, "reason": "no model is active yet"}
-        window = self.publish.guardrail_events
+        window, least = self.publish.guardrail_events, self.publish.guardrail_min_events
         served = {*self._published, pointer.version}
-        rows = self._served.recent(champion["next_part"], window, lambda frame: served_by(frame["model_version"], served))
-        if len(rows):
-            rows = last_events(dominant_slot_count(self._scores[self.champion].attach(rows)), window)
+        try:
+            rows = self._slates.recent(champion["next_part"], window, lambda frame: served_by(frame["model_version"], served))
+            if len(rows):
+                rows = last_events(dominant_slot_count(self._scores[self.champion].attach(rows)), window)
+        except (ShelfBanditError, OSError, ValueError, KeyError) as err:  # unreadable parts or scores: refuse, loudly
+            raise SnapshotRefused("guardrail", f"the guardrail could not read its events ({type(err).__name__}: {err})") from None
         n_events = rows["event_id"].nunique() if len(rows) else 0
-        if n_events < GUARDRAIL_MIN_EVENTS:
-            return {"n_events": n_events, "reason": f"fewer than {GUARDRAIL_MIN_EVENTS} events served by {pointer.version} "
+        if n_events < least:
+            return {"n_events": n_events, "reason": f"fewer than {least} events served by {pointer.version} "
                                                     "or the versions published before it: no evidence either way"}
         rng = np.random.default_rng([self.seed, champion["events_trained"], zlib.crc32(b"guardrail")])
         try:
@@ -542,8 +561,12 @@ class TrainingLoop:
             "interval_s": self.publish.interval_s,
             "last_published": self._last_published,
             "last_try": self._last_publish_try,
+            "current_at": self._current_at,
             "started": self._started_at,
             "refusals_in_a_row": self._refusals_in_a_row,
+            "refusals_by_check": self._refusals,
+            "candidates": sorted(self._names),
+            "waiting": self._waiting,
         })
 
     # -- Ray -----------------------------------------------------------------------------------

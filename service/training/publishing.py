@@ -52,6 +52,7 @@ class PublishSettings:
     interval_s: float = 60.0
     max_regression: float = 0.02  # a share of the served model's estimated value
     guardrail_events: int = 5_000
+    guardrail_min_events: int = 100  # fewer: no evidence either way
     min_ess: float = 10.0
     keep_versions: int = 10
 
@@ -62,6 +63,8 @@ class PublishSettings:
             raise ValidationError("max_regression", "must be >= 0", self.max_regression)
         if self.guardrail_events < 1:
             raise ValidationError("guardrail_events", "must be at least 1", self.guardrail_events)
+        if not 1 <= self.guardrail_min_events <= self.guardrail_events:
+            raise ValidationError("guardrail_min_events", f"must lie in [1, guardrail_events ({self.guardrail_events})]", self.guardrail_min_events)
         if not self.min_ess >= 0:
             raise ValidationError("min_ess", "must be >= 0", self.min_ess)
         if self.keep_versions < 2:
