@@ -74,7 +74,7 @@ def train(data_dir, follow, candidates_file, ray_address, num_cpus, interval_s, 
     loop = TrainingLoop(data_dir, candidates, gate=gate, publish=publish, ray_address=ray_address, num_cpus=num_cpus,
                         max_events_per_round=max_events_per_round, seed=seed)
     totals = {"rounds": 0, "events_trained": 0, "gates": 0, "refused": 0, "promoted": [], "published": [],
-              "publish_refused": 0, "workers_lost": 0}
+              "publish_refused": 0, "workers_lost": 0, "waiting": {}}
     stop = threading.Event()
     with loop, tqdm(total=loop.pending_events(), unit=" events", desc="training", disable=as_json, mininterval=0.5) as bar:
 
@@ -85,6 +85,7 @@ def train(data_dir, follow, candidates_file, ray_address, num_cpus, interval_s, 
             totals["workers_lost"] += len(done.lost)
             totals["refused"] += len(done.refused)
             totals["publish_refused"] += len(done.publish_refused)
+            totals["waiting"] = done.waiting
             if done.promoted:
                 totals["promoted"].append(done.promoted)
             if done.published:
