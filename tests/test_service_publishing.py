@@ -143,7 +143,9 @@ def test_the_champion_is_published_on_its_timer_and_the_schedule_survives_a_rest
     assert status["current_at"] == clock.now and status["refusals_in_a_row"] == 0
     versions = [v.version for v in store.versions()]
     assert len(versions) == publish.keep_versions and first not in versions  # rollback versions, the oldest pruned
-    assert first in read_records(tmp_path, "published")[-1]["pruned"]
+    last = read_records(tmp_path, "published")[-1]
+    assert first in last["pruned"]
+    assert last["guardrail"]["n_events"] == 1200  # the versions served before the restart, read back from the records
     assert store.active().version in versions and store.active().previous in versions
 
 
