@@ -211,6 +211,18 @@ def test_an_operators_activation_pins_the_version_until_publishing_is_resumed(lo
         assert (paused.n_events, paused.publications, store.active().version) == (300, (), first)
         assert read_status(training_dir(tmp_path))["pinned"] is True
         store.resume()
+        publish_file = loop.store.publish_file
+
+        def pinned_meanwhile(path):  # an operator pins between the trainer's checks and its activation
+            version = publish_file(path)
+            store.activate(first, pin=True)
+            return version
+
+        loop.store.publish_file = pinned_meanwhile
+        raced = loop.run_once(publish_now=True)
+        assert (raced.publications, store.active().version, store.active().pinned) == ((), first, True)
+        loop.store.publish_file = publish_file
+        store.resume()
         resumed = loop.run_once(publish_now=True)
     assert resumed.published == store.active().version not in (first, published)
     assert store.active().previous == first and not store.active().pinned
