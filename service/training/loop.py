@@ -440,8 +440,8 @@ class TrainingLoop:
         """Publish the champion's latest committed model if the timer is due (or `now`) and it
         differs from the active one; returns the `published` or `publish_refused` record."""
         champion = self._statuses[self.champion]
-        if champion["model"] is None or not (now or self.clock() - self._last_publish_try >= self.publish.interval_s):
-            return []
+        if not champion["events_trained"] or not (now or self.clock() - self._last_publish_try >= self.publish.interval_s):
+            return []  # a champion that learned nothing (only logging-only events so far) has nothing to publish
         try:
             pointer = self.store.active()
         except ModelRefused:
