@@ -230,10 +230,10 @@ def _check_publishing(data_dir: Path) -> list[Finding]:
         return [Finding("publishing", PROBLEM, f"the champion's last {refused} snapshots were refused (the last by the {last.get('check', 'unknown')} check: {last.get('reason', 'see training/records.jsonl')}); the served model does not learn")]
     if status.get("pinned"):
         return [Finding("publishing", WARN, f"an operator pinned {status.get('active_version')}; timed publishing is paused until POST /v1/model/resume")]
-    waited_since = max(float(published.get("time") or 0.0), float(status.get("started") or 0.0))
+    waited_since = max(float(status.get("current_at") or 0.0), float(status.get("started") or 0.0))
     if interval and now - waited_since > OVERDUE_INTERVALS * interval:
         age = f"{now - published['time']:.0f} s ago" if published.get("time") else f"never (the trainer started {now - waited_since:.0f} s ago)"
-        return [Finding("publishing", PROBLEM, f"the last snapshot was published {age}, more than {OVERDUE_INTERVALS} publish intervals ({interval:g} s); the trainer last reported {now - float(status.get('updated') or 0.0):.0f} s ago — is `shelfbandit train --follow` running, and are decisions joined?")]
+        return [Finding("publishing", PROBLEM, f"the served model has not been the champion's latest for more than {OVERDUE_INTERVALS} publish intervals ({interval:g} s; the last snapshot was published {age}); the trainer last reported {now - float(status.get('updated') or 0.0):.0f} s ago — is `shelfbandit train --follow` running, and are decisions joined?")]
     last = f"{published['version']} published {now - published['time']:.0f} s ago" if published.get("time") else "nothing published yet"
     return [Finding("publishing", OK, f"champion {status.get('champion')}; {last} (every {interval:g} s)")]
 

@@ -14,7 +14,7 @@ from collections import deque
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bandit.errors import ShelfBanditError
 from service.trainer_backlog import trainer_backlog
@@ -151,12 +151,24 @@ class ServiceMetrics:
         return generate_latest(self.registry)
 
 
+PUBLISH_REFUSALS = f"{PREFIX}_training_publish_refusals"  # a counter, exposed as ..._total, labelled by check
+PUBLISH_REFUSALS = f"{PREFIX}_training_publish_refusals"  # a counter, exposed as ..._total, labelled by check
 # the trainer's publishing state: gauge name -> (help, how to read it from the status file)
 PUBLISHING_GAUGES = {
     f"{PREFIX}_training_publish_refusals_in_a_row": (
         "snapshots refused in a row since the last publication", lambda s: s.get("refusals_in_a_row")),
     f"{PREFIX}_training_publish_last_timestamp_seconds": (
         "when the trainer last published and activated a snapshot", lambda s: (s.get("last_published") or {}).get("time")),
+    f"{PREFIX}_training_publish_current_timestamp_seconds": (
+        "when the served model was last the champion's latest (published then, or nothing newer to publish)",
+        lambda s: max(s.get("current_at") or 0.0, s.get("started") or 0.0) or None),
+    f"{PREFIX}_training_challengers_waiting": (
+        "challengers the gate could not judge in the last round", lambda s: len(s.get("waiting") or {})),
+    f"{PREFIX}_training_publish_current_timestamp_seconds": (
+        "when the served model was last the champion's latest (published then, or nothing newer to publish)",
+        lambda s: max(s.get("current_at") or 0.0, s.get("started") or 0.0) or None),
+    f"{PREFIX}_training_challengers_waiting": (
+        "challengers the gate could not judge in the last round", lambda s: len(s.get("waiting") or {})),
     f"{PREFIX}_training_publish_paused": (
         "1 while an operator's pin pauses timed publishing", lambda s: float(bool(s.get("pinned")))),
     f"{PREFIX}_training_publish_interval_seconds": ("the trainer's publish interval", lambda s: s.get("interval_s")),
@@ -195,6 +207,18 @@ class PublishingCollector:
                 family = GaugeMetricFamily(name, doc)
                 family.add_metric([], float(value))
                 yield family
+        if status is not None:
+            refusals = CounterMetricFamily(PUBLISH_REFUSALS, "snapshots refused since the trainer's records began, by check",
+                                           labels=["check"])
+            for check, count in (status.get("refusals_by_check") or {}).items():
+                refusals.add_metric([str(check)], float(count))
+            yield refusals
+        if status is not None:
+            refusals = CounterMetricFamily(PUBLISH_REFUSALS, "snapshots refused since the trainer's records began, by check",
+                                           labels=["check"])
+            for check, count in (status.get("refusals_by_check") or {}).items():
+                refusals.add_metric([str(check)], float(count))
+            yield refusals
         try:
             backlog = trainer_backlog(self.training_dir.parent)
         except (OSError, ShelfBanditError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from bandit.errors import ShelfBanditError
 from service.joiner import JoinedLog, part_name
 from service.paths import DataPaths
+from service.training.publishing import read_status
 from service.training.state import CHECKPOINT, training_dir
 
 
@@ -38,14 +39,17 @@ class TrainerBacklog:
 
 
 def trainer_backlog(data_dir: str | Path) -> TrainerBacklog:
-    """The backlog of every candidate under `training/candidates/`; raises ShelfBanditError if
-    the joiner's checkpoint or a candidate's CHECKPOINT is unreadable."""
+    """The backlog of the candidates the trainer last ran (its `publishing.json`; every one
+    under `training/candidates/` before it wrote one: a removed candidate's directory is not a
+    backlog); raises ShelfBanditError if the joiner's checkpoint or a candidate's CHECKPOINT is
+    unreadable."""
     committed = JoinedLog(data_dir).checkpoint().next_part
     joined = DataPaths(Path(data_dir)).joined
     root = training_dir(data_dir) / "candidates"
+    configured = (read_status(training_dir(data_dir)) or {}).get("candidates")
     candidates = []
     for directory in sorted(root.iterdir()) if root.is_dir() else []:
-        if not directory.is_dir():
+        if not directory.is_dir() or (configured is not None and directory.name not in configured):
             continue
         try:
             record = json.loads((directory / CHECKPOINT).read_text())

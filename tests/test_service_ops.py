@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from service.joiner import JoinConfig, Joiner
-from service.metrics import BACKLOG_GAUGES, PUBLISHING_GAUGES, ServiceMetrics
+from service.metrics import BACKLOG_GAUGES, PUBLISH_REFUSALS, PUBLISHING_GAUGES, ServiceMetrics
 from service.model_store import ModelStore
 from service.paths import DataPaths
 from shelfbandit.cli import cli
@@ -32,7 +32,7 @@ ON_CALL = (
     "shelfbandit_min_logged_probability",
     "shelfbandit_model_created_timestamp_seconds",
     "shelfbandit_training_publish_refusals_in_a_row",
-    "shelfbandit_training_publish_last_timestamp_seconds",
+    "shelfbandit_training_publish_current_timestamp_seconds",
     "shelfbandit_background_failing",
     "shelfbandit_background_failures_total",
     "shelfbandit_join_interval_seconds",
@@ -45,7 +45,8 @@ def exported_series() -> dict[str, set[str]]:
     names of every series a collector exports, and a metric's label names, only privately)."""
     collectors = ServiceMetrics().registry._names_to_collectors  # noqa: SLF001
     series = {name: set(c._labelnames) | ({"le"} if name.endswith("_bucket") else set()) for name, c in collectors.items()}  # noqa: SLF001
-    return series | {name: set() for name in (*PUBLISHING_GAUGES, *BACKLOG_GAUGES)} | BUILTIN
+    gauges = {name: set() for name in (*PUBLISHING_GAUGES, *BACKLOG_GAUGES)}
+    return series | gauges | {f"{PUBLISH_REFUSALS}_total": {"check"}} | BUILTIN
 
 
 def selectors(expr: str) -> list[tuple[str, set[str]]]:

@@ -15,6 +15,7 @@ from service.paths import DataPaths
 from service.segments import LogWriteError, SegmentWriter
 from service.settings import Settings
 from service.supervisor import Supervised
+from service.training.publishing import write_status
 from service.training.state import training_dir
 from tests.service_support import logged_decisions, rank_body, running_service, write_segment
 from tests.test_service_http import wait_joined
@@ -128,3 +129,6 @@ def test_doctor_names_decisions_overdue_for_joining_and_a_stalled_trainer(tmp_pa
     assert "shelfbandit_training_parts_behind 1.0" in exposition
     waiting = [line for line in exposition.splitlines() if line.startswith("shelfbandit_training_waiting_since_timestamp_seconds ")]
     assert len(waiting) == 1 and float(waiting[0].split()[-1]) == pytest.approx(old_time, abs=0.01)
+    write_status(training_dir(tmp_path), {"candidates": ["renamed"], "interval_s": 60.0, "started": now})
+    stalled = [f for f in diagnose(settings) if f.check == "trainer" and f.status == PROBLEM]
+    assert stalled == []  # the directory of a candidate the trainer no longer runs is no backlog
