@@ -184,17 +184,18 @@ def test_a_snapshot_trained_on_inverted_rewards_is_refused_by_the_guardrail(loca
     world = TinyWorld.strong(rng)
     scratch = tmp_path / "scratch"
     log_and_join(scratch, world, VWShelfRanker(RankerConfig(epsilon=0.2)), 3000, 3000, rng, "s")
-    good = VWShelfRanker(RankerConfig(explorer="squarecb", uniform_share=0.1))
+    good = VWShelfRanker(RankerConfig(explorer="squarecb", uniform_share=0.3))  # explores enough to judge a departure
     good.learn_file(JoinedLog(scratch).parts()[0].jsonl)
     data_dir = tmp_path / "data"
     store = ModelStore(data_dir / "models")
     served = store.publish(good, activate=True)
     assert greedy_value(good, world) > uniform_value(world) + 0.3  # the premise: the served model is good
-    log_and_join(data_dir, inverted(world), VWShelfRanker(RankerConfig(epsilon=0.2)), 4000, 4000, rng, "x")  # poisoned
+    log_and_join(data_dir, inverted(world), VWShelfRanker(RankerConfig(epsilon=0.2)), 12000, 12000, rng, "x")  # poisoned
     log_and_join(data_dir, world, store.load(served)[0], 800, 800, rng, "g")  # what the good model served since
     with TrainingLoop(data_dir, [SQUARECB], publish=SLOW) as loop:
         report = loop.run_once(publish_now=True)
-        assert greedy_value(VWShelfRanker.load(loop.statuses[0]["model"]), world) < uniform_value(world)  # it did learn the poison
+        poisoned = greedy_value(VWShelfRanker.load(loop.statuses[0]["model"]), world)
+    assert poisoned < greedy_value(good, world) - 0.25  # the premise: the snapshot is far worse than the served model
     [refused] = report.publish_refused
     assert refused["check"] == "guardrail" and "worse than the served model" in refused["reason"]
     figures = refused["guardrail"]

@@ -53,7 +53,7 @@ class PublishSettings:
     max_regression: float = 0.02  # a share of the served model's estimated value
     guardrail_events: int = 5_000
     guardrail_min_events: int = 100  # fewer: no evidence either way
-    min_ess: float = 10.0
+    min_ess: float = 30.0  # fewer effective events: bootstrap intervals of the weighted estimates are unreliable
     keep_versions: int = 10
 
     def __post_init__(self) -> None:
