@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -201,19 +202,8 @@ class PublishingCollector:
 
     def collect(self):
         status = read_status(self.training_dir)
-        for name, (doc, read) in PUBLISHING_GAUGES.items() if status is not None else ():
-            value = read(status)
-            if isinstance(value, (int, float)):
-                family = GaugeMetricFamily(name, doc)
-                family.add_metric([], float(value))
-                yield family
         if status is not None:
-            refusals = CounterMetricFamily(PUBLISH_REFUSALS, "snapshots refused since the trainer's records began, by check",
-                                           labels=["check"])
-            for check, count in (status.get("refusals_by_check") or {}).items():
-                refusals.add_metric([str(check)], float(count))
-            yield refusals
-        if status is not None:
+            yield from _gauges(PUBLISHING_GAUGES, status)
             refusals = CounterMetricFamily(PUBLISH_REFUSALS, "snapshots refused since the trainer's records began, by check",
                                            labels=["check"])
             for check, count in (status.get("refusals_by_check") or {}).items():
@@ -223,11 +213,15 @@ class PublishingCollector:
             backlog = trainer_backlog(self.training_dir.parent)
         except (OSError, ShelfBanditError):
             return  # `shelfbandit doctor` names what is unreadable
-        if not backlog.candidates:
-            return
-        for name, (doc, read) in BACKLOG_GAUGES.items():
-            value = read(backlog)
-            if value is not None:
-                family = GaugeMetricFamily(name, doc)
-                family.add_metric([], float(value))
-                yield family
+        if backlog.candidates:
+            yield from _gauges(BACKLOG_GAUGES, backlog)
+
+
+def _gauges(table: dict, source) -> Iterator[GaugeMetricFamily]:
+    """One gauge per entry of `table` (name -> (help, read)) whose value `read(source)` is a number."""
+    for name, (doc, read) in table.items():
+        value = read(source)
+        if isinstance(value, (int, float)):
+            family = GaugeMetricFamily(name, doc)
+            family.add_metric([], float(value))
+            yield family
