@@ -331,37 +331,15 @@ class Joiner:
             more_ready=ready.more,
         )
 
-    def run(
-        self,
-        stop: threading.Event,
-        interval_s: float,
-        on_report: Callable[[JoinReport], None] | None = None,
-        *,
-        wait_for_lock: bool = False,
-        on_error: Callable[[Exception], None] | None = None,
-    ) -> None:
-        """Join until `stop` is set: a pass every `interval_s`, back to back while a backlog remains.
-
-        With `wait_for_lock`, retry the lock every interval instead of raising JoinerBusy (how
-        service workers share the job). With `on_error`, a failed pass is reported, the state
-        is reloaded from the checkpoint and the loop goes on.
-        """
+    def run(self, stop: threading.Event, interval_s: float, on_report: Callable[[JoinReport], None] | None = None) -> None:
+        """Join until `stop` is set: a pass every `interval_s`, back to back while a backlog
+        remains; JoinerBusy if another joiner holds the lock (`shelfbandit join`; the service
+        supervises its joiner passes itself)."""
         try:
             while not stop.is_set():
                 if not self.acquire():
-                    if not wait_for_lock:
-                        raise JoinerBusy(f"another joiner is running on {self.paths.root} (it holds joined/.lock)")
-                    stop.wait(interval_s)
-                    continue
-                try:
-                    report = self.run_once()
-                except (OSError, ValueError, ShelfBanditError) as err:
-                    if on_error is None:
-                        raise
-                    on_error(err)
-                    self.release()  # the next pass starts again from the checkpoint
-                    stop.wait(interval_s)
-                    continue
+                    raise JoinerBusy(f"another joiner is running on {self.paths.root} (it holds joined/.lock)")
+                report = self.run_once()
                 if on_report is not None:
                     on_report(report)
                 if not report.more_ready:
