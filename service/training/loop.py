@@ -267,7 +267,7 @@ class TrainingLoop:
             if status["step"] < self._recorded.get(name, 0):  # its state was removed: it starts over
                 self._recorded[name] = status["step"]
                 self._last_gate.pop(name, None)
-        committed = JoinedLog(self.data_dir).checkpoint().next_part
+        committed = self._committed_parts()
         ahead = sorted(s["candidate"] for s in self._statuses.values() if s["next_part"] > committed)
         if ahead:
             raise ShelfBanditError(
@@ -354,7 +354,8 @@ class TrainingLoop:
         the champion's model (after its checks) whether or not the timer is due."""
         reports = []
         while True:
-            report = self.run_once(publish_now=not any(s["next_part"] < self._committed_parts() for s in self.statuses))
+            committed = self._committed_parts()
+            report = self.run_once(publish_now=all(s["next_part"] >= committed for s in self.statuses))
             reports.append(report)
             if on_round is not None:
                 on_round(report)
