@@ -28,28 +28,23 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 
-# the sibling bench/simulator.py would shadow the `simulator` package when run as `python bench/exploration.py`
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bandit.baselines import UniformRandomPolicy  # noqa: E402
-from bandit.config import RankerConfig  # noqa: E402
-from bandit.vw.ranker import VWShelfRanker  # noqa: E402
-from offline_eval.estimators import ESTIMATOR_CLASSES  # noqa: E402
-from offline_eval.gate import GateRule, compare, verdict  # noqa: E402
-from offline_eval.readers import table_log  # noqa: E402
-from offline_eval.slate import TargetProbs  # noqa: E402
-from service.training.candidates import DEFAULT_CANDIDATES  # noqa: E402
-from service.training.gate import SCORED_ESTIMATORS  # noqa: E402
-from simulator.side_by_side import SideBySideRun, run_side_by_side  # noqa: E402
-from simulator.world import World, WorldConfig  # noqa: E402
+from bandit.baselines import UniformRandomPolicy
+from bandit.config import RankerConfig
+from bandit.vw.ranker import VWShelfRanker
+from offline_eval.estimators import ESTIMATOR_CLASSES
+from offline_eval.gate import GateRule, compare, verdict
+from offline_eval.readers import table_log
+from offline_eval.slate import TargetProbs
+from service.training.candidates import DEFAULT_CANDIDATES
+from service.training.gate import SCORED_ESTIMATORS
+from simulator.side_by_side import SideBySideRun, run_side_by_side
+from simulator.world import World, WorldConfig
 
 ESTIMATORS = tuple(name for name in ("ips", "clipped_ips", "snips", "iips", "snips_iips", "rips", "snips_rips", "pi")
                    if name in SCORED_ESTIMATORS)

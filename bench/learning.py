@@ -24,28 +24,27 @@ default world's figures first, every world's beside them).
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import statistics
+import tempfile
+import time
 from pathlib import Path
 
-# run as a script, this file's directory comes first on sys.path and bench/simulator.py and
-# bench/service.py would hide the packages of those names: drop it
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from service.training.candidates import DEFAULT_CANDIDATES  # noqa: E402
-from service.training.records import GATE, PROMOTED, PUBLISH_REFUSED, PUBLISHED, read_records  # noqa: E402
-from shelfbandit.demo import DemoConfig, run_loop  # noqa: E402
-from shelfbandit.demo_report import session_table  # noqa: E402
-from simulator.peer import PeerConfig, gap_closed, run_peer_learner  # noqa: E402
-from simulator.world import World, WorldConfig  # noqa: E402
+from service.training.candidates import DEFAULT_CANDIDATES
+from service.training.records import (
+    GATE,
+    PROMOTED,
+    PUBLISH_REFUSED,
+    PUBLISHED,
+    read_records,
+)
+from shelfbandit.demo import DemoConfig, run_loop
+from shelfbandit.demo_report import session_table
+from simulator.peer import PeerConfig, gap_closed, run_peer_learner
+from simulator.world import World, WorldConfig
 
 WINDOW = 1000  # the last this many sessions are measured
 TARGET_RATIO = 0.95

@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-# the sibling bench/simulator.py would shadow the `simulator` package when run as `python bench/sweep.py`
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import ray
 
-import ray  # noqa: E402
-
-from simulator.policies import PolicySpec  # noqa: E402
-from simulator.sweep import SweepGrid, WorldSpec, run_sweep  # noqa: E402
+from simulator.policies import PolicySpec
+from simulator.sweep import SweepGrid, WorldSpec, run_sweep
 
 GRID = SweepGrid(
     policies=(PolicySpec.parse("vw:explorer=squarecb"), PolicySpec.parse("vw:explorer=epsilon")),

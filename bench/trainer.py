@@ -27,26 +27,22 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# the sibling bench/simulator.py would shadow the `simulator` package when run as `python bench/trainer.py`
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
+import ray
+import vowpalwabbit
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-import vowpalwabbit  # noqa: E402
-
-from bandit.config import RankerConfig  # noqa: E402
-from bandit.vw.ranker import VWShelfRanker  # noqa: E402
-from service.joiner import JoinConfig, JoinedLog, Joiner  # noqa: E402
-from service.paths import DataPaths  # noqa: E402
-from service.records import decision_line, reward_line  # noqa: E402
-from service.training.candidates import Candidate  # noqa: E402
-from service.training.worker import CandidateTrainer  # noqa: E402
-from simulator.world import World, WorldConfig  # noqa: E402
+from bandit.config import RankerConfig
+from bandit.vw.ranker import VWShelfRanker
+from service.joiner import JoinConfig, JoinedLog, Joiner
+from service.paths import DataPaths
+from service.records import decision_line, reward_line
+from service.training.candidates import Candidate
+from service.training.worker import CandidateTrainer
+from simulator.world import World, WorldConfig
 
 N_EVENTS = 8_000
 PART_EVENTS = 2_000

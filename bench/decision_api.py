@@ -11,7 +11,7 @@ For each worker count: the maximum throughput in a closed loop at a fixed concur
 counted from each request's scheduled send time, so queueing is included). The load comes
 from a separate process (asyncio, raw HTTP/1.1 keep-alive), bounded in count and time.
 
-    python bench/service.py [--seconds 5] [--repeats 3] [--concurrency 16] [--workers 1,2]
+    python bench/decision_api.py [--seconds 5] [--repeats 3] [--concurrency 16] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -19,25 +19,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# run as a script, this file's directory comes first on sys.path and its name would hide the
-# `service` package: drop it
 HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from service.local import free_port  # noqa: E402
+from service.local import free_port
 
 APPS = ("service", "parse", "vw_predict")
 MAX_REQUESTS = 200_000  # per measurement, on top of the time bound
@@ -160,7 +157,7 @@ def start_server(app: str, port: int, workers: int, data_dir: Path, env: dict, l
         command = [python, "-c", "from shelfbandit.cli import main; main()", "serve", "--data-dir", str(data_dir),
                    "--port", str(port), "--workers", str(workers)]
     else:
-        factory = {"parse": "service_apps:parse_only_app", "vw_predict": "service_apps:vw_predict_app"}[app]
+        factory = {"parse": "decision_api_apps:parse_only_app", "vw_predict": "decision_api_apps:vw_predict_app"}[app]
         # bench/ goes last on the path, so that `service` stays the package, not this file
         launcher = f"import sys; sys.path.append({str(HERE)!r}); import uvicorn; uvicorn.main()"
         command = [python, "-c", launcher, "--factory", factory, "--host", "127.0.0.1", "--port", str(port),
@@ -217,6 +214,7 @@ def measure(app: str, workers: int, args, data_dir: Path, env: dict, log) -> dic
 def stage_costs(n_shelves: int, n_slots: int, repeats: int, calls: int = 300) -> dict[str, float]:
     """Microseconds per call of each step of a ranking request, in this process (medians of repeats)."""
     import itertools
+
     from bandit.vw.format import listener_line, shelf_line, slot_line
     from bandit.vw.ranker import VWShelfRanker
     from service.arms import ArmsConfig

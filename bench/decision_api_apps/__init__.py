@@ -1,4 +1,4 @@
-"""Baseline apps for bench/service.py, served by uvicorn exactly like the service.
+"""Baseline apps for bench/decision_api.py, served by uvicorn exactly like the service.
 
 - `parse_only_app`: parses the /v1/rank body with the service's pydantic schema, answers a constant;
 - `vw_predict_app`: parses it, then runs the same VW model's predict on example lines built

@@ -13,23 +13,19 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# this file's name would shadow the `simulator` package when run as `python bench/simulator.py`
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bandit.batch import EventBatch  # noqa: E402
-from bandit.config import RankerConfig  # noqa: E402
-from bandit.types import LoggedEvent, Outcome  # noqa: E402
-from bandit.vw.ranker import VWShelfRanker  # noqa: E402
-from simulator.closed_loop import LoopConfig, run_closed_loop  # noqa: E402
-from simulator.logging_mode import SlatePolicy, generate_slate_log  # noqa: E402
-from simulator.world import World, WorldConfig  # noqa: E402
+from bandit.batch import EventBatch
+from bandit.config import RankerConfig
+from bandit.types import LoggedEvent, Outcome
+from bandit.vw.ranker import VWShelfRanker
+from simulator.closed_loop import LoopConfig, run_closed_loop
+from simulator.logging_mode import SlatePolicy, generate_slate_log
+from simulator.world import World, WorldConfig
 
 SESSIONS = 1500
 LEARN_EVERY = 10
