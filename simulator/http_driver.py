@@ -6,6 +6,10 @@ click model; every stream is sent as `POST /v1/reward` (value 1.0) after its sim
 times `delay_scale` wall seconds. At most `concurrency` HTTP calls are in flight; sessions
 stop after `len(requests)` or `max_seconds`, whichever comes first. Uniforms and delays are
 drawn before any call, so the listeners' behaviour depends only on what the service shows.
+
+The calls go through `shelfbandit.client.AsyncDecisionClient`: one connection pool for every
+session, each call with its retries bounded by `timeout_s`, and no fallback (a session the
+service did not decide is counted by why, e.g. `rank_error_ConnectError`, not played).
 """
 
 from __future__ import annotations
@@ -17,17 +21,23 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
 import numpy as np
 import pandas as pd
 
 from bandit.errors import ShelfBanditError, ValidationError
+from shelfbandit.client import (
+    AsyncDecisionClient,
+    BadAnswer,
+    ClientError,
+    LateReward,
+    ServiceError,
+    ServiceUnavailable,
+    UnknownEvent,
+)
 from simulator.closed_loop import reference_columns, session_metrics, summarise
-from simulator.world import Request, RequestBatch, World
+from simulator.world import RequestBatch, World
 
 REWARD_VALUE = 1.0
-REWARD_OUTCOMES = {200: "rewards_accepted", 202: "rewards_accepted", 204: "rewards_accepted",
-                   404: "rewards_unknown_event", 409: "rewards_late"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,36 +69,21 @@ class DriveResult:
     summary: dict
 
 
-def rank_body(request: Request, n_slots: int, event_id: str) -> dict:
-    """The JSON body of POST /v1/rank for one request (the listener id decides the service's A/B arm)."""
-    return {
-        "event_id": event_id,
-        "listener_id": request.context.listener_id,
-        "user": dict(request.context.features),
-        "shelves": [{"id": s.shelf_id, "features": dict(s.features)} for s in request.shelves],
-        "slots": n_slots,
-        "baseline": list(request.baseline),
-    }
-
-
-def parse_rank_answer(answer: object, request: Request, n_slots: int) -> tuple[str, str, list[str]]:
-    """(event id, model version, shelf ids in slot order) of a /v1/rank answer, checked
-    against the contract."""
-    try:
-        event_id, model_version = str(answer["event_id"]), str(answer["model_version"])
-        ranking = sorted(answer["ranking"], key=lambda item: item["slot"])
-        shelf_ids = [item["shelf_id"] for item in ranking]
-        probabilities = [float(item["probability"]) for item in ranking]
-    except (KeyError, TypeError, ValueError):
-        raise ValidationError("answer", "must hold event_id, model_version and ranking[{slot, shelf_id, probability}]") from None
-    candidates = {s.shelf_id for s in request.shelves}
-    if [item["slot"] for item in ranking] != list(range(n_slots)):
-        raise ValidationError("ranking", f"must fill slots 0..{n_slots - 1} once each", [item["slot"] for item in ranking])
-    if len(set(shelf_ids)) != n_slots or not set(shelf_ids) <= candidates:
-        raise ValidationError("ranking", "must show distinct candidate shelves", shelf_ids)
-    if not all(0.0 < p <= 1.0 for p in probabilities):
-        raise ValidationError("ranking", "probabilities must lie in (0, 1]", probabilities)
-    return event_id, model_version, shelf_ids
+def failure_count(call: str, err: ClientError) -> str:
+    """The summary counter of a failed call: `<call>_error_<transport error>` when no answer
+    came, `<call>_status_<status>` for a refusal, `rank_bad_answer` for an answer that breaks
+    the contract, `rewards_unknown_event` / `rewards_late` for those refusals of a reward."""
+    if isinstance(err, UnknownEvent):
+        return "rewards_unknown_event"
+    if isinstance(err, LateReward):
+        return "rewards_late"
+    if isinstance(err, BadAnswer):
+        return f"{call}_bad_answer"
+    if isinstance(err, ServiceUnavailable) and err.cause is not None:
+        return f"{call}_error_{type(err.cause).__name__}"
+    if isinstance(err, (ServiceError, ServiceUnavailable)) and err.status is not None:
+        return f"{call}_status_{err.status}"
+    return f"{call}_error_{type(err).__name__}"
 
 
 class _Drive:
@@ -110,7 +105,7 @@ class _Drive:
         self.http_slots = asyncio.Semaphore(config.concurrency)
         self.deadline = time.monotonic() + config.max_seconds
 
-    async def worker(self, client: httpx.AsyncClient, advance: Callable[[int], object] | None) -> None:
+    async def worker(self, client: AsyncDecisionClient, advance: Callable[[int], object] | None) -> None:
         while self.next_session < len(self.requests) and time.monotonic() < self.deadline:
             i = self.next_session
             self.next_session += 1
@@ -118,43 +113,37 @@ class _Drive:
             if advance is not None:
                 advance(1)
 
-    async def session(self, client: httpx.AsyncClient, i: int) -> None:
+    async def session(self, client: AsyncDecisionClient, i: int) -> None:
         request = self.requests[i]
-        body = rank_body(request, self.n_slots, f"{self.prefix}-{i}")
         started = time.perf_counter()
         try:
             async with self.http_slots:
-                response = await client.post("/v1/rank", json=body)
-        except httpx.HTTPError as err:
-            self.counts[f"rank_error_{type(err).__name__}"] += 1
-            return
-        if response.status_code != 200:
-            self.counts[f"rank_status_{response.status_code}"] += 1
-            return
-        try:
-            event_id, model_version, shelf_ids = parse_rank_answer(response.json(), request, self.n_slots)
-        except (ValueError, ValidationError):
-            self.counts["rank_bad_answer"] += 1
+                ranking = await client.rank(
+                    request.shelves, self.n_slots, user=request.context.features,
+                    listener_id=request.context.listener_id, baseline=request.baseline, event_id=f"{self.prefix}-{i}",
+                )
+        except ClientError as err:
+            self.counts[failure_count("rank", err)] += 1
             return
         self.latency_ms[i] = (time.perf_counter() - started) * 1000.0
-        self.model_versions.add(model_version)
-        self.shown[i] = self.world.indices([shelf_ids])[0]
+        self.model_versions.add(ranking.model_version)
+        self.shown[i] = self.world.indices([list(ranking.shelf_ids)])[0]
         streams = self.world.realise_rewards(self.batch[i : i + 1], self.shown[i : i + 1], self.uniforms[:, i : i + 1])[0]
         for slot in np.flatnonzero(streams).tolist():
             delay = float(self.delays[i, slot]) * self.config.delay_scale
-            self.reward_tasks.append(asyncio.create_task(self.reward(client, event_id, slot, delay)))
+            self.reward_tasks.append(asyncio.create_task(self.reward(client, ranking.event_id, slot, delay)))
 
-    async def reward(self, client: httpx.AsyncClient, event_id: str, slot: int, delay_s: float) -> None:
+    async def reward(self, client: AsyncDecisionClient, event_id: str, slot: int, delay_s: float) -> None:
         if delay_s > 0.0:
             await asyncio.sleep(delay_s)
         self.counts["rewards_sent"] += 1
         try:
             async with self.http_slots:
-                response = await client.post("/v1/reward", json={"event_id": event_id, "slot": slot, "value": REWARD_VALUE})
-        except httpx.HTTPError as err:
-            self.counts[f"reward_error_{type(err).__name__}"] += 1
+                await client.reward(event_id, REWARD_VALUE, slot=slot)
+        except ClientError as err:
+            self.counts[failure_count("reward", err)] += 1
             return
-        self.counts[REWARD_OUTCOMES.get(response.status_code, f"reward_status_{response.status_code}")] += 1
+        self.counts["rewards_accepted"] += 1
 
     async def finish_rewards(self) -> None:
         """Wait for scheduled rewards until the deadline plus one call timeout; cancel the rest."""
@@ -180,8 +169,11 @@ async def drive_async(
     """Play `requests` against the decision API at `base_url` (see the module docstring)."""
     state = _Drive(world, requests, rng, config)
     started = time.monotonic()
-    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=config.timeout_s, limits=limits) as client:
+    # one pool for every session; each call, retries included, within the per-call timeout;
+    # no fallback: a session the service did not decide is counted, not played
+    client = AsyncDecisionClient(base_url, timeout_s=config.timeout_s, deadline_s=config.timeout_s,
+                                 max_connections=config.concurrency)
+    async with client:
         await asyncio.gather(*(state.worker(client, progress) for _ in range(config.concurrency)))
         await state.finish_rewards()
     completed = np.flatnonzero(state.shown[:, 0] >= 0)
