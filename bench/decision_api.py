@@ -217,10 +217,10 @@ def stage_costs(n_shelves: int, n_slots: int, repeats: int, calls: int = 300) ->
 
     from bandit.vw.format import listener_line, shelf_line, slot_line
     from bandit.vw.ranker import VWShelfRanker
-    from service.arms import ArmsConfig
-    from service.convert import rank_inputs, ranking_json
-    from service.records import decision_line
-    from service.schemas import RankRequest
+    from service.experiments.arms import ArmsConfig
+    from service.http.convert import rank_inputs, ranking_json
+    from service.eventlog.lines import decision_line
+    from service.http.schemas import RankRequest
     from service.settings import Settings
 
     body = request_body(n_shelves, n_slots)

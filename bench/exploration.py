@@ -4,7 +4,7 @@ A SquareCB champion (the default candidate) serves the simulator's default world
 16 candidates per request, 6 slots, position-based examination) in closed loop and learns every
 10 sessions; challengers learn the same logged stream and score each event of the last
 --window events just before learning it (`simulator.side_by_side`). On that window the gate's
-comparison runs as `service.training.gate.judge` runs it: challenger targets = its progressive
+comparison runs as `service.training.judge.judge` runs it: challenger targets = its progressive
 scores, champion targets = its logging probabilities (weights 1), the paired difference
 challenger - champion with a 1000-resample bootstrap interval, for every estimator the
 progressive scores support. The truth is known: each policy's true value on each scored event.
@@ -42,7 +42,7 @@ from offline_eval.gate import GateRule, compare, verdict
 from offline_eval.readers import table_log
 from offline_eval.slate import TargetProbs
 from service.training.candidates import DEFAULT_CANDIDATES
-from service.training.gate import SCORED_ESTIMATORS
+from service.training.judge import SCORED_ESTIMATORS
 from simulator.side_by_side import SideBySideRun, run_side_by_side
 from simulator.world import World, WorldConfig
 

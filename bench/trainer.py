@@ -37,9 +37,9 @@ import vowpalwabbit
 
 from bandit.config import RankerConfig
 from bandit.vw.ranker import VWShelfRanker
-from service.joiner import JoinConfig, JoinedLog, Joiner
-from service.paths import DataPaths
-from service.records import decision_line, reward_line
+from service.join.joiner import JoinConfig, JoinedLog, Joiner
+from service.layout import DataPaths
+from service.eventlog.lines import decision_line, reward_line
 from service.training.candidates import Candidate
 from service.training.worker import CandidateTrainer
 from simulator.world import World, WorldConfig

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from service.logs import get_logger
 
 if TYPE_CHECKING:
-    from service.metrics import ServiceMetrics
+    from service.ops.metrics import ServiceMetrics
 
 log = get_logger()
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from bandit.errors import ShelfBanditError, ValidationError
 from service.local import LocalService
-from service.model_store import ModelStore
+from service.models.store import ModelStore
 from service.training.loop import RoundReport, TrainingLoop
 from service.training.publishing import PublishSettings
 from shelfbandit.demo_report import DemoTruth, write_report

@@ -12,7 +12,7 @@ from bandit.config import RankerConfig
 from bandit.types import Context, Shelf
 from bandit.vw.ranker import VWShelfRanker
 from service.local import LocalService
-from service.records import decision_line, reward_line
+from service.eventlog.lines import decision_line, reward_line
 
 ADMIN_TOKEN = "test-admin-token-7f3a"
 KINDS = ("mix", "recent", "new_releases", "podcasts", "charts", "mood")

@@ -18,7 +18,7 @@ from bandit.explore import EpsilonGreedy
 from bandit.types import Context, Outcome
 from bandit.vw.format import join_record
 from bandit.vw.ranker import VWShelfRanker
-from service.ab_report import (
+from service.experiments.ab_report import (
     Estimate,
     OfflineEstimate,
     OfflineEstimates,
@@ -27,11 +27,11 @@ from service.ab_report import (
     parse_since,
     record_offline_estimate,
 )
-from service.arms import ArmsConfig, ArmsFile, hash_unit
-from service.experiment import top_choice_agreement
-from service.joiner import JoinConfig, Joiner, JoinedLog
-from service.paths import DataPaths
-from service.records import ServedBy, decision_line
+from service.experiments.arms import ArmsConfig, ArmsFile, hash_unit
+from service.experiments.live import top_choice_agreement
+from service.join.joiner import JoinConfig, Joiner, JoinedLog
+from service.layout import DataPaths
+from service.eventlog.lines import ServedBy, decision_line
 from shelfbandit.cli import cli
 from simulator.world import World, WorldConfig
 from tests.service_support import catalogue, write_segment
@@ -415,10 +415,10 @@ def test_a_logged_decision_keeps_its_arm_fields_through_the_join():
 
 # -- the worker's arms: start-up refusal and the popularity baseline ----------------------------------
 def experiment_for(root):
-    from service.active_model import ActiveModel
-    from service.experiment import Experiment
-    from service.metrics import ServiceMetrics
-    from service.model_store import ModelStore
+    from service.models.active import ActiveModel
+    from service.experiments.live import Experiment
+    from service.ops.metrics import ServiceMetrics
+    from service.models.store import ModelStore
 
     metrics = ServiceMetrics()
     store = ModelStore(DataPaths(root).models)

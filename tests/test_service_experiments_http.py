@@ -19,12 +19,12 @@ from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.types import Context, LoggedEvent, Outcome
 from bandit.vw.ranker import VWShelfRanker
-from service.ab_report import ab_report, read_slates
-from service.arms import ArmsConfig, ArmsFile
-from service.joiner import JoinedLog
-from service.model_store import ModelStore
-from service.paths import DataPaths
-from service.segments import segment_paths
+from service.experiments.ab_report import ab_report, read_slates
+from service.experiments.arms import ArmsConfig, ArmsFile
+from service.join.joiner import JoinedLog
+from service.models.store import ModelStore
+from service.layout import DataPaths
+from service.eventlog.segments import segment_paths
 from simulator.http_driver import DriverConfig, drive
 from simulator.world import World, WorldConfig
 from tests.service_support import ADMIN_TOKEN, catalogue, rank_body, running_service

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from bandit.vw.format import SHELF_NS
-from service.joiner import JoinedLog
-from service.model_store import ModelStore
-from service.paths import DataPaths
+from service.join.joiner import JoinedLog
+from service.models.store import ModelStore
+from service.layout import DataPaths
 from bandit.vw.format import epoch_seconds
-from service.segments import segment_paths
+from service.eventlog.segments import segment_paths
 from tests.service_support import ADMIN_TOKEN, catalogue, rank_body, running_service, shelves_json
 from tests.test_service_model_store import trained_ranker
 

@@ -16,8 +16,8 @@ from bandit.types import LoggedEvent, Outcome
 from bandit.vw.format import listener_line, shelf_line, slot_line
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.readers import read_dsjson, read_log
-from service.joiner import Checkpoint, JoinConfig, Joiner, JoinerBusy, JoinedLog, slot_rewards
-from service.paths import DataPaths
+from service.join.joiner import Checkpoint, JoinConfig, Joiner, JoinerBusy, JoinedLog, slot_rewards
+from service.layout import DataPaths
 from bandit.vw.format import epoch_seconds
 from tests.service_support import logged_decisions, reward, write_segment
 

@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from service.events import EventIndex
-from service.paths import DECISION_KIND
-from service.segments import (
+from service.eventlog.index import EventIndex
+from service.layout import DECISION_KIND
+from service.eventlog.segments import (
     LogWriteError,
     SegmentWriter,
     is_live,

@@ -14,9 +14,9 @@ import pytest
 
 from bandit.config import RankerConfig
 from bandit.model_file import read_meta
-from service.arms import ArmsConfig, ArmsFile
-from service.joiner import JoinedLog
-from service.model_store import ModelStore
+from service.experiments.arms import ArmsConfig, ArmsFile
+from service.join.joiner import JoinedLog
+from service.models.store import ModelStore
 from service.training.candidates import Candidate
 from service.training.loop import TrainingLoop
 from service.training.publishing import PublishSettings

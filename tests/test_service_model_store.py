@@ -9,9 +9,9 @@ from bandit.config import RankerConfig
 from bandit.errors import ValidationError
 from bandit.types import Context
 from bandit.vw.ranker import VWShelfRanker
-from service.active_model import ActiveModel
-from service.metrics import ServiceMetrics
-from service.model_store import ModelRefused, ModelStore, PointerPinned, UnknownModelVersion
+from service.models.active import ActiveModel
+from service.ops.metrics import ServiceMetrics
+from service.models.store import ModelRefused, ModelStore, PointerPinned, UnknownModelVersion
 from tests.service_support import catalogue
 
 

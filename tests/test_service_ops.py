@@ -12,10 +12,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from service.joiner import JoinConfig, Joiner
-from service.metrics import BACKLOG_GAUGES, PUBLISH_REFUSALS, PUBLISHING_GAUGES, ServiceMetrics
-from service.model_store import ModelStore
-from service.paths import DataPaths
+from service.join.joiner import JoinConfig, Joiner
+from service.ops.metrics import BACKLOG_GAUGES, PUBLISH_REFUSALS, PUBLISHING_GAUGES, ServiceMetrics
+from service.models.store import ModelStore
+from service.layout import DataPaths
 from shelfbandit.cli import cli
 from tests.service_support import logged_decisions, reward, write_segment
 from tests.test_service_model_store import trained_ranker

@@ -14,13 +14,13 @@ import pytest
 from bandit.config import RankerConfig
 from bandit.model_file import read_meta
 from bandit.vw.ranker import VWShelfRanker
-from service.joiner import JoinedLog
-from service.doctor import diagnose
-from service.metrics import ServiceMetrics
-from service.model_store import ModelStore
+from service.join.joiner import JoinedLog
+from service.ops.doctor import diagnose
+from service.ops.metrics import ServiceMetrics
+from service.models.store import ModelStore
 from service.settings import Settings
 from service.training.candidates import Candidate
-from service.training.gate import GateSettings
+from service.training.judge import GateSettings
 from service.training.loop import TrainingBusy, TrainingLoop
 from service.training.publishing import PublishSettings, SnapshotRefused, checked_snapshot, read_status
 from service.training.records import read_records

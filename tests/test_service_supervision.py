@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from service.doctor import PROBLEM, diagnose
-from service.joiner import JoinConfig, Joiner
-from service.metrics import ServiceMetrics
-from service.paths import DataPaths
-from service.segments import LogWriteError, SegmentWriter
+from service.ops.doctor import PROBLEM, diagnose
+from service.join.joiner import JoinConfig, Joiner
+from service.ops.metrics import ServiceMetrics
+from service.layout import DataPaths
+from service.eventlog.segments import LogWriteError, SegmentWriter
 from service.settings import Settings
 from service.supervisor import Supervised
 from service.training.publishing import write_status

@@ -22,10 +22,10 @@ from click.testing import CliRunner
 from bandit.config import RankerConfig
 from bandit.errors import ShelfBanditError, ValidationError
 from bandit.vw.ranker import VWShelfRanker
-from service.joiner import JoinedLog
+from service.join.joiner import JoinedLog
 from service.training.candidates import Candidate, read_candidates
 from offline_eval.gate import GateRule
-from service.training.gate import GateSettings
+from service.training.judge import GateSettings
 from service.training.loop import TrainingLoop
 from service.training.records import read_records
 from service.training.state import CHECKPOINT, JOURNAL, candidate_dir, model_name

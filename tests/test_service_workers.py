@@ -8,9 +8,9 @@ import time
 
 import httpx
 
-from service.joiner import JoinedLog
-from service.paths import DataPaths
-from service.segments import segment_paths
+from service.join.joiner import JoinedLog
+from service.layout import DataPaths
+from service.eventlog.segments import segment_paths
 from tests.service_support import rank_body, running_service, ServiceProcess
 
 

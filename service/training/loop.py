@@ -4,7 +4,7 @@ train beside it and replace its configuration only on the launch gate's evidence
 A round: every candidate's actor trains the committed parts it has not trained yet (up to
 `max_events_per_round` events each; one `ray.get` over all the actors' calls) and the steps
 are recorded. Then each challenger that trained enough since it was last judged is judged
-against the champion on the learnable events of a recent window (`service.training.gate`);
+against the champion on the learnable events of a recent window (`service.training.judge`);
 of those the gate ships, the one with the largest estimated lift becomes the champion. Then,
 every `publish.interval_s` (and at once after a change of champion), the champion's latest
 committed model is published and activated after the checks of
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from bandit.errors import ShelfBanditError, ValidationError
-from service.arms import ACTIVE, BASELINES, ArmsFile
-from service.joiner import JoinedLog
-from service.model_store import ActivePointer, ModelRefused, ModelStore, PointerPinned
+from service.experiments.arms import ACTIVE, BASELINES, ArmsFile
+from service.join.joiner import JoinedLog
+from service.models.store import ActivePointer, ModelRefused, ModelStore, PointerPinned
 from service.training.candidates import DEFAULT_CANDIDATES, Candidate, check_candidates
-from service.training.gate import (
+from service.training.judge import (
     BASELINE_COLUMNS,
     GateSettings,
     ProgressiveScores,

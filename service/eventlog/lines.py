@@ -15,7 +15,7 @@ import orjson
 
 from bandit.types import Context, Decision, Shelf
 from bandit.vw.format import decision_record, epoch_seconds
-from service.arms import DEFAULT_ARM, ONLINE
+from service.experiments.arms import DEFAULT_ARM, ONLINE
 
 _HEAD = re.compile(rb'^\{"EventId":"([^"\\]*)","Timestamp":"([^"\\]*)"')
 

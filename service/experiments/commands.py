@@ -28,7 +28,7 @@ def arms() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON configuration.")
 def show(data_dir: Path, as_json: bool) -> None:
     """Print the arms configuration (the single `main` arm when there is no arms.json)."""
-    from service.arms import ArmsConfig, ArmsFile
+    from service.experiments.arms import ArmsConfig, ArmsFile
 
     config = ArmsFile(data_dir).read()
     source = "default" if config is None else "file"
@@ -46,10 +46,10 @@ def show(data_dir: Path, as_json: bool) -> None:
 def set_arms(data_dir: Path, config_file: Path) -> None:
     """Check CONFIG_FILE (JSON: {"salt", "arms": [{"name", "share", "policy", "mode"}]}), load
     and probe the model versions it pins, then replace arms.json atomically."""
-    from service.arms import ArmsConfig, ArmsFile
-    from service.experiment import load_pinned
-    from service.model_store import ModelStore
-    from service.paths import DataPaths
+    from service.experiments.arms import ArmsConfig, ArmsFile
+    from service.experiments.live import load_pinned
+    from service.models.store import ModelStore
+    from service.layout import DataPaths
 
     config = ArmsConfig.from_json(config_file.read_bytes())
     load_pinned(ModelStore(DataPaths(data_dir).models), config)
@@ -61,7 +61,7 @@ def set_arms(data_dir: Path, config_file: Path) -> None:
 @_data_dir_option
 def clear(data_dir: Path) -> None:
     """Remove arms.json: the service goes back to one arm, `main`, serving the active model online."""
-    from service.arms import ArmsFile
+    from service.experiments.arms import ArmsFile
 
     removed = ArmsFile(data_dir).clear()
     click.echo("arms cleared" if removed else "there was no arms configuration")
@@ -78,7 +78,7 @@ def record_estimate(data_dir: Path, arm: str | None, version: str | None, estima
     whose last line is read) in offline_estimates.json, for `ab-report` to put beside the arm's
     online result."""
     from bandit.errors import ValidationError
-    from service.ab_report import estimate_from_evaluation, record_offline_estimate
+    from service.experiments.ab_report import estimate_from_evaluation, record_offline_estimate
 
     lines = [line for line in evaluation_file.read_text().splitlines() if line.strip()]
     try:
@@ -105,8 +105,8 @@ def ab_report(data_dir: Path, since: str | None, control: str | None, level: flo
     agreement, and each arm's offline estimate from before launch beside its online result."""
     from tqdm import tqdm
 
-    from service.ab_report import OfflineEstimates, ab_report as make_report, arm_order, parse_since, read_slates, write_report
-    from service.joiner import JoinedLog
+    from service.experiments.ab_report import OfflineEstimates, ab_report as make_report, arm_order, parse_since, read_slates, write_report
+    from service.join.joiner import JoinedLog
 
     with tqdm(total=len(JoinedLog(data_dir).parts()), unit="part", desc="reading joined parts", disable=as_json, leave=False) as bar:
         slates = read_slates(data_dir, progress=bar.update)

@@ -4,7 +4,7 @@ One `ServiceMetrics` per app (its own registry, so apps in one process do not co
 several uvicorn workers, `shelfbandit serve` sets `PROMETHEUS_MULTIPROC_DIR` and `/metrics`
 aggregates every worker's values (prometheus_client's multiprocess mode). The trainer runs in
 a process of its own; its publishing state (`training/publishing.json`) and its backlog (joined
-parts its candidates have not trained, service/trainer_backlog.py) are read at each scrape.
+parts its candidates have not trained, service/training/backlog.py) are read at each scrape.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bandit.errors import ShelfBanditError
-from service.trainer_backlog import trainer_backlog
+from service.training.backlog import trainer_backlog
 from service.training.publishing import read_status
 
 PREFIX = "shelfbandit"

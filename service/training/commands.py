@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from service.training.loop import FOLLOW_INTERVAL_S
-from service.training.gate import DEFAULT_ESTIMATOR, SCORED_ESTIMATORS, GateSettings
+from service.training.judge import DEFAULT_ESTIMATOR, SCORED_ESTIMATORS, GateSettings
 from service.training.publishing import PublishSettings
 
 GATE_DEFAULTS = GateSettings()

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.paths import DECISION_KIND
+from service.layout import DECISION_KIND
 from bandit.vw.format import epoch_seconds
-from service.records import shown_shelves
-from service.segments import SUFFIX, read_complete_lines, segment_paths
+from service.eventlog.lines import shown_shelves
+from service.eventlog.segments import SUFFIX, read_complete_lines, segment_paths
 
 FORGET_EVERY = 4096
 

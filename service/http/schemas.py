@@ -2,7 +2,7 @@
 
 The schemas check structure and the hard limits (so both appear in the OpenAPI document);
 rules that relate fields (unique shelf ids, slots <= shelves, baseline ids among the
-candidates, shelf_id xor slot) and the configurable limits are checked in `service.convert`.
+candidates, shelf_id xor slot) and the configurable limits are checked in `service.http.convert`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, WithJsonSchema
 
 from bandit.features import MAX_FEATURES, MAX_NAME_LENGTH, MAX_VALUE_LENGTH
 from bandit.types import MAX_SHELVES
-from service.arms import ACTIVE, DEFAULT_SALT, ONLINE
+from service.experiments.arms import ACTIVE, DEFAULT_SALT, ONLINE
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
 MAX_ID_LENGTH = 128
@@ -21,7 +21,7 @@ MAX_ID_LENGTH = 128
 Identifier = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 ShelfId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 ListenerId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
-# values are checked by bandit.features (one rule for every entry point) in service.convert;
+# values are checked by bandit.features (one rule for every entry point) in service.http.convert;
 # the schema only documents them
 FeatureValue = Annotated[
     Any,
@@ -127,7 +127,7 @@ class ResumeResponse(BaseModel):
     pinned: bool
 
 
-# the rules of an arms configuration live in `service.arms` (one place for the API, the file
+# the rules of an arms configuration live in `service.experiments.arms` (one place for the API, the file
 # and the CLI); these schemas give its shape
 class ArmIn(_Strict):
     """One arm: a share of the traffic, the policy that serves it and its learning mode."""

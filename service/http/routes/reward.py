@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.api.deps import ServiceDep
-from service.convert import reward_target
-from service.schemas import Problem, RewardRequest, RewardResponse
+from service.http.deps import ServiceDep
+from service.http.convert import reward_target
+from service.http.schemas import Problem, RewardRequest, RewardResponse
 
 router = APIRouter(prefix="/v1", tags=["decisions"])
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
 from bandit.model_file import load_policy, meta_path, read_meta, write_atomic
 from bandit.policy import Policy
-from service.segments import fsync_directory
+from service.eventlog.segments import fsync_directory
 
 POINTER = "ACTIVE"
 MODEL_SUFFIX = ".model"

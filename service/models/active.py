@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from bandit.policy import Policy
 from bandit.types import Context, Shelf
 from service.logs import get_logger
-from service.metrics import ServiceMetrics
-from service.model_store import ModelRefused, ModelStore, ModelVersion, UnknownModelVersion
+from service.ops.metrics import ServiceMetrics
+from service.models.store import ModelRefused, ModelStore, ModelVersion, UnknownModelVersion
 from service.supervisor import Supervised
 
 PROBE_SHELVES = (Shelf("probe-a", {"kind": "probe"}), Shelf("probe-b", {"kind": "probe"}))

@@ -41,10 +41,10 @@ from bandit.errors import ShelfBanditError, ValidationError
 from bandit.model_file import write_atomic
 from bandit.types import Outcome
 from bandit.vw.format import join_record, nullable_floats
-from service.arms import DEFAULT_ARM, ONLINE
-from service.paths import DECISION_KIND, REWARD_KIND, DataPaths
-from service.records import json_line, line_head, shown_shelves
-from service.segments import fsync_directory, read_complete_lines, segment_paths
+from service.experiments.arms import DEFAULT_ARM, ONLINE
+from service.layout import DECISION_KIND, REWARD_KIND, DataPaths
+from service.eventlog.lines import json_line, line_head, shown_shelves
+from service.eventlog.segments import fsync_directory, read_complete_lines, segment_paths
 
 CHECKPOINT = "checkpoint.json"
 REJECTED = "rejected.jsonl"

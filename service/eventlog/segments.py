@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bandit.errors import ShelfBanditError
-from service.records import line_head
+from service.eventlog.lines import line_head
 from service.supervisor import Supervised
 
 if TYPE_CHECKING:
-    from service.metrics import ServiceMetrics
+    from service.ops.metrics import ServiceMetrics
 
 SUFFIX = ".jsonl"
 READ_CHUNK = 1 << 20

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import AdminDep, ServiceDep
-from service.arms import APPRENTICE, ArmsConfig
+from service.http.deps import AdminDep, ServiceDep
+from service.experiments.arms import APPRENTICE, ArmsConfig
 from service.errors import NotReady
-from service.experiment import LiveArms
-from service.schemas import ArmOut, ArmsIn, ArmsOut, ArmsRefusalOut, Problem
-from service.state import Service
+from service.experiments.live import LiveArms
+from service.http.schemas import ArmOut, ArmsIn, ArmsOut, ArmsRefusalOut, Problem
+from service.serving import Service
 
 router = APIRouter(prefix="/v1/arms", tags=["experiments"])
 ADMIN_ERRORS = {401: {"model": Problem}, 403: {"model": Problem}, 422: {"model": Problem}}

@@ -11,7 +11,7 @@ from bandit.errors import ValidationError
 from bandit.features import Features
 from bandit.types import Context, Decision, Shelf
 from bandit.vw.format import SHELF_ID_FEATURE
-from service.schemas import RankRequest, RewardRequest
+from service.http.schemas import RankRequest, RewardRequest
 from service.settings import Settings
 
 

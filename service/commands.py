@@ -52,7 +52,7 @@ def serve(data_dir, host, port, workers, durability, reward_window_s, no_joiner,
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     click.echo(f"serving on http://{settings.host}:{settings.port} (docs at /docs), data in {settings.data_dir}", err=True)
     uvicorn.run(
-        "service.app:app_from_environment",
+        "service.http.app:app_from_environment",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -71,8 +71,8 @@ def serve(data_dir, host, port, workers, durability, reward_window_s, no_joiner,
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON summary.")
 def join(data_dir, once, reward_window_s, settings_file, as_json) -> None:
     """Join decisions with their rewards into joined/ (DSJSON) and slates/ (Parquet), exactly once."""
-    from service.joiner import Joiner, JoinReport
-    from service.state import join_config
+    from service.join.joiner import Joiner, JoinReport
+    from service.serving import join_config
 
     settings = _settings(settings_file, data_dir=data_dir, reward_window_s=reward_window_s)
     joiner = Joiner(settings.data_dir, join_config(settings))
@@ -116,7 +116,7 @@ def doctor(data_dir, settings_file, as_json) -> None:
     unjoined backlog, and the model store's active pointer. Exit status 1 if anything is wrong."""
     from tqdm import tqdm
 
-    from service.doctor import PROBLEM, diagnose, findings_json, log_bytes
+    from service.ops.doctor import PROBLEM, diagnose, findings_json, log_bytes
 
     settings = _settings(settings_file, data_dir=data_dir)
     with tqdm(total=log_bytes(settings) if settings.data_dir.is_dir() else 0, unit="B", unit_scale=True,

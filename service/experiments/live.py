@@ -29,13 +29,13 @@ from bandit.errors import ValidationError
 from bandit.policy import Policy
 from bandit.sampling import SlotModel, logged_distributions
 from bandit.types import Context, Decision, Shelf
-from service.active_model import ActiveModel, probe
-from service.arms import ACTIVE, APPRENTICE, Arm, ArmsConfig, ArmsFile
+from service.models.active import ActiveModel, probe
+from service.experiments.arms import ACTIVE, APPRENTICE, Arm, ArmsConfig, ArmsFile
 from service.errors import NotReady
-from service.joiner import JoinedLog
+from service.join.joiner import JoinedLog
 from service.logs import get_logger
-from service.metrics import ServiceMetrics
-from service.model_store import ModelRefused, ModelStore, UnknownModelVersion
+from service.ops.metrics import ServiceMetrics
+from service.models.store import ModelRefused, ModelStore, UnknownModelVersion
 from service.supervisor import Supervised
 
 log = get_logger()

@@ -1,6 +1,6 @@
 """The FastAPI application: `create_app(settings)` builds it; nothing is built at import time.
 
-uvicorn workers use `service.app:app_from_environment` (a factory) with the settings that
+uvicorn workers use `service.http.app:app_from_environment` (a factory) with the settings that
 `shelfbandit serve` put in the environment.
 """
 
@@ -20,14 +20,14 @@ from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bandit.errors import ValidationError
-from service.api import arms, model, ops, rank, reward
+from service.http.routes import arms, model, ops, rank, reward
 from service.errors import LateReward, NotReady, RepeatedEvent, UnknownEvent
 from service.logs import get_logger
-from service.metrics import multiprocess_enabled
-from service.model_store import ModelRefused, UnknownModelVersion
-from service.segments import LogWriteError
+from service.ops.metrics import multiprocess_enabled
+from service.models.store import ModelRefused, UnknownModelVersion
+from service.eventlog.segments import LogWriteError
 from service.settings import Settings
-from service.state import Service
+from service.serving import Service
 
 log = get_logger()
 

@@ -19,18 +19,18 @@ from bandit.errors import ValidationError
 from bandit.policy import Policy
 from bandit.types import Context, Decision, Shelf
 from bandit.vw.ranker import VWShelfRanker
-from service.active_model import ActiveModel
-from service.arms import APPRENTICE, Arm
+from service.models.active import ActiveModel
+from service.experiments.arms import APPRENTICE, Arm
 from service.errors import LateReward, NotReady, RepeatedEvent, UnknownEvent
-from service.events import EventIndex
-from service.experiment import Experiment, compare_with_model
-from service.joiner import JoinConfig, Joiner, JoinReport
+from service.eventlog.index import EventIndex
+from service.experiments.live import Experiment, compare_with_model
+from service.join.joiner import JoinConfig, Joiner, JoinReport
 from service.logs import get_logger
-from service.metrics import ServiceMetrics
-from service.model_store import ModelStore
-from service.paths import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
-from service.records import ServedBy, decision_line, reward_line
-from service.segments import LogWriteError, SegmentWriter, set_aside_torn_tails
+from service.ops.metrics import ServiceMetrics
+from service.models.store import ModelStore
+from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
+from service.eventlog.lines import ServedBy, decision_line, reward_line
+from service.eventlog.segments import LogWriteError, SegmentWriter, set_aside_torn_tails
 from service.settings import Settings
 from service.supervisor import Supervised
 from service.training.state import training_dir

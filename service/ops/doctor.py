@@ -17,14 +17,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bandit.errors import ShelfBanditError
-from service.active_model import probe
-from service.joiner import CHECKPOINT, REJECTED, Checkpoint, part_name
-from service.model_store import ModelRefused, ModelStore, UnknownModelVersion
-from service.paths import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
-from service.records import line_head
-from service.segments import is_live, segment_paths, torn_tail_size
+from service.models.active import probe
+from service.join.joiner import CHECKPOINT, REJECTED, Checkpoint, part_name
+from service.models.store import ModelRefused, ModelStore, UnknownModelVersion
+from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
+from service.eventlog.lines import line_head
+from service.eventlog.segments import is_live, segment_paths, torn_tail_size
 from service.settings import Settings
-from service.trainer_backlog import trainer_backlog
+from service.training.backlog import trainer_backlog
 from service.training.publishing import read_status
 from service.training.records import PUBLISH_REFUSED, read_records
 from service.training.state import training_dir

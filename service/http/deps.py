@@ -9,7 +9,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.settings import Settings
-from service.state import Service
+from service.serving import Service
 
 bearer = HTTPBearer(auto_error=False, description="the admin token from the service's settings")
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bandit.errors import ShelfBanditError
-from service.joiner import JoinedLog, part_name
-from service.paths import DataPaths
+from service.join.joiner import JoinedLog, part_name
+from service.layout import DataPaths
 from service.training.publishing import read_status
 from service.training.state import CHECKPOINT, training_dir
 

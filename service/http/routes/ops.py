@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from service.api.deps import ServiceDep
+from service.http.deps import ServiceDep
 
 router = APIRouter(tags=["operations"])
 

@@ -1,0 +1,1 @@
+"""The model store, the model a worker serves, and its hot reload."""
