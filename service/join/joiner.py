@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,7 +136,8 @@ def part_name(number: int, suffix: str) -> str:
 
 
 class JoinedLog:
-    """Reader of the joined log: committed parts in order (a trainer remembers the next number)."""
+    """Reader of the joined log: committed parts in order (a trainer remembers the next number),
+    and the one reader of their slate tables."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.paths = DataPaths(Path(data_dir))
@@ -151,10 +152,31 @@ class JoinedLog:
             for n in range(start, self.checkpoint().next_part)
         ]
 
-    def slate_table(self, start: int = 0) -> pd.DataFrame:
-        """The slate table of the committed parts from `start` on."""
-        frames = [pd.read_parquet(part.slates) for part in self.parts(start)]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SLATE_TABLE_COLUMNS)
+    def slate_part(self, number: int, columns: Sequence[str] | None = None, *, learnable: bool = False) -> pd.DataFrame:
+        """Part `number`'s slate rows, with the `columns` it holds (default: all). `learnable`:
+        only the rows of events a trainer learns (`learn` true; every row of a part written
+        before that column existed)."""
+        path = self.paths.slates / part_name(number, ".parquet")
+        held = pq.read_schema(path).names
+        selected = None if columns is None else [name for name in columns if name in held]
+        filters = [("learn", "==", True)] if learnable and "learn" in held else None
+        return pd.read_parquet(path, columns=selected, filters=filters)
+
+    def slate_table(
+        self, start: int = 0, stop: int | None = None, columns: Sequence[str] | None = None, *,
+        learnable: bool = False, progress: Callable[[int], object] | None = None,
+    ) -> pd.DataFrame:
+        """The slate rows (as `slate_part`) of the committed parts numbered `start` up to `stop`
+        (exclusive; default: every committed part); `progress(1)` after each part read."""
+        committed = self.checkpoint().next_part
+        frames = []
+        for number in range(start, committed if stop is None else min(stop, committed)):
+            frames.append(self.slate_part(number, columns, learnable=learnable))
+            if progress is not None:
+                progress(1)
+        if not frames:
+            return pd.DataFrame(columns=list(SLATE_TABLE_COLUMNS if columns is None else columns))
+        return pd.concat(frames, ignore_index=True)
 
 
 SLATE_TABLE_COLUMNS = (
