@@ -7,17 +7,23 @@ class ShelfBanditError(Exception):
     """Base class of every error the project raises on purpose."""
 
 
-class ValidationError(ShelfBanditError, ValueError):
-    """An input broke a rule; `field` names it, `rule` says what was expected."""
+class FieldError(ShelfBanditError):
+    """An error about one field: `field` names it (may be empty), `rule` says what was expected
+    or what happened. Both travel as attributes to whoever reports the error (the HTTP edge
+    answers `{"field", "rule"}` from them); the message is `"<field>: <rule>"`."""
 
     def __init__(self, field: str, rule: str, found: object = ...) -> None:
         self.field = field
         self.rule = rule
         self.found = found
-        message = f"{field}: {rule}"
+        message = f"{field}: {rule}" if field else rule
         if found is not ...:
             message += f" (found {_short(found)})"
         super().__init__(message)
+
+
+class ValidationError(FieldError, ValueError):
+    """An input broke a rule; `field` names it, `rule` says what was expected."""
 
 
 class ModelFileError(ShelfBanditError):

@@ -1,21 +1,29 @@
-"""Errors the endpoints turn into HTTP answers (each message names the field and the rule)."""
+"""Errors the endpoints turn into HTTP answers; each carries its `field` and `rule` (bandit.errors.FieldError)."""
 
 from __future__ import annotations
 
-from bandit.errors import ShelfBanditError
+from bandit.errors import FieldError
 
 
-class UnknownEvent(ShelfBanditError):
+class UnknownEvent(FieldError):
     """A reward names an event this deployment never served (or has forgotten)."""
 
 
-class LateReward(ShelfBanditError):
+class LateReward(FieldError):
     """A reward arrived after its event's reward window; it is kept aside, not learned from."""
 
 
-class RepeatedEvent(ShelfBanditError):
+class RepeatedEvent(FieldError):
     """A ranking request reuses an event id that was already served."""
 
 
-class NotReady(ShelfBanditError):
+class NotReady(FieldError):
     """The worker has no model to serve yet."""
+
+
+class Unauthenticated(FieldError):
+    """An admin endpoint was called without a bearer token."""
+
+
+class Forbidden(FieldError):
+    """An admin endpoint was called with a wrong token, or admin endpoints are disabled."""

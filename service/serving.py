@@ -150,11 +150,11 @@ class Service:
         arm's policy on the ranking thread, wait until the decision is durably logged, then
         return it and the arm that served it."""
         if self.decisions is None:
-            raise NotReady("decisions: the decision log is not open")
+            raise NotReady("decisions", "the decision log is not open")
         if event_id is None:
             event_id = uuid.uuid4().hex
         elif self.events.seen_here(event_id) or event_id in self._in_flight:
-            raise RepeatedEvent(f"event_id: already served ({event_id}); event ids must be unique")
+            raise RepeatedEvent("event_id", f"already served ({event_id}); event ids must be unique")
         self._in_flight.add(event_id)  # held until the decision is indexed: a retry racing it is refused
         try:
             return await self._rank_and_log(context, shelves, n_slots, event_id, baseline)
@@ -208,9 +208,7 @@ class Service:
         known = self.events.find(event_id)
         if known is None:
             self.metrics.rewards.labels("unknown_event").inc()
-            raise UnknownEvent(
-                f"event_id: no decision {event_id!r} was served in the last {self.settings.remembered_s:g} s"
-            )
+            raise UnknownEvent("event_id", f"no decision {event_id!r} was served in the last {self.settings.remembered_s:g} s")
         if slot is None:
             if shelf_id not in known.shelf_ids:
                 self.metrics.rewards.labels("invalid").inc()
@@ -225,8 +223,9 @@ class Service:
             self._append(self.late_rewards, "late_rewards", line)
             self.metrics.rewards.labels("late").inc()
             raise LateReward(
-                f"event_id: the reward window of {self.settings.reward_window_s:g} s closed "
-                f"{now - known.timestamp - self.settings.reward_window_s:.1f} s ago; the reward is kept aside"
+                "event_id",
+                f"the reward window of {self.settings.reward_window_s:g} s closed "
+                f"{now - known.timestamp - self.settings.reward_window_s:.1f} s ago; the reward is kept aside",
             )
         self._append(self.rewards, "rewards", line)
         self.metrics.rewards.labels("accepted").inc()
@@ -234,7 +233,7 @@ class Service:
 
     def _append(self, writer: SegmentWriter | None, name: str, line: bytes) -> None:
         if writer is None:
-            raise NotReady(f"{name}: the log is not open")
+            raise NotReady(name, "the log is not open")
         started = time.perf_counter()
         try:
             writer.append(line)

@@ -19,7 +19,8 @@ from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.types import Context, LoggedEvent, Outcome
 from bandit.vw.ranker import VWShelfRanker
-from service.experiments.ab_report import ab_report, read_slates
+from service.experiments.ab_input import read_slates
+from service.experiments.ab_report import ab_report
 from service.experiments.arms import ArmsConfig, ArmsFile
 from service.join.joiner import JoinedLog
 from service.models.store import ModelStore
@@ -237,6 +238,7 @@ def test_two_workers_keep_every_listener_in_one_arm_across_reloads_without_a_fai
             reloaded_at = time.time()
             ArmsFile(data_dir).write(ArmsConfig.from_dict(second))  # file write (as `shelfbandit arms set` does)
             time.sleep(2.5)
+            put_sent = time.time()  # the worker that takes the PUT applies it before it answers
             with server.client() as admin:
                 assert admin.put("/v1/arms", json=third, headers=ADMIN).status_code == 200  # one worker applies, the other polls
             put_at = time.time()
@@ -253,7 +255,7 @@ def test_two_workers_keep_every_listener_in_one_arm_across_reloads_without_a_fai
         arms_seen = {(r["_pid"], r["_arm"]) for r in records if r["_listener_id"] == listener}
         assert {arm for _, arm in arms_seen} == {config.arms[config.arm_index(listener)].name}, (listener, arms_seen)
     # each reload reached both workers without a restart (a margin of five poll intervals)
-    after_second = [r for r in records if reloaded_at + 5 * POLL_S < epoch(r) < put_at]
+    after_second = [r for r in records if reloaded_at + 5 * POLL_S < epoch(r) < put_sent]
     after_third = [r for r in records if epoch(r) > put_at + 5 * POLL_S]
     for window, version in ((after_second, "editorial"), (after_third, "uniform")):
         assert {r["_pid"] for r in window} == pids

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bandit.errors import ShelfBanditError
+from bandit.errors import FieldError, ShelfBanditError
 from service.eventlog.lines import line_head
 from service.supervisor import Supervised
 
@@ -40,7 +40,7 @@ READ_CHUNK = 1 << 20
 COMMIT_RETRY_S, COMMIT_MAX_BACKOFF_S = 0.05, 0.5  # waits after failed group commits (requests queue meanwhile)
 
 
-class LogWriteError(ShelfBanditError):
+class LogWriteError(FieldError):
     """A line could not be made durable; the request that wrote it must not be acknowledged."""
 
 
@@ -268,7 +268,7 @@ class SegmentWriter:
                 self._close_segment()
             except OSError:
                 self._fd = None
-            raise LogWriteError(f"{self.kind} log write failed: {err.strerror or err}") from None
+            raise LogWriteError(self.kind, f"log write failed: {err.strerror or err}") from None
 
     # -- group commit --------------------------------------------------------------------------
     def _commit_step(self) -> float | None:
@@ -287,7 +287,7 @@ class SegmentWriter:
         try:
             self._write_now(b"".join(line for line, _ in batch), sync=True)
         except BaseException as err:  # whatever went wrong, no line of the batch is acknowledged
-            failure = err if isinstance(err, LogWriteError) else LogWriteError(f"{self.kind} log write failed: {type(err).__name__}: {err}")
+            failure = err if isinstance(err, LogWriteError) else LogWriteError(self.kind, f"log write failed: {type(err).__name__}: {err}")
             for _, done in batch:
                 done.set_exception(failure)
             head = line_head(batch[0][0])

@@ -133,7 +133,7 @@ def load_pinned(store: ModelStore, config: ArmsConfig, *, reuse: Mapping[str, Po
             policy, _ = store.load(version)
             probe(policy, version)
         except (UnknownModelVersion, ModelRefused, ValidationError) as err:
-            raise ValidationError(f"arms[{i}].policy", str(err).removeprefix("version: ")) from None
+            raise ValidationError(f"arms[{i}].policy", err.rule) from None
         pinned[version] = policy
     return pinned
 
@@ -178,7 +178,7 @@ class Experiment:
         if arm.policy == ACTIVE:
             served = self.model.current
             if served is None:
-                raise NotReady("model: no model is loaded yet")
+                raise NotReady("model", "no model is loaded yet")
             return served.policy
         if arm.policy == "editorial":
             return EDITORIAL

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,9 +18,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bandit.errors import ValidationError
+from bandit.errors import FieldError, ValidationError
 from service.http.routes import arms, model, ops, rank, reward
-from service.errors import LateReward, NotReady, RepeatedEvent, UnknownEvent
+from service.errors import Forbidden, LateReward, NotReady, RepeatedEvent, Unauthenticated, UnknownEvent
 from service.logs import get_logger
 from service.ops.metrics import multiprocess_enabled
 from service.models.store import ModelRefused, UnknownModelVersion
@@ -52,8 +51,10 @@ ERROR_STATUS = {
     ValidationError: 422,
     LogWriteError: 503,
     NotReady: 503,
+    Unauthenticated: 401,
+    Forbidden: 403,
 }
-_FIELD_MESSAGE = re.compile(r"^(?P<field>[\w\[\]./]+): (?P<rule>.*)$", re.S)
+ERROR_HEADERS = {Unauthenticated: {"WWW-Authenticate": "Bearer"}}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -80,7 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (rank.router, reward.router, model.router, arms.router, ops.router):
         app.include_router(router)
     for error, status in ERROR_STATUS.items():
-        app.add_exception_handler(error, _domain_error_handler(status))
+        app.add_exception_handler(error, _domain_error_handler(status, ERROR_HEADERS.get(error)))
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -99,12 +100,9 @@ def problem(status: int, field: str, rule: str, detail: list[dict] | None = None
     return JSONResponse({"error": message, "detail": detail or [{"field": field, "rule": rule}]}, status, headers=headers)
 
 
-def _domain_error_handler(status: int):
-    async def handle(request: Request, err: Exception) -> JSONResponse:
-        if isinstance(err, ValidationError):
-            return problem(status, err.field, err.rule)
-        match = _FIELD_MESSAGE.match(str(err))
-        return problem(status, match["field"], match["rule"]) if match else problem(status, "", str(err))
+def _domain_error_handler(status: int, headers: dict | None = None):
+    async def handle(request: Request, err: FieldError) -> JSONResponse:
+        return problem(status, err.field, err.rule, headers=headers)
 
     return handle
 
@@ -129,9 +127,8 @@ async def _request_validation_error(request: Request, err: RequestValidationErro
 
 
 async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-    match = _FIELD_MESSAGE.match(str(err.detail))
-    field, rule = (match["field"], match["rule"]) if match else ("", str(err.detail))
-    return problem(err.status_code, field, rule, headers=getattr(err, "headers", None))
+    """Starlette's own answers (no such route, method not allowed): no field to name."""
+    return problem(err.status_code, "", str(err.detail), headers=getattr(err, "headers", None))
 
 
 async def _unexpected_error(request: Request, err: Exception) -> JSONResponse:

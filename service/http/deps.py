@@ -5,9 +5,10 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.errors import Forbidden, Unauthenticated
 from service.settings import Settings
 from service.serving import Service
 
@@ -34,16 +35,12 @@ async def require_admin(
 ) -> None:
     """401 without a bearer token, 403 with a wrong one (or when no admin token is configured)."""
     if credentials is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "authorization: an admin bearer token is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise Unauthenticated("authorization", "an admin bearer token is required")
     expected = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
     if expected is None:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "authorization: admin endpoints are disabled (no admin token is configured)")
+        raise Forbidden("authorization", "admin endpoints are disabled (no admin token is configured)")
     if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "authorization: the admin token is wrong")
+        raise Forbidden("authorization", "the admin token is wrong")
 
 
 AdminDep = Depends(require_admin)

@@ -51,7 +51,7 @@ def probe(policy: Policy, version: str) -> None:
     try:
         policy.rank(Context({"probe": True}), PROBE_SHELVES, 2, event_id="model-probe")
     except Exception as err:  # any failure here means the model must not serve
-        raise ModelRefused(f"version: {version} is refused (a probe ranking failed: {type(err).__name__}: {err})") from None
+        raise ModelRefused("version", f"{version} is refused (a probe ranking failed: {type(err).__name__}: {err})") from None
 
 
 class ActiveModel:

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
+from bandit.errors import FieldError, ModelFileError, ShelfBanditError, ValidationError
 from bandit.model_file import load_policy, meta_path, read_meta, write_atomic
 from bandit.policy import Policy
 from service.eventlog.segments import fsync_directory
@@ -39,11 +39,11 @@ POINTER = "ACTIVE"
 MODEL_SUFFIX = ".model"
 
 
-class UnknownModelVersion(ShelfBanditError):
+class UnknownModelVersion(FieldError):
     """No model of that version is in the store."""
 
 
-class ModelRefused(ShelfBanditError):
+class ModelRefused(FieldError):
     """A model failed its checks (corrupt, unreadable or unusable) and was not activated."""
 
 
@@ -151,21 +151,21 @@ class ModelStore:
         """The stored version (its payload checked against the metadata)."""
         path = self.path_of(version)
         if not meta_path(path).exists():
-            raise UnknownModelVersion(f"version: no model {version!r} in the store ({self.versions_dir})")
+            raise UnknownModelVersion("version", f"no model {version!r} in the store ({self.versions_dir})")
         try:
             return ModelVersion(version, path, read_meta(path))
         except ModelFileError as err:
-            raise ModelRefused(f"version: {version} is refused ({err})") from None
+            raise ModelRefused("version", f"{version} is refused ({err})") from None
 
     def load(self, version: str) -> tuple[Policy, ModelVersion]:
         """Load a stored version; ModelRefused if it is corrupt or cannot be loaded."""
         stored = self.get(version)
         if stored.meta.get("version") != version:
-            raise ModelRefused(f"version: {version} is refused (its metadata names version {stored.meta.get('version')!r})")
+            raise ModelRefused("version", f"{version} is refused (its metadata names version {stored.meta.get('version')!r})")
         try:
             return load_policy(stored.path), stored
         except (ModelFileError, ValidationError) as err:
-            raise ModelRefused(f"version: {version} is refused ({err})") from None
+            raise ModelRefused("version", f"{version} is refused ({err})") from None
 
     def active(self) -> ActivePointer | None:
         """The active pointer, or None before the first activation."""
@@ -175,7 +175,7 @@ class ModelStore:
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ModelRefused(f"pointer: the active pointer {self.pointer_path} is unreadable ({err})") from None
+            raise ModelRefused("pointer", f"the active pointer {self.pointer_path} is unreadable ({err})") from None
 
     # -- activation ----------------------------------------------------------------------------
     def activate(self, version: str, *, check: Callable[[str], object] | None = None, pin: bool = False,
@@ -187,7 +187,7 @@ class ModelStore:
         (check or self.load)(version)
         with self._locked():
             if not (self.path_of(version).exists() and meta_path(self.path_of(version)).exists()):
-                raise UnknownModelVersion(f"version: {version} was removed from the store while it was checked")
+                raise UnknownModelVersion("version", f"{version} was removed from the store while it was checked")
             try:
                 current = self.active()
             except ModelRefused:

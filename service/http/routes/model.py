@@ -18,7 +18,7 @@ def model(service: ServiceDep) -> ModelOut:
     """The version this worker serves, what the active pointer says, and any refused version."""
     served = service.model.current
     if served is None:
-        raise NotReady("model: no model is loaded yet")
+        raise NotReady("model", "no model is loaded yet")
     try:
         pointer = service.store.active()
     except ModelRefused:
@@ -59,5 +59,5 @@ def resume(service: ServiceDep) -> ResumeResponse:
     publication. Harmless when nothing is pinned."""
     pointer = service.store.resume()
     if pointer is None:
-        raise NotReady("model: no model has been activated yet")
+        raise NotReady("model", "no model has been activated yet")
     return ResumeResponse(version=pointer.version, pinned=pointer.pinned)
