@@ -11,6 +11,13 @@ For each worker count: the maximum throughput in a closed loop at a fixed concur
 counted from each request's scheduled send time, so queueing is included). The load comes
 from a separate process (asyncio, raw HTTP/1.1 keep-alive), bounded in count and time.
 
+The service is also driven the way the home backend drives it, through `shelfbandit.client`
+(one AsyncDecisionClient, one pool, one attempt per request), in a closed loop at the same
+concurrency, alternating with the raw loop; both report their load process's CPU per request.
+The raw loop stays the measure of the apps: a request through httpx costs the load process
+several times what the floor apps spend serving one, so through the client the figures would
+be the client's.
+
     python bench/decision_api.py [--seconds 5] [--repeats 3] [--concurrency 16] [--workers 1,2]
 """
 
@@ -35,15 +42,19 @@ import urllib.request
 import numpy as np
 
 from service.local import free_port
+from shelfbandit.client import AsyncDecisionClient, ClientError, RetryPolicy
 
 APPS = ("service", "parse", "vw_predict")
 MAX_REQUESTS = 200_000  # per measurement, on top of the time bound
 
 
-def request_body(n_shelves: int, n_slots: int) -> bytes:
+def request_fields(n_shelves: int, n_slots: int) -> dict:
     shelves = [{"id": f"shelf-{i}", "features": {"kind": f"kind-{i % 8}", "age_days": i}} for i in range(n_shelves)]
-    body = {"user": {"country": "SE", "platform": "ios", "hour": 20}, "shelves": shelves, "slots": n_slots}
-    return json.dumps(body).encode()
+    return {"user": {"country": "SE", "platform": "ios", "hour": 20}, "shelves": shelves, "slots": n_slots}
+
+
+def request_body(n_shelves: int, n_slots: int) -> bytes:
+    return json.dumps(request_fields(n_shelves, n_slots)).encode()
 
 
 def http_request(port: int, body: bytes) -> bytes:
@@ -119,21 +130,52 @@ async def _open_loop(port: int, request: bytes, rate: float, seconds: float, con
     return {"n": len(latencies), "rps": len(latencies) / elapsed, "latencies": latencies, "failures": failures}
 
 
-def _load_process(kind: str, port: int, request: bytes, params: dict, out) -> None:
+async def _client_loop(port: int, fields: dict, concurrency: int, seconds: float) -> dict:
+    """The closed loop through the decision API's client (each call one attempt; it sets the event id)."""
+    deadline = time.perf_counter() + seconds
+    latencies: list[float] = []
+    failures = 0
+    client = AsyncDecisionClient(f"http://127.0.0.1:{port}", timeout_s=10.0, retry=RetryPolicy(max_attempts=1),
+                                 max_connections=concurrency)
+
+    async def caller() -> None:
+        nonlocal failures
+        while time.perf_counter() < deadline and len(latencies) < MAX_REQUESTS:
+            started = time.perf_counter()
+            try:
+                await client.rank(fields["shelves"], fields["slots"], user=fields["user"])
+            except ClientError:
+                failures += 1
+            latencies.append(time.perf_counter() - started)
+
+    async with client:
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"n": len(latencies), "rps": len(latencies) / elapsed, "latencies": latencies, "failures": failures}
+
+
+def _load_process(kind: str, port: int, request: bytes | dict, params: dict, out) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
+    cpu_started = time.process_time()
     if kind == "closed":
         result = asyncio.run(_closed_loop(port, request, params["concurrency"], params["seconds"]))
+    elif kind == "client":
+        result = asyncio.run(_client_loop(port, request, params["concurrency"], params["seconds"]))
     else:
         result = asyncio.run(_open_loop(port, request, params["rate"], params["seconds"], params["connections"]))
+    result["cpu_s"] = time.process_time() - cpu_started
     out.send(result)
 
 
-def run_load(kind: str, port: int, request: bytes, **params) -> dict:
+def run_load(kind: str, port: int, request: bytes | dict, **params) -> dict:
+    """One measurement from a load process of its own: `closed` and `open` send the raw `request`
+    bytes, `client` sends the `request` fields through AsyncDecisionClient."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_load_process, args=(kind, port, request, params, send))
@@ -147,6 +189,7 @@ def run_load(kind: str, port: int, request: bytes, **params) -> dict:
         "p99_ms": float(np.percentile(latencies, 99) * 1e3),
         "failures": result["failures"],
         "n": result["n"],
+        "cpu_us": result["cpu_s"] / max(result["n"], 1) * 1e6,
     }
 
 
@@ -192,7 +235,12 @@ def measure(app: str, workers: int, args, data_dir: Path, env: dict, log) -> dic
     server = start_server(app, port, workers, data_dir, env, log)
     try:
         run_load("closed", port, request, concurrency=args.concurrency, seconds=1.0)  # warm-up
-        closed = [run_load("closed", port, request, concurrency=args.concurrency, seconds=args.seconds) for _ in range(args.repeats)]
+        closed, through_client = [], []
+        for _ in range(args.repeats):  # raw and client alternate
+            closed.append(run_load("closed", port, request, concurrency=args.concurrency, seconds=args.seconds))
+            if app == "service":
+                fields = request_fields(args.shelves, args.slots)
+                through_client.append(run_load("client", port, fields, concurrency=args.concurrency, seconds=args.seconds))
         max_rps = float(np.median([c["rps"] for c in closed]))
         half = [
             run_load("open", port, request, rate=max_rps / 2, seconds=args.seconds, connections=2 * args.concurrency)
@@ -208,6 +256,14 @@ def measure(app: str, workers: int, args, data_dir: Path, env: dict, log) -> dic
         "half_p50_ms": float(np.median([h["p50_ms"] for h in half])),
         "half_p99_ms": float(np.median([h["p99_ms"] for h in half])),
         "failures": sum(c["failures"] for c in closed) + sum(h["failures"] for h in half),
+        "load_cpu_us": float(np.median([c["cpu_us"] for c in closed])),
+        **({
+            "client_rps": float(np.median([c["rps"] for c in through_client])),
+            "client_p50_ms": float(np.median([c["p50_ms"] for c in through_client])),
+            "client_p99_ms": float(np.median([c["p99_ms"] for c in through_client])),
+            "client_cpu_us": float(np.median([c["cpu_us"] for c in through_client])),
+            "client_failures": sum(c["failures"] for c in through_client),
+        } if through_client else {}),
     }
 
 
@@ -288,6 +344,14 @@ def main() -> None:
             print(f"        {workers} worker(s): service / parse = {ratio(by_app, 'parse'):.2f}, "
                   f"service / vw_predict = {ratio(by_app, 'vw_predict'):.2f} (target >= 0.70), "
                   f"service p99 at half load {by_app['service']['half_p99_ms']:.1f} ms (target <= 15)")
+    print(f"service through shelfbandit.client (AsyncDecisionClient, concurrency {args.concurrency}) beside the raw "
+          f"loop; the load process's CPU per request:")
+    for workers, by_app in results.items():
+        if "service" in by_app:
+            r = by_app["service"]
+            print(f"{workers:>7} worker(s): client {r['client_rps']:.0f} req/s (p50 {r['client_p50_ms']:.2f} ms, "
+                  f"p99 {r['client_p99_ms']:.2f} ms, {r['client_failures']} failed), raw {r['max_rps']:.0f} req/s, "
+                  f"ratio {r['client_rps'] / r['max_rps']:.2f}; CPU client {r['client_cpu_us']:.0f} us, raw {r['load_cpu_us']:.0f} us")
     if all(len(by_app) == len(APPS) for by_app in results.values()):
         print(json.dumps(summary(results, args)))
 
@@ -317,6 +381,9 @@ def summary(results: dict, args) -> dict:
                 "ratio_to_vw_predict": round(ratio(r, "vw_predict"), 3),
                 "service_p50_ms_at_half_load": round(r["service"]["half_p50_ms"], 2),
                 "service_p99_ms_at_half_load": round(r["service"]["half_p99_ms"], 2),
+                "service_rps_through_client": round(r["service"]["client_rps"], 1),
+                "client_cpu_us_per_request": round(r["service"]["client_cpu_us"], 1),
+                "raw_load_cpu_us_per_request": round(r["service"]["load_cpu_us"], 1),
                 "failures": sum(a["failures"] for a in r.values()),
             }
             for w, r in results.items()
