@@ -50,7 +50,9 @@ def cli() -> None:
 def main() -> None:
     """Entry point: project errors become one clear line on stderr and exit status 2."""
     try:
-        cli.main(standalone_mode=False)
+        status = cli.main(standalone_mode=False)  # a command's `Exit(n)` comes back as n, not raised
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.ClickException as err:

@@ -4,14 +4,19 @@ Layout: `<directory>/<kind>-<created_ns:019d>-<pid>.jsonl`. Names sort by creati
 sorting them gives each writer's segments in order. A writer holds an exclusive `flock` on
 its open segment; a segment nobody holds is finished (its writer rotated, closed or died),
 and only such a segment may be repaired: a torn last line (no trailing newline, left by a
-crash in the middle of a write) is moved to `quarantine/<segment>.torn` and cut off.
+crash in the middle of a write) is moved to `quarantine/<segment>.torn` and cut off. A write
+that fails (disk full, read-only, I/O error) is cut back off the open segment at once, so no
+line of it, complete or not, stays in the log: a client retrying the same event id after the
+503 finds it logged once.
 
 Durability (`Settings.durability`):
 - `fsync`: each line is written and fsynced by the request's own thread;
 - `group`: requests queue their lines and wait; one committer thread writes everything
   queued and fsyncs once, so concurrent requests share an fsync. The committer is supervised
   (service/supervisor.py): a failed commit fails every request of its batch (none is
-  acknowledged) and the next batch is tried after a backoff of at most 0.5 s;
+  acknowledged) and the next batch is tried after a backoff of at most 0.5 s; while no batch
+  waits, the committer probes (writes and fsyncs a block beside the segments) at that backoff,
+  so its failure ends, and readiness returns, once the disk takes writes again;
 - `write`: each line is written (kernel page cache) but not fsynced: survives `kill -9`
   of the process, not a power cut.
 """
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
 
 SUFFIX = ".jsonl"
 READ_CHUNK = 1 << 20
+PROBE_BYTES = 4096  # what a probe writes and fsyncs to tell whether the disk takes writes again
 COMMIT_RETRY_S, COMMIT_MAX_BACKOFF_S = 0.05, 0.5  # waits after failed group commits (requests queue meanwhile)
 
 
@@ -184,6 +190,7 @@ class SegmentWriter:
         # group commit state (guarded by _lock)
         self._queue: list[tuple[bytes, Future]] = []
         self._closing = False
+        self._unacknowledged = False  # the last write failed (the committer probes until one succeeds)
         self._work = threading.Condition(self._lock)
         self.committer: Supervised | None = None
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -262,22 +269,53 @@ class SegmentWriter:
                 os.fsync(self._fd)
             self.n_commits += 1
         except OSError as err:
-            # the segment may now end in a partial line: finish it (a later repair sets the
-            # tail aside) and start a fresh one for the next write
+            self._unacknowledged = True
+            self._cut_back()
+            raise LogWriteError(self.kind, f"log write failed: {err.strerror or err}") from None
+
+    def _cut_back(self) -> None:
+        """After a failed write: cut the segment back to its last good size, so no line of the
+        failed write (complete or partial) stays in the log, and go on appending to it; if the
+        cut fails too, finish the segment (a later repair sets its torn tail aside)."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
             try:
                 self._close_segment()
             except OSError:
                 self._fd = None
-            raise LogWriteError(self.kind, f"log write failed: {err.strerror or err}") from None
+
+    def _probe(self) -> None:
+        """Write and fsync one block beside the segments and remove it (OSError while the
+        directory cannot take a durable write)."""
+        path = self.directory / f".probe-{self.kind}-{os.getpid()}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, bytes(PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            path.unlink(missing_ok=True)
 
     # -- group commit --------------------------------------------------------------------------
     def _commit_step(self) -> float | None:
         """Write and fsync everything queued, then complete its futures (None once closed and empty)."""
         with self._lock:
-            while not self._queue and not self._closing:
+            while not self._queue and not self._closing and not self._unacknowledged:
                 self._work.wait()
-            if not self._queue:
+            if not self._queue and self._closing:
                 return None
+            if not self._queue:  # the last write failed and nothing waits: is the disk back?
+                try:
+                    self._probe()
+                except OSError as err:
+                    raise LogWriteError(self.kind, f"log write failed: {err.strerror or err}") from None
+                self._unacknowledged = False
+                return 0.0
         if self.group_commit_s > 0:
             time.sleep(self.group_commit_s)
         with self._lock:
@@ -294,6 +332,7 @@ class SegmentWriter:
             if head is not None:
                 err.event_id = head[0]
             raise
+        self._unacknowledged = False
         for _, done in batch:
             done.set_result(None)
         return 0.0

@@ -54,7 +54,8 @@ ERROR_STATUS = {
     Unauthenticated: 401,
     Forbidden: 403,
 }
-ERROR_HEADERS = {Unauthenticated: {"WWW-Authenticate": "Bearer"}}
+RETRY_AFTER = {"Retry-After": "1"}  # seconds: a failed log write is retried within 0.5 s, and probed meanwhile
+ERROR_HEADERS = {Unauthenticated: {"WWW-Authenticate": "Bearer"}, LogWriteError: RETRY_AFTER, NotReady: RETRY_AFTER}
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -1,16 +1,18 @@
 """`shelfbandit doctor`: what is wrong with a data directory, in plain words.
 
-Checks: torn or unreadable log lines, logged probabilities outside (0, 1], the joiner's
-backlog (decisions unjoined more than 3 join intervals after their window) and leftovers, the
-model store's active pointer, the trainer's backlog (joined parts waiting and no step
-committed for 10 minutes) and its timed publishing (refusals in a row, a pin, publications
-overdue). Reads only; changes nothing.
+Checks: whether the data directory's file system takes writes (read-only, almost full), torn or
+unreadable log lines, logged probabilities outside (0, 1], the joiner's backlog (decisions
+unjoined more than 3 join intervals after their window) and leftovers, the model store's active
+pointer, the trainer's backlog (joined parts waiting and no step committed for 10 minutes) and
+its timed publishing (refusals in a row, a pin, publications overdue). Reads only; changes
+nothing.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +36,7 @@ MAX_EXAMPLES = 3
 REFUSALS_PROBLEM = 3  # snapshots refused in a row (the alert ShelfBanditSnapshotsRefused agrees)
 OVERDUE_INTERVALS = 10  # publish intervals without a publication (ShelfBanditPublishingStalled)
 UNJOINED_INTERVALS = 3  # join intervals after the window (and grace) before a decision is overdue (ShelfBanditDecisionsUnjoined)
+DISK_FREE_PROBLEM_BYTES = 2**20  # less free than this and decisions soon fail to log (ShelfBanditLogWriteErrors)
 TRAINER_STALL_S = 600.0  # joined parts waiting without a committed step (ShelfBanditTrainerStalled)
 
 
@@ -51,7 +54,7 @@ def diagnose(settings: Settings, *, progress: Callable[[int], None] | None = Non
     paths = DataPaths(settings.data_dir)
     if not paths.root.is_dir():
         return [Finding("data directory", PROBLEM, f"{paths.root} does not exist or is not a directory")]
-    findings = []
+    findings = [_check_disk(paths.root)]
     for directory, kind in ((paths.decisions, DECISION_KIND), (paths.rewards, REWARD_KIND), (paths.late_rewards, LATE_KIND)):
         findings.extend(_check_log(directory, kind, progress))
     findings.extend(_check_joiner(paths, settings))
@@ -69,6 +72,17 @@ def log_bytes(settings: Settings) -> int:
     paths = DataPaths(settings.data_dir)
     kinds = ((paths.decisions, DECISION_KIND), (paths.rewards, REWARD_KIND), (paths.late_rewards, LATE_KIND))
     return sum(p.stat().st_size for directory, kind in kinds for p in segment_paths(directory, kind))
+
+
+def _check_disk(root: Path) -> Finding:
+    """Whether the data directory's file system takes writes: read-only, or almost full."""
+    stats = os.statvfs(root)
+    free = stats.f_bavail * stats.f_frsize
+    if stats.f_flag & os.ST_RDONLY:
+        return Finding("disk", PROBLEM, f"{root} is on a read-only file system: no decision can be logged, so /v1/rank answers 503")
+    if free < DISK_FREE_PROBLEM_BYTES:
+        return Finding("disk", PROBLEM, f"{root} has {free / 2**20:.1f} MiB free: decisions that cannot be logged get 503; free space and the service resumes by itself")
+    return Finding("disk", OK, f"{free / 2**20:.0f} MiB free")
 
 
 def _check_log(directory: Path, kind: str, progress: Callable[[int], None] | None) -> list[Finding]:
