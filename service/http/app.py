@@ -6,6 +6,7 @@ uvicorn workers use `service.http.app:app_from_environment` (a factory) with the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -54,6 +55,7 @@ ERROR_STATUS = {
     Unauthenticated: 401,
     Forbidden: 403,
 }
+DISCARD_BYTES, DISCARD_S = 64 * 2**20, 10.0  # how much of a refused body is read before the 413
 RETRY_AFTER = {"Retry-After": "1"}  # seconds: a failed log write is retried within 0.5 s, and probed meanwhile
 ERROR_HEADERS = {Unauthenticated: {"WWW-Authenticate": "Bearer"}, LogWriteError: RETRY_AFTER, NotReady: RETRY_AFTER}
 
@@ -174,10 +176,13 @@ class ObserveAndLimit:
         self._observe(scope, endpoint, status_holder[0], time.perf_counter() - started)
 
     async def _read_body(self, scope, receive) -> bytes | None:
-        """The whole request body, or None if it exceeds the limit."""
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                return None
+        """The whole request body, or None if it exceeds the limit (the rest of it discarded)."""
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            if headers.get(b"expect", b"").lower() != b"100-continue":  # else the body was never sent
+                await _discard_body(receive, 0)
+            return None
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -186,6 +191,8 @@ class ObserveAndLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
+                if message.get("more_body", False):
+                    await _discard_body(receive, size)
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -205,6 +212,28 @@ class ObserveAndLimit:
             if event_id is not None:
                 fields["event_id"] = event_id
             log.info("request", extra={"fields": fields})
+
+
+async def _discard_body(receive, n_read: int) -> None:
+    """Read and drop the rest of a refused body, up to DISCARD_BYTES in all and DISCARD_S: a
+    socket closed with unread data in it is reset, so a client that sends its whole body before
+    reading the answer (urllib, requests) would see a reset instead of the 413. A body larger
+    still is cut off with the reset."""
+
+    async def drain() -> None:
+        size = n_read
+        while size <= DISCARD_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    try:
+        await asyncio.wait_for(drain(), DISCARD_S)
+    except TimeoutError:
+        pass
 
 
 def _replay(body: bytes, receive):
