@@ -41,7 +41,7 @@ import anyio
 import httpx
 import orjson
 
-from bandit.errors import ShelfBanditError, ValidationError
+from bandit.errors import FieldError, ShelfBanditError, ValidationError
 
 log = logging.getLogger("shelfbandit.client")
 
@@ -129,13 +129,8 @@ def editorial_order(request: RankRequest) -> list[str]:
     """The fallback most backends want: the editorial order (`baseline`), then the other
     candidates in the order given, cut to `slots`."""
     baseline = list(request.baseline or ())
-    rest = [shelf_id for shelf_id in request.shelf_ids if shelf_id not in set(baseline)]
-    return (baseline + rest)[: request.slots]
-
-
-def candidate_order(request: RankRequest) -> list[str]:
-    """A fallback that ignores the baseline: the candidates in the order given."""
-    return list(request.shelf_ids[: request.slots])
+    shown = set(baseline)
+    return (baseline + [shelf_id for shelf_id in request.shelf_ids if shelf_id not in shown])[: request.slots]
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -151,16 +146,17 @@ class Problem:
     rule: str
 
 
-class ServiceError(ClientError):
-    """The service refused the request (4xx): `status`, and the first problem's `field` and `rule`."""
+class ServiceError(ClientError, FieldError):
+    """The service refused the request (4xx): `status`, every `{field, rule}` item of its answer
+    in `problems`, and the first one's `field` and `rule`."""
 
-    def __init__(self, status: int, problems: Sequence[Problem], message: str | None = None) -> None:
+    def __init__(self, status: int, problems: Sequence[Problem]) -> None:
         self.status = status
-        self.problems = tuple(problems) or (Problem("", message or f"status {status}"),)
-        self.field = self.problems[0].field
-        self.rule = self.problems[0].rule
-        text = message or (f"{self.field}: {self.rule}" if self.field else self.rule)
-        super().__init__(f"{status} {text}")
+        self.problems = tuple(problems) or (Problem("", f"status {status}"),)
+        super().__init__(self.problems[0].field, self.problems[0].rule)
+
+    def __str__(self) -> str:
+        return f"{self.status} {super().__str__()}"
 
 
 class InvalidRequest(ServiceError):
@@ -269,22 +265,22 @@ class _Call:
         answer = _json_or_none(response)
         problems = _problems(answer)
         if status >= 500:
-            message = f"{self.kind}: status {status}: {_message(answer) or 'no error message'}"
+            message = f"{self.kind}: status {status}: {'; '.join(f'{p.field}: {p.rule}' for p in problems) or 'no answer'}"
             return _Failed(ServiceUnavailable(message, status=status), status=status, final=True)
         if self.kind == "rank" and status == 409:
             served = answer.get("served") if isinstance(answer, dict) else None
             if served is not None:
                 return self._ranking(served, already_served=True)
-            repeated = RepeatedEvent(status, problems, _message(answer))
+            repeated = RepeatedEvent(status, problems)
             if self.attempts > 1:
                 # this call's own earlier attempt may still be in flight: its answer will come
                 return _Failed(repeated, status=status)
             raise repeated
         if self.kind == "reward" and status == 404:
-            raise UnknownEvent(status, problems, _message(answer))
+            raise UnknownEvent(status, problems)
         if self.kind == "reward" and status == 409:
-            raise LateReward(status, problems, _message(answer))
-        raise InvalidRequest(status, problems, _message(answer))
+            raise LateReward(status, problems)
+        raise InvalidRequest(status, problems)
 
     def _success(self, response: httpx.Response):
         if self.kind == "rank":
@@ -374,7 +370,8 @@ def _json_or_none(response: httpx.Response) -> Any:
 
 
 def _problems(answer: Any) -> list[Problem]:
-    """The `{field, rule}` items of an error answer (`detail`), else one from its `error`."""
+    """The `{field, rule}` items of an error answer (`detail`); for an answer of another shape
+    (a proxy's, another implementation's), its message as the rule of no field."""
     if not isinstance(answer, dict):
         return []
     detail = answer.get("detail")
@@ -382,17 +379,8 @@ def _problems(answer: Any) -> list[Problem]:
         items = [Problem(str(d.get("field", "")), str(d.get("rule", ""))) for d in detail if isinstance(d, dict)]
         if items:
             return items
-    message = answer.get("error", detail if isinstance(detail, str) else None)
-    if isinstance(message, str):
-        field, sep, rule = message.partition(": ")
-        return [Problem(field, rule) if sep and " " not in field else Problem("", message)]
-    return []
-
-
-def _message(answer: Any) -> str | None:
-    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
-        return answer["error"]
-    return None
+    message = answer.get("error", detail)
+    return [Problem("", message)] if isinstance(message, str) else []
 
 
 def _retry_after(response: httpx.Response) -> float:

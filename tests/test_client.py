@@ -143,23 +143,31 @@ class Proxy:
 
 class Stub:
     """A stand-in service on a real uvicorn: POST /v1/rank answers `answers` in turn (status,
-    headers), then a valid ranking of the baseline order. `requests` counts the rank calls."""
+    headers, and optionally `delay_s` before answering and `served`: a 409 with the ranking),
+    then a valid ranking: the baseline, then the other candidates. `requests` counts the rank calls."""
 
     def __init__(self) -> None:
         self.app = FastAPI()
         self.app.post("/v1/rank")(self.rank)
-        self.answers: list[tuple[int, dict]] = []
+        self.answers: list[dict] = []
         self.requests = 0
 
     async def rank(self, body: dict):
         self.requests += 1
-        if self.answers:
-            status, headers = self.answers.pop(0)
-            problem = {"error": "decisions: stand-in refusal", "detail": [{"field": "decisions", "rule": "stand-in refusal"}]}
-            return JSONResponse(problem, status, headers=headers)
-        order = (body.get("baseline") or [s["id"] for s in body["shelves"]])[: body["slots"]]
-        return {"event_id": body["event_id"], "model_version": "stub", "arm": "main",
-                "ranking": [{"slot": k, "shelf_id": s, "probability": 1.0} for k, s in enumerate(order)]}
+        baseline = body.get("baseline") or []
+        order = (baseline + [s["id"] for s in body["shelves"] if s["id"] not in baseline])[: body["slots"]]
+        ranking = {"event_id": body["event_id"], "model_version": "stub", "arm": "main",
+                   "ranking": [{"slot": k, "shelf_id": s, "probability": 1.0} for k, s in enumerate(order)]}
+        if not self.answers:
+            return ranking
+        answer = self.answers.pop(0)
+        await asyncio.sleep(answer.get("delay_s", 0.0))
+        if answer["status"] == 200:
+            return ranking
+        problem = {"error": "decisions: stand-in refusal", "detail": [{"field": "decisions", "rule": "stand-in refusal"}]}
+        if answer.get("served"):
+            problem["served"] = ranking
+        return JSONResponse(problem, answer["status"], headers=answer.get("headers"))
 
 
 @pytest.fixture(scope="module")
@@ -309,12 +317,12 @@ def test_one_connection_serves_successive_calls_and_the_pool_bounds_concurrent_o
 
 def test_503_is_retried_after_its_retry_after_within_the_deadline(stub):
     app, url = stub
-    app.answers = [(503, {"Retry-After": "0.4"})]
+    app.answers = [{"status": 503, "headers": {"Retry-After": "0.4"}}]
     started = time.monotonic()
     ranking = call("sync", url, "rank", shelves_json(4), 2, options={"deadline_s": 3.0})
     assert time.monotonic() - started >= 0.4 and ranking.attempts == 2 and ranking.model_version == "stub"
     # a Retry-After beyond the deadline: no waiting in vain, the fallback at once
-    app.answers, app.requests = [(503, {"Retry-After": "30"})], 0
+    app.answers, app.requests = [{"status": 503, "headers": {"Retry-After": "30"}}], 0
     started = time.monotonic()
     ranking = call("async", url, "rank", shelves_json(4), 2, baseline=["shelf-2"], options={"fallback": editorial_order})
     assert time.monotonic() - started < 1.0
@@ -325,10 +333,10 @@ def test_503_is_retried_after_its_retry_after_within_the_deadline(stub):
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_5xx_other_than_503_is_not_retried_and_falls_back(stub, kind):
     app, url = stub
-    app.answers, app.requests = [(500, {})], 0
+    app.answers, app.requests = [{"status": 500}], 0
     ranking = call(kind, url, "rank", shelves_json(4), 2, options={"fallback": editorial_order})
     assert ranking.fallback and "status 500" in ranking.reason and app.requests == 1
-    app.answers, app.requests = [(500, {})], 0
+    app.answers, app.requests = [{"status": 500}], 0
     with pytest.raises(ServiceUnavailable) as raised:
         call(kind, url, "rank", shelves_json(4), 2)
     assert raised.value.status == 500
@@ -336,10 +344,21 @@ def test_a_5xx_other_than_503_is_not_retried_and_falls_back(stub, kind):
 
 def test_a_409_without_the_served_answer_is_a_typed_error(stub):
     app, url = stub
-    app.answers, app.requests = [(409, {})], 0
+    app.answers, app.requests = [{"status": 409}], 0
     with pytest.raises(RepeatedEvent) as raised:
         call("sync", url, "rank", shelves_json(4), 2, event_id="reused-id", options={"fallback": editorial_order})
     assert (raised.value.status, raised.value.field) == (409, "decisions") and app.requests == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_retry_that_finds_its_first_attempt_in_flight_waits_for_its_answer(stub, kind):
+    """Attempt 1 times out while the service is still deciding; attempt 2 gets 409 without the
+    answer (in flight); attempt 3 gets 409 with the answer served."""
+    app, url = stub
+    app.answers, app.requests = [{"status": 200, "delay_s": 0.6}, {"status": 409}, {"status": 409, "served": True}], 0
+    ranking = call(kind, url, "rank", shelves_json(4), 2, baseline=["shelf-3"], options={"timeout_s": 0.3, "deadline_s": 3.0})
+    assert (ranking.attempts, ranking.already_served, ranking.shelf_ids) == (3, True, ("shelf-3", "shelf-0"))
+    assert app.requests == 3
 
 
 def test_what_the_client_refuses_before_sending():
