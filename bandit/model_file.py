@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
+from bandit.durable import write_atomic
 from bandit.errors import ModelFileError
 
 FORMAT = "shelf-bandit-model/1"
@@ -19,22 +19,6 @@ FORMAT = "shelf-bandit-model/1"
 
 def meta_path(path: str | Path) -> Path:
     return Path(f"{path}.json")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` durably: a reader sees the old or the new content, never a mix,
-    and after a crash the new content if this returned (temp file, fsync, rename, fsync the directory)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def write_model(path: str | Path, payload: bytes, *, kind: str, config: dict, extra: dict | None = None) -> str:

@@ -37,7 +37,8 @@ import vowpalwabbit
 
 from bandit.config import RankerConfig
 from bandit.vw.ranker import VWShelfRanker
-from service.join.joiner import JoinConfig, JoinedLog, Joiner
+from service.join.joiner import JoinConfig, Joiner
+from service.join.reader import JoinedLog
 from service.layout import DataPaths
 from service.eventlog.lines import decision_line, reward_line
 from service.training.candidates import Candidate

@@ -24,7 +24,7 @@ from service.experiments.arms import APPRENTICE, Arm
 from service.errors import LateReward, NotReady, RepeatedEvent, UnknownEvent
 from service.eventlog.index import EventIndex
 from service.experiments.live import Experiment, compare_with_model
-from service.join.joiner import JoinConfig, Joiner, JoinReport
+from service.join.joiner import JoinConfig, JoinReport, Joiner
 from service.logs import get_logger
 from service.ops.metrics import ServiceMetrics
 from service.models.store import ModelStore

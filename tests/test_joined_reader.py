@@ -4,7 +4,8 @@ learnable rows, a range of parts, and parts written before the `learn` column ex
 import pandas as pd
 import pytest
 
-from service.join.joiner import CHECKPOINT, SLATE_TABLE_COLUMNS, Checkpoint, JoinedLog, part_name
+from service.join.parts import CHECKPOINT, Checkpoint, part_name
+from service.join.reader import SLATE_TABLE_COLUMNS, JoinedLog
 from service.layout import DataPaths
 
 

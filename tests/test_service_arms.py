@@ -29,7 +29,8 @@ from service.experiments.ab_report import (
 )
 from service.experiments.arms import ArmsConfig, ArmsFile, hash_unit
 from service.experiments.live import top_choice_agreement
-from service.join.joiner import JoinConfig, Joiner, JoinedLog
+from service.join.joiner import JoinConfig, Joiner
+from service.join.reader import JoinedLog
 from service.layout import DataPaths
 from service.eventlog.lines import ServedBy, decision_line
 from shelfbandit.cli import cli

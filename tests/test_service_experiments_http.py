@@ -22,7 +22,7 @@ from bandit.vw.ranker import VWShelfRanker
 from service.experiments.ab_input import read_slates
 from service.experiments.ab_report import ab_report
 from service.experiments.arms import ArmsConfig, ArmsFile
-from service.join.joiner import JoinedLog
+from service.join.reader import JoinedLog
 from service.models.store import ModelStore
 from service.layout import DataPaths
 from service.eventlog.segments import segment_paths

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bandit.vw.format import SHELF_NS
-from service.join.joiner import JoinedLog
+from service.join.reader import JoinedLog
 from service.models.store import ModelStore
 from service.layout import DataPaths
 from bandit.vw.format import epoch_seconds

@@ -16,7 +16,10 @@ from bandit.types import LoggedEvent, Outcome
 from bandit.vw.format import listener_line, shelf_line, slot_line
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.readers import read_dsjson, read_log
-from service.join.joiner import Checkpoint, JoinConfig, Joiner, JoinerBusy, JoinedLog, slot_rewards
+from service.join.joiner import JoinConfig, Joiner, JoinerBusy
+from service.join.parts import Checkpoint
+from service.join.reader import JoinedLog
+from service.join.rewards import slot_rewards
 from service.layout import DataPaths
 from bandit.vw.format import epoch_seconds
 from tests.service_support import logged_decisions, reward, write_segment

@@ -15,7 +15,7 @@ import pytest
 from bandit.config import RankerConfig
 from bandit.model_file import read_meta
 from service.experiments.arms import ArmsConfig, ArmsFile
-from service.join.joiner import JoinedLog
+from service.join.reader import JoinedLog
 from service.models.store import ModelStore
 from service.training.candidates import Candidate
 from service.training.loop import TrainingLoop

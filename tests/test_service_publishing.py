@@ -14,7 +14,7 @@ import pytest
 from bandit.config import RankerConfig
 from bandit.model_file import read_meta
 from bandit.vw.ranker import VWShelfRanker
-from service.join.joiner import JoinedLog
+from service.join.reader import JoinedLog
 from service.ops.doctor import diagnose
 from service.ops.metrics import ServiceMetrics
 from service.models.store import ModelStore

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from bandit.config import RankerConfig
 from bandit.errors import ShelfBanditError, ValidationError
 from bandit.vw.ranker import VWShelfRanker
-from service.join.joiner import JoinedLog
+from service.join.reader import JoinedLog
 from service.training.candidates import Candidate, read_candidates
 from offline_eval.gate import GateRule
 from service.training.judge import GateSettings

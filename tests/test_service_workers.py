@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from service.join.joiner import JoinedLog
+from service.join.reader import JoinedLog
 from service.layout import DataPaths
 from service.eventlog.segments import segment_paths
 from tests.service_support import rank_body, running_service, ServiceProcess

@@ -15,8 +15,8 @@ import orjson
 
 from bandit.types import Context, Decision, Shelf
 from bandit.vw.format import decision_record, epoch_seconds
-from service.experiments.arms import DEFAULT_ARM, ONLINE
 
+DEFAULT_ARM, DEFAULT_ARM_MODE = "main", "online"  # what served a line that names no arm
 _HEAD = re.compile(rb'^\{"EventId":"([^"\\]*)","Timestamp":"([^"\\]*)"')
 
 
@@ -26,7 +26,7 @@ class ServedBy:
     arms) per slot whether the compared model's top choice agreed with the editorial one."""
 
     arm: str = DEFAULT_ARM
-    mode: str = ONLINE
+    mode: str = DEFAULT_ARM_MODE
     learn: bool = True
     agreement: tuple[bool, ...] | None = None
     learner_version: str | None = None

@@ -41,7 +41,7 @@ from bandit.model_file import write_atomic
 from offline_eval.gate import GateRule
 from offline_eval.intervals import Ratio, check_level, finite_or_none, influence, normal_quantile, slot_values
 from service.experiments.arms import DEFAULT_ARM, ONLINE, ArmsFile
-from service.join.joiner import JoinedLog
+from service.join.reader import JoinedLog
 from service.training.records import records_path
 
 OFFLINE_ESTIMATES = "offline_estimates.json"

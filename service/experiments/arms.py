@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bandit.errors import ValidationError
-from bandit.model_file import write_atomic
+from bandit.durable import write_atomic
+from service.eventlog.lines import DEFAULT_ARM, DEFAULT_ARM_MODE
 
 ARMS_FILE = "arms.json"
 ACTIVE = "active"
 BASELINES = ("editorial", "uniform", "popularity")
-ONLINE, APPRENTICE, LOGGING_ONLY = "online", "apprentice", "logging-only"
+ONLINE, APPRENTICE, LOGGING_ONLY = DEFAULT_ARM_MODE, "apprentice", "logging-only"
 MODES = (ONLINE, APPRENTICE, LOGGING_ONLY)
-DEFAULT_ARM = "main"
 DEFAULT_SALT = "shelfbandit"
 MAX_ARMS = 16
 SHARE_TOLERANCE = 1e-6

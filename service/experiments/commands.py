@@ -106,7 +106,7 @@ def ab_report(data_dir: Path, since: str | None, control: str | None, level: flo
     from tqdm import tqdm
 
     from service.experiments.ab_report import OfflineEstimates, ab_report as make_report, arm_order, parse_since, read_slates, write_report
-    from service.join.joiner import JoinedLog
+    from service.join.reader import JoinedLog
 
     with tqdm(total=len(JoinedLog(data_dir).parts()), unit="part", desc="reading joined parts", disable=as_json, leave=False) as bar:
         slates = read_slates(data_dir, progress=bar.update)

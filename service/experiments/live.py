@@ -32,7 +32,7 @@ from bandit.types import Context, Decision, Shelf
 from service.models.active import ActiveModel, probe
 from service.experiments.arms import ACTIVE, APPRENTICE, Arm, ArmsConfig, ArmsFile
 from service.errors import NotReady
-from service.join.joiner import JoinedLog
+from service.join.reader import JoinedLog
 from service.logs import get_logger
 from service.ops.metrics import ServiceMetrics
 from service.models.store import ModelRefused, ModelStore, UnknownModelVersion

@@ -22,34 +22,31 @@ time per data directory (`joined/.lock`).
 
 from __future__ import annotations
 
-import fcntl
-import io
 import json
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bandit.durable import append_durably, try_lock, write_atomic
 from bandit.errors import ShelfBanditError, ValidationError
-from bandit.model_file import write_atomic
 from bandit.types import Outcome
 from bandit.vw.format import join_record, nullable_floats
-from service.experiments.arms import DEFAULT_ARM, ONLINE
-from service.layout import DECISION_KIND, REWARD_KIND, DataPaths
-from service.eventlog.lines import json_line, line_head, shown_shelves
-from service.eventlog.segments import fsync_directory, read_complete_lines, segment_paths
+from service.eventlog.lines import DEFAULT_ARM, DEFAULT_ARM_MODE, json_line, line_head, shown_shelves
+from service.eventlog.segments import segment_paths
+from service.join.parts import CHECKPOINT, REJECTED, Checkpoint, JoinedPart, read_checkpoint, uncommitted_parts
+from service.join.reader import SLATE_TABLE_COLUMNS
+from service.join.rewards import AGGREGATIONS, RewardReader, slot_rewards
+from service.layout import DECISION_KIND, DataPaths
 
-CHECKPOINT = "checkpoint.json"
-REJECTED = "rejected.jsonl"
-AGGREGATIONS = ("earliest", "sum")
-REWARD_COLUMNS = ("event_id", "slot", "value", "reward_id", "received", "decided")
 
 
 class JoinerBusy(ShelfBanditError):
@@ -90,166 +87,6 @@ class JoinReport:
     more_ready: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    next_part: int = 0
-    offsets: dict = field(default_factory=dict)
-    low_watermark: float = 0.0
-    n_events: int = 0
-    updated_at: float = 0.0
-
-    @classmethod
-    def read(cls, path: Path) -> Checkpoint:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return cls()
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ShelfBanditError(f"{path}: joiner checkpoint is not valid JSON ({err})") from None
-        try:
-            return cls(**data)
-        except TypeError as err:  # a missing or unknown field, or not an object at all
-            raise ShelfBanditError(f"{path}: joiner checkpoint has the wrong fields ({err})") from None
-
-    def write(self, path: Path) -> None:
-        data = {
-            "next_part": self.next_part,
-            "offsets": self.offsets,
-            "low_watermark": self.low_watermark,
-            "n_events": self.n_events,
-            "updated_at": self.updated_at,
-        }
-        write_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
-
-
-@dataclass(frozen=True, slots=True)
-class JoinedPart:
-    """One committed part of the joined log."""
-
-    number: int
-    jsonl: Path
-    slates: Path
-
-
-def part_name(number: int, suffix: str) -> str:
-    return f"part-{number:08d}{suffix}"
-
-
-class JoinedLog:
-    """Reader of the joined log: committed parts in order (a trainer remembers the next number),
-    and the one reader of their slate tables."""
-
-    def __init__(self, data_dir: str | Path) -> None:
-        self.paths = DataPaths(Path(data_dir))
-
-    def checkpoint(self) -> Checkpoint:
-        return Checkpoint.read(self.paths.joined / CHECKPOINT)
-
-    def parts(self, start: int = 0) -> list[JoinedPart]:
-        """Committed parts numbered `start` and above."""
-        return [
-            JoinedPart(n, self.paths.joined / part_name(n, ".jsonl"), self.paths.slates / part_name(n, ".parquet"))
-            for n in range(start, self.checkpoint().next_part)
-        ]
-
-    def slate_part(self, number: int, columns: Sequence[str] | None = None, *, learnable: bool = False) -> pd.DataFrame:
-        """Part `number`'s slate rows, with the `columns` it holds (default: all). `learnable`:
-        only the rows of events a trainer learns (`learn` true; every row of a part written
-        before that column existed)."""
-        path = self.paths.slates / part_name(number, ".parquet")
-        held = pq.read_schema(path).names
-        selected = None if columns is None else [name for name in columns if name in held]
-        filters = [("learn", "==", True)] if learnable and "learn" in held else None
-        return pd.read_parquet(path, columns=selected, filters=filters)
-
-    def slate_table(
-        self, start: int = 0, stop: int | None = None, columns: Sequence[str] | None = None, *,
-        learnable: bool = False, progress: Callable[[int], object] | None = None,
-    ) -> pd.DataFrame:
-        """The slate rows (as `slate_part`) of the committed parts numbered `start` up to `stop`
-        (exclusive; default: every committed part); `progress(1)` after each part read."""
-        committed = self.checkpoint().next_part
-        frames = []
-        for number in range(start, committed if stop is None else min(stop, committed)):
-            frames.append(self.slate_part(number, columns, learnable=learnable))
-            if progress is not None:
-                progress(1)
-        if not frames:
-            return pd.DataFrame(columns=list(SLATE_TABLE_COLUMNS if columns is None else columns))
-        return pd.concat(frames, ignore_index=True)
-
-
-SLATE_TABLE_COLUMNS = (
-    "event_id", "slot", "action", "reward", "logging_prob", "logging_marginal",
-    "defaulted", "timestamp", "model_version", "listener_id", "arm", "arm_mode", "learn", "agreement",
-)
-
-
-def slot_rewards(rewards: pd.DataFrame, aggregation: str) -> pd.Series:
-    """Per (event_id, slot), the reward that counts.
-
-    A repeated non-null `reward_id` of an event counts once (its earliest copy). `earliest`: the
-    first by `received` (ties: arrival order `seq`); `sum`: the sum of what remains.
-    """
-    ordered = rewards.sort_values(["received", "seq"])
-    with_id = ordered["reward_id"].notna()
-    unique = pd.concat([ordered[with_id].drop_duplicates(["event_id", "reward_id"]), ordered[~with_id]])
-    if aggregation == "earliest":
-        first = unique.sort_values(["received", "seq"]).drop_duplicates(["event_id", "slot"])
-        return first.set_index(["event_id", "slot"])["value"]
-    return unique.groupby(["event_id", "slot"])["value"].sum()
-
-
-class RewardReader:
-    """The accepted rewards, read incrementally from every writer's reward segments."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._offsets: dict[str, int] = {}
-        self._seq = 0
-        self.frame = _empty_rewards()
-
-    def read_new(self, since: float) -> None:
-        """Append lines written since the last call; segments untouched since `since` are skipped."""
-        chunks = []
-        for path in segment_paths(self.directory, REWARD_KIND):
-            offset = self._offsets.get(path.name)
-            if offset is None and path.stat().st_mtime < since:
-                self._offsets[path.name] = path.stat().st_size
-                continue
-            data, self._offsets[path.name] = read_complete_lines(path, offset or 0)
-            if data:
-                chunks.append(self._parse(data))
-        if chunks:
-            self.frame = pd.concat([self.frame, *chunks], ignore_index=True)
-
-    def _parse(self, data: bytes) -> pd.DataFrame:
-        try:
-            frame = pd.read_json(io.BytesIO(data), lines=True, dtype=False)
-        except ValueError:
-            rows = []
-            for raw in data.splitlines():
-                try:
-                    rows.append(json.loads(raw))
-                except json.JSONDecodeError:
-                    continue  # `shelfbandit doctor` reports unreadable reward lines
-            frame = pd.DataFrame.from_records(rows)
-        frame = frame.reindex(columns=list(REWARD_COLUMNS))
-        frame["event_id"] = frame["event_id"].astype(str)
-        frame["seq"] = self._seq + pd.RangeIndex(len(frame))
-        self._seq += len(frame)
-        return frame
-
-    def drop(self, event_ids: set[str], received_before: float) -> None:
-        """Forget the rewards of joined events, and any received before the watermark."""
-        keep = ~self.frame["event_id"].isin(event_ids) & (self.frame["received"] >= received_before)
-        self.frame = self.frame[keep].reset_index(drop=True)
-
-
-def _empty_rewards() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object if c in ("event_id", "reward_id") else float) for c in REWARD_COLUMNS} | {"seq": pd.Series(dtype=int)})
-
-
 @dataclass(slots=True)
 class _Ready:
     """Ready decision lines of one pass, and where each segment now stands."""
@@ -281,14 +118,10 @@ class Joiner:
             return True
         self.paths.joined.mkdir(parents=True, exist_ok=True)
         self.paths.slates.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.paths.joined / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        self._lock_fd = try_lock(self.paths.joined / ".lock")
+        if self._lock_fd is None:
             return False
-        self._lock_fd = fd
-        self._checkpoint = Checkpoint.read(self.paths.joined / CHECKPOINT)
+        self._checkpoint = read_checkpoint(self.paths)
         self._remove_uncommitted_parts()
         self._rewards = RewardReader(self.paths.rewards)
         return True
@@ -307,10 +140,8 @@ class Joiner:
         self.release()
 
     def _remove_uncommitted_parts(self) -> None:
-        for directory, suffix in ((self.paths.joined, ".jsonl"), (self.paths.slates, ".parquet")):
-            for path in directory.glob(f"part-*{suffix}"):
-                if int(path.name[5:13]) >= self._checkpoint.next_part:
-                    path.unlink()
+        for path in uncommitted_parts(self.paths, self._checkpoint.next_part):
+            path.unlink()
 
     # -- joining -------------------------------------------------------------------------------
     def run_once(self) -> JoinReport:
@@ -417,66 +248,36 @@ class Joiner:
 
     def _write_part(self, part: int, records: list[tuple[float, str, dict]]) -> tuple[int, int]:
         """Write the joined lines and slate table of `records`; return (slots, defaulted slots)."""
+        n_slots = np.array([len(record["_outcomes"]) for _, _, record in records])
+        rewards, defaulted = self._slot_outcomes(records, n_slots)
+        ends = np.cumsum(n_slots)
+        lines = [
+            json_line(join_record(record, Outcome(tuple(rewards[end - n:end]), tuple(defaulted[end - n:end]))))
+            for (_, _, record), n, end in zip(records, n_slots.tolist(), ends.tolist())
+        ]
+        sink = pa.BufferOutputStream()
+        pq.write_table(_slate_table(records, n_slots, rewards, defaulted), sink)
+        target = JoinedPart.numbered(self.paths, part)
+        write_atomic(target.slates, sink.getvalue().to_pybytes())
+        write_atomic(target.jsonl, b"".join(lines))
+        return int(n_slots.sum()), sum(defaulted)
+
+    def _slot_outcomes(self, records: list[tuple[float, str, dict]], n_slots: np.ndarray) -> tuple[list[float], list[bool]]:
+        """Per (event, slot), in order: the reward that counts within the window (or the
+        default), and whether it was defaulted."""
         config = self.config
         events = pd.DataFrame(
-            {
-                "event_id": [event_id for _, event_id, _ in records],
-                "decided": [timestamp for timestamp, _, _ in records],
-                "n_slots": [len(record["_outcomes"]) for _, _, record in records],
-            }
+            {"event_id": [event_id for _, event_id, _ in records], "decided": [timestamp for timestamp, _, _ in records]}
         )
         rewards = self._rewards.frame.drop(columns="decided").merge(events, on="event_id")
         rewards = rewards[rewards["received"] - rewards["decided"] <= config.reward_window_s]
-        counted = slot_rewards(rewards, config.aggregation).to_dict()
-        lines: list[bytes] = []
-        columns: dict[str, list] = {name: [] for name in SLATE_TABLE_COLUMNS}
-        for timestamp, event_id, record in records:
-            n_slots = len(record["_outcomes"])
-            found = [counted.get((event_id, k)) for k in range(n_slots)]
-            outcome = Outcome(
-                tuple(config.default_reward if r is None else r for r in found), tuple(r is None for r in found)
-            )
-            joined = join_record(record, outcome)
-            lines.append(json_line(joined))
-            columns["event_id"].extend([event_id] * n_slots)
-            columns["slot"].extend(range(n_slots))
-            columns["action"].extend(shown_shelves(record))
-            columns["reward"].extend(outcome.rewards)
-            columns["logging_prob"].extend(slot["_p"][0] for slot in record["_outcomes"])
-            columns["logging_marginal"].extend(nullable_floats(record.get("_marginals"), n_slots))
-            columns["defaulted"].extend(outcome.defaulted)
-            columns["timestamp"].extend([timestamp] * n_slots)
-            columns["model_version"].extend([str(record.get("_model_version", ""))] * n_slots)
-            columns["listener_id"].extend([record.get("_listener_id")] * n_slots)
-            columns["arm"].extend([record.get("_arm", DEFAULT_ARM)] * n_slots)
-            columns["arm_mode"].extend([record.get("_arm_mode", ONLINE)] * n_slots)
-            columns["learn"].extend([record.get("_learn", True) is not False] * n_slots)
-            columns["agreement"].extend(record.get("_agreement") or [None] * n_slots)
-        table = pa.table(
-            {
-                **columns,
-                "slot": pa.array(columns["slot"], pa.int32()),
-                "logging_marginal": pa.array(columns["logging_marginal"], pa.float64()),
-                "listener_id": pa.array(columns["listener_id"], pa.string()),
-                "agreement": pa.array(columns["agreement"], pa.bool_()),
-            }
-        )
-        slate_path = self.paths.slates / part_name(part, ".parquet")
-        tmp = slate_path.with_name(f".{slate_path.name}.tmp")
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, slate_path)
-        fsync_directory(self.paths.slates)
-        write_atomic(self.paths.joined / part_name(part, ".jsonl"), b"".join(lines))
-        n_default = sum(columns["defaulted"])
-        return len(columns["slot"]), n_default
+        slots = pd.MultiIndex.from_arrays([np.repeat(events["event_id"].to_numpy(), n_slots), _slot_numbers(n_slots)])
+        found = slot_rewards(rewards, config.aggregation).reindex(slots).to_numpy(dtype=float)
+        defaulted = np.isnan(found)
+        return np.where(defaulted, config.default_reward, found).tolist(), defaulted.tolist()
 
     def _write_rejected(self, rejected: list[dict]) -> None:
-        with open(self.paths.joined / REJECTED, "a") as handle:
-            handle.writelines(json.dumps(item) + "\n" for item in rejected)
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_durably(self.paths.joined / REJECTED, "".join(json.dumps(item) + "\n" for item in rejected).encode())
 
     def _live_offsets(self, offsets: dict[str, int]) -> dict[str, int]:
         """Offsets of segments that still exist (deleted segments need no bookkeeping)."""
@@ -496,3 +297,41 @@ class Joiner:
 
 def _rejection(path: Path, offset: int, reason: str, raw: bytes) -> dict:
     return {"segment": path.name, "offset": offset, "reason": reason, "line": raw.decode(errors="replace")}
+
+
+def _slot_numbers(n_slots: np.ndarray) -> np.ndarray:
+    """0..n-1 for each event's n slots, concatenated."""
+    return np.arange(int(n_slots.sum())) - np.repeat(np.cumsum(n_slots) - n_slots, n_slots)
+
+
+def _slate_table(records: list[tuple[float, str, dict]], n_slots: np.ndarray, rewards: list[float], defaulted: list[bool]) -> pa.Table:
+    """The slate table of joined `records`: one row per (event, slot), columns SLATE_TABLE_COLUMNS."""
+
+    def per_event(values: list, kind: pa.DataType) -> pa.Array:
+        return pa.array(np.repeat(np.array(values, dtype=object), n_slots), kind)
+
+    def per_slot(lists: list[list], kind: pa.DataType) -> pa.Array:
+        return pa.array([value for values in lists for value in values], kind)
+
+    outcomes = [record["_outcomes"] for _, _, record in records]
+    columns = {
+        "event_id": per_event([event_id for _, event_id, _ in records], pa.string()),
+        "slot": pa.array(_slot_numbers(n_slots), pa.int32()),
+        "action": per_slot([shown_shelves(record) for _, _, record in records], pa.string()),
+        "reward": pa.array(rewards, pa.float64()),
+        "logging_prob": per_slot([[slot["_p"][0] for slot in slots] for slots in outcomes], pa.float64()),
+        "logging_marginal": per_slot(
+            [nullable_floats(record.get("_marginals"), n) for (_, _, record), n in zip(records, n_slots.tolist())], pa.float64()
+        ),
+        "defaulted": pa.array(defaulted, pa.bool_()),
+        "timestamp": pa.array(np.repeat([timestamp for timestamp, _, _ in records], n_slots), pa.float64()),
+        "model_version": per_event([str(record.get("_model_version", "")) for _, _, record in records], pa.string()),
+        "listener_id": per_event([record.get("_listener_id") for _, _, record in records], pa.string()),
+        "arm": per_event([record.get("_arm", DEFAULT_ARM) for _, _, record in records], pa.string()),
+        "arm_mode": per_event([record.get("_arm_mode", DEFAULT_ARM_MODE) for _, _, record in records], pa.string()),
+        "learn": per_event([record.get("_learn", True) is not False for _, _, record in records], pa.bool_()),
+        "agreement": per_slot(
+            [record.get("_agreement") or [None] * n for (_, _, record), n in zip(records, n_slots.tolist())], pa.bool_()
+        ),
+    }
+    return pa.table({name: columns[name] for name in SLATE_TABLE_COLUMNS})

@@ -20,7 +20,6 @@ still there.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
@@ -31,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bandit.errors import FieldError, ModelFileError, ShelfBanditError, ValidationError
-from bandit.model_file import load_policy, meta_path, read_meta, write_atomic
+from bandit.durable import fsync_directory, locked, write_atomic
+from bandit.model_file import load_policy, meta_path, read_meta
 from bandit.policy import Policy
-from service.eventlog.segments import fsync_directory
 
 POINTER = "ACTIVE"
 MODEL_SUFFIX = ".model"
@@ -252,6 +251,5 @@ class ModelStore:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        with locked(self.root / ".lock"):
             yield

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bandit.errors import ShelfBanditError
 from service.models.active import probe
-from service.join.joiner import CHECKPOINT, REJECTED, Checkpoint, part_name
+from service.join.parts import REJECTED, missing_parts, read_checkpoint, uncommitted_parts
 from service.models.store import ModelRefused, ModelStore, UnknownModelVersion
 from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.eventlog.lines import line_head
@@ -143,7 +143,7 @@ def _decision_problem(raw: bytes, record: object) -> str | None:
 
 def _check_joiner(paths: DataPaths, settings: Settings) -> list[Finding]:
     try:
-        checkpoint = Checkpoint.read(paths.joined / CHECKPOINT)
+        checkpoint = read_checkpoint(paths)
     except ShelfBanditError as err:
         return [Finding("joiner", PROBLEM, f"the joiner checkpoint is unreadable: {err}")]
     findings = []
@@ -167,10 +167,10 @@ def _check_joiner(paths: DataPaths, settings: Settings) -> list[Finding]:
                     n_waiting += 1
     if n_overdue:
         findings.append(Finding("joiner", PROBLEM, f"{n_overdue} decision(s) are past their reward window by more than {UNJOINED_INTERVALS} join intervals ({UNJOINED_INTERVALS * settings.join_interval_s:g} s) but not joined (the oldest has waited {now - settings.reward_window_s - oldest_ready:.0f} s); is a joiner running (the service's, or `shelfbandit join`), and is it failing (`/readyz`, the service's log)?"))
-    leftovers = [p.name for d, s in ((paths.joined, ".jsonl"), (paths.slates, ".parquet")) for p in (d.glob(f"part-*{s}") if d.is_dir() else []) if int(p.name[5:13]) >= checkpoint.next_part]
+    leftovers = [p.name for p in uncommitted_parts(paths, checkpoint.next_part)]
     if leftovers:
         findings.append(Finding("joiner", WARN, f"uncommitted part(s) {', '.join(leftovers[:MAX_EXAMPLES])} were left by an interrupted joiner; the next joiner run deletes and redoes them"))
-    missing = [part_name(n, ".jsonl") for n in range(checkpoint.next_part) if not (paths.joined / part_name(n, ".jsonl")).exists()]
+    missing = missing_parts(paths, checkpoint.next_part)
     if missing:
         findings.append(Finding("joiner", PROBLEM, f"{len(missing)} committed part(s) are missing, e.g. {', '.join(missing[:MAX_EXAMPLES])}"))
     rejected = paths.joined / REJECTED

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bandit.errors import ShelfBanditError
-from service.join.joiner import JoinedLog, part_name
+from service.join.parts import JoinedPart
+from service.join.reader import JoinedLog
 from service.layout import DataPaths
 from service.training.publishing import read_status
 from service.training.state import CHECKPOINT, training_dir
@@ -44,7 +45,7 @@ def trainer_backlog(data_dir: str | Path) -> TrainerBacklog:
     backlog); raises ShelfBanditError if the joiner's checkpoint or a candidate's CHECKPOINT is
     unreadable."""
     committed = JoinedLog(data_dir).checkpoint().next_part
-    joined = DataPaths(Path(data_dir)).joined
+    paths = DataPaths(Path(data_dir))
     root = training_dir(data_dir) / "candidates"
     configured = (read_status(training_dir(data_dir)) or {}).get("candidates")
     candidates = []
@@ -60,7 +61,7 @@ def trainer_backlog(data_dir: str | Path) -> TrainerBacklog:
             raise ShelfBanditError(f"{directory / CHECKPOINT}: unreadable checkpoint ({err})") from None
         waiting_since = None
         if next_part < committed:
-            part = joined / part_name(next_part, ".jsonl")
+            part = JoinedPart.numbered(paths, next_part).jsonl
             waiting_since = max(last_step, part.stat().st_mtime if part.exists() else 0.0)
         candidates.append(CandidateBacklog(directory.name, next_part, waiting_since))
     return TrainerBacklog(committed, tuple(candidates))

@@ -28,7 +28,7 @@ from offline_eval.gate import GateResult, GateRule, compare
 from offline_eval.intervals import METHODS, Interval
 from offline_eval.readers import table_log
 from offline_eval.slate import TargetProbs
-from service.join.joiner import JoinedLog
+from service.join.reader import JoinedLog
 from service.training.state import scores_name
 
 SLATE_COLUMNS = ["event_id", "slot", "action", "reward", "logging_prob", "logging_marginal", "model_version", "learn"]

@@ -14,7 +14,6 @@ committed model is published and activated after the checks of
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import re
@@ -28,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bandit.durable import try_lock
 from bandit.errors import ShelfBanditError, ValidationError
 from service.experiments.arms import ACTIVE, BASELINES, ArmsFile
-from service.join.joiner import JoinedLog
+from service.join.reader import JoinedLog
 from service.models.store import ActivePointer, ModelRefused, ModelStore, PointerPinned
 from service.training.candidates import DEFAULT_CANDIDATES, Candidate, check_candidates
 from service.training.judge import (
@@ -217,13 +217,9 @@ class TrainingLoop:
     def _lock(self) -> None:
         directory = training_dir(self.data_dir)
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise TrainingBusy(f"another training loop is running on {self.data_dir} (it holds training/.lock)") from None
-        self._lock_fd = fd
+        self._lock_fd = try_lock(directory / ".lock")
+        if self._lock_fd is None:
+            raise TrainingBusy(f"another training loop is running on {self.data_dir} (it holds training/.lock)")
 
     def _read_history(self) -> None:
         """Where the records stand: each candidate's last recorded step and last gate, the

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
-from bandit.model_file import load_policy, write_atomic
+from bandit.durable import write_atomic
+from bandit.model_file import load_policy
 from bandit.policy import Policy
 from bandit.types import Context, Decision, Shelf
 from offline_eval.gate import GateResult

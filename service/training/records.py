@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from bandit.durable import append_durably, cut_at, torn_tail
 from offline_eval.intervals import finite_or_none
 from service.training.state import training_dir
 
@@ -49,19 +50,17 @@ class TrainingRecords:
         """Cut off a torn last line (a crash during an append)."""
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        complete = data.rfind(b"\n") + 1
-        if complete != len(data):
-            with open(self.path, "r+b") as handle:
-                handle.truncate(complete)
-                os.fsync(handle.fileno())
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            end, tail = torn_tail(fd)
+            if tail:
+                cut_at(fd, end)
+        finally:
+            os.close(fd)
 
     def append(self, records: Sequence[dict]) -> None:
         if not records:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = b"".join(json.dumps(finite_or_none(r), sort_keys=False).encode() + b"\n" for r in records)
-        with open(self.path, "ab") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_durably(self.path, data)

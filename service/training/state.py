@@ -17,7 +17,6 @@ on from `next_part` with the committed model: no event is trained twice and none
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
-from bandit.model_file import write_atomic
+from bandit.durable import append_durably, write_atomic
 from bandit.vw.ranker import VWShelfRanker
 from service.training.candidates import Candidate
 
@@ -174,10 +173,7 @@ class TrainerState:
         version = policy.save(self.directory / record.model)
         committed = StepRecord.from_dict({**record.to_dict(), "model_version": version})
         line = json.dumps(committed.to_dict(), sort_keys=True).encode() + b"\n"
-        with open(self.directory / JOURNAL, "ab") as journal:
-            journal.write(line)
-            journal.flush()
-            os.fsync(journal.fileno())
+        append_durably(self.directory / JOURNAL, line)
         write_atomic(self.directory / CHECKPOINT, line)
         self._drop_old_models(committed.step)
         return committed

@@ -28,7 +28,8 @@ from bandit.errors import ShelfBanditError
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.readers import read_dsjson
 from offline_eval.scoring import logged_scores
-from service.join.joiner import JoinedLog, JoinedPart
+from service.join.parts import JoinedPart
+from service.join.reader import JoinedLog
 from service.training.candidates import Candidate
 from service.training.state import StepRecord, TrainerState, candidate_dir, model_name
 
