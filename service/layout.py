@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_DATA_DIR = Path("shelfbandit-data")
 DECISION_KIND = "decisions"
 REWARD_KIND = "rewards"
 LATE_KIND = "late"
@@ -50,3 +51,15 @@ class DataPaths:
     @property
     def run(self) -> Path:
         return self.root / "run"
+
+    @property
+    def arms_file(self) -> Path:
+        return self.root / "arms.json"
+
+    @property
+    def training(self) -> Path:
+        return self.root / "training"
+
+    @property
+    def training_records(self) -> Path:
+        return self.training / "records.jsonl"

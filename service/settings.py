@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError as
 
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
+from service.eventlog.segments import Durability
+from service.layout import DEFAULT_DATA_DIR
 
 ENV_PREFIX = "SHELFBANDIT_"
 # the environment variable through which `shelfbandit serve` hands settings to uvicorn workers
@@ -29,7 +31,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data_dir: Path = Path("shelfbandit-data")
+    data_dir: Path = DEFAULT_DATA_DIR
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
@@ -37,7 +39,7 @@ class Settings(BaseModel):
     access_log: bool = True
 
     # decision and reward logs
-    durability: Literal["group", "fsync", "write"] = Field(
+    durability: Durability = Field(
         "group",
         description="group: a committer thread writes and fsyncs whatever requests queued, the requests "
         "wait for it; fsync: write and fsync per request; write: write per request, no fsync (survives "

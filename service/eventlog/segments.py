@@ -31,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from bandit.errors import FieldError, ShelfBanditError
 from service.eventlog.lines import line_head
@@ -44,6 +44,10 @@ SUFFIX = ".jsonl"
 READ_CHUNK = 1 << 20
 PROBE_BYTES = 4096  # what a probe writes and fsyncs to tell whether the disk takes writes again
 COMMIT_RETRY_S, COMMIT_MAX_BACKOFF_S = 0.05, 0.5  # waits after failed group commits (requests queue meanwhile)
+
+
+DURABILITY_MODES = ("group", "fsync", "write")  # when an appended line counts as durable (docs/service.md)
+Durability = Literal["group", "fsync", "write"]
 
 
 class LogWriteError(FieldError):
@@ -172,8 +176,8 @@ class SegmentWriter:
         clock: Callable[[], float] = time.time,
         metrics: ServiceMetrics | None = None,
     ) -> None:
-        if durability not in ("group", "fsync", "write"):
-            raise ValueError(f"durability: must be group, fsync or write (found {durability!r})")
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability: must be one of {', '.join(DURABILITY_MODES)} (found {durability!r})")
         self.directory = Path(directory)
         self.kind = kind
         self.durability = durability

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-DATA_DIR_HELP = "Data directory of the service.  [default: ./shelfbandit-data]"
-DEFAULT_DATA_DIR = Path("shelfbandit-data")
+from service.layout import DEFAULT_DATA_DIR
+
+DATA_DIR_HELP = f"Data directory of the service.  [default: ./{DEFAULT_DATA_DIR}]"
 
 
 def _data_dir_option(function):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from service.layout import DEFAULT_DATA_DIR
 from service.training.loop import FOLLOW_INTERVAL_S
 from service.training.judge import DEFAULT_ESTIMATOR, SCORED_ESTIMATORS, GateSettings
 from service.training.publishing import PublishSettings
@@ -19,7 +20,7 @@ PUBLISH_DEFAULTS = PublishSettings()
 
 
 @click.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("shelfbandit-data"), show_default=True,
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATA_DIR, show_default=True,
               help="Data directory of the service (joined log, model store); training state goes to <data-dir>/training.")
 @click.option("--follow", is_flag=True, help="Keep training beside the service as new parts are joined (Ctrl-C stops).")
 @click.option("--candidates", "candidates_file", type=click.Path(dir_okay=False, path_type=Path),

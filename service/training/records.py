@@ -19,15 +19,14 @@ from pathlib import Path
 
 from bandit.durable import append_durably, cut_at, torn_tail
 from offline_eval.intervals import finite_or_none
-from service.training.state import training_dir
+from service.layout import DataPaths
 
-RECORDS = "records.jsonl"
 TRAINED, GATE, PROMOTED, REFUSED = "trained", "gate", "promoted", "refused"
 PUBLISHED, PUBLISH_REFUSED = "published", "publish_refused"
 
 
 def records_path(data_dir: str | Path) -> Path:
-    return training_dir(data_dir) / RECORDS
+    return DataPaths(Path(data_dir)).training_records
 
 
 def read_records(data_dir: str | Path, kind: str | None = None) -> list[dict]:

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
 from bandit.durable import append_durably, write_atomic
 from bandit.vw.ranker import VWShelfRanker
+from service.layout import DataPaths
 from service.training.candidates import Candidate
 
 CHECKPOINT = "CHECKPOINT"
@@ -36,7 +37,7 @@ KEEP_MODELS = 2
 
 
 def training_dir(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "training"
+    return DataPaths(Path(data_dir)).training
 
 
 def candidate_dir(data_dir: str | Path, name: str) -> Path:
