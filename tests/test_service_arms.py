@@ -18,17 +18,12 @@ from bandit.explore import EpsilonGreedy
 from bandit.types import Context, Outcome
 from bandit.vw.format import join_record
 from bandit.vw.ranker import VWShelfRanker
-from service.experiments.ab_report import (
-    Estimate,
-    OfflineEstimate,
-    OfflineEstimates,
-    ab_report,
-    compare_offline,
-    parse_since,
-    record_offline_estimate,
-)
+from service.experiments.ab_estimates import OnlineEstimate
+from service.experiments.ab_input import parse_since
+from service.experiments.ab_report import ab_report
 from service.experiments.arms import ArmsConfig, ArmsFile, hash_unit
 from service.experiments.live import top_choice_agreement
+from service.experiments.offline_estimates import OfflineEstimate, OfflineEstimates, compare_offline, record_offline_estimate
 from service.join.joiner import JoinConfig, Joiner
 from service.join.reader import JoinedLog
 from service.layout import DataPaths
@@ -205,7 +200,7 @@ def test_apprentice_agreement_is_the_share_of_compared_slots_per_listener_unit()
 
 
 def test_offline_and_online_are_compared_by_interval_and_z_score():
-    online = Estimate(0.5, 0.05, Z95)
+    online = OnlineEstimate(0.5, 0.05, Z95)
     agreeing = compare_offline(online, OfflineEstimate(0.45, 0.40, 0.50, 0.95, "snips_rips", "test"), Z95)
     assert agreeing.inside and agreeing.difference == pytest.approx(0.05) and agreeing.consistent
     off = compare_offline(online, OfflineEstimate(0.30, 0.25, 0.35, 0.95, "snips_rips", "test"), Z95)

@@ -79,7 +79,7 @@ def record_estimate(data_dir: Path, arm: str | None, version: str | None, estima
     whose last line is read) in offline_estimates.json, for `ab-report` to put beside the arm's
     online result."""
     from bandit.errors import ValidationError
-    from service.experiments.ab_report import estimate_from_evaluation, record_offline_estimate
+    from service.experiments.offline_estimates import estimate_from_evaluation, record_offline_estimate
 
     lines = [line for line in evaluation_file.read_text().splitlines() if line.strip()]
     try:
@@ -106,7 +106,10 @@ def ab_report(data_dir: Path, since: str | None, control: str | None, level: flo
     agreement, and each arm's offline estimate from before launch beside its online result."""
     from tqdm import tqdm
 
-    from service.experiments.ab_report import OfflineEstimates, ab_report as make_report, arm_order, parse_since, read_slates, write_report
+    from service.experiments.ab_input import arm_order, parse_since, read_slates
+    from service.experiments.ab_render import summary_lines, write_report
+    from service.experiments.ab_report import ab_report as make_report
+    from service.experiments.offline_estimates import OfflineEstimates
     from service.join.reader import JoinedLog
 
     with tqdm(total=len(JoinedLog(data_dir).parts()), unit="part", desc="reading joined parts", disable=as_json, leave=False) as bar:
@@ -126,22 +129,7 @@ def ab_report(data_dir: Path, since: str | None, control: str | None, level: flo
     if offline.unreadable_records:
         result["unreadable_training_records"] = offline.unreadable_records
     if not as_json:
-        _print(report)
+        for line in summary_lines(report):
+            click.echo(line)
     click.echo(json.dumps(result))
 
-
-def _print(report) -> None:
-    click.echo(f"{report.n_sessions} sessions; control arm {report.control}; {report.level:.0%} intervals, listeners as units")
-    for r in report.arms:
-        e = r.reward
-        line = f"  {r.arm:<14} {r.n_sessions:>7} sessions  reward/session {e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}]"
-        if r.difference is not None:
-            d = r.difference
-            line += f"  vs {report.control} {d.value:+.4f} [{d.lower:+.4f}, {d.upper:+.4f}]"
-        click.echo(line)
-        if r.offline is not None:
-            o = r.offline
-            click.echo(f"  {'':<14} offline {o.offline.value:.4f} [{o.offline.lower:.4f}, {o.offline.upper:.4f}] "
-                       f"({o.offline.estimator}): online {'inside' if o.inside else 'outside'}, difference {o.difference:+.4f}")
-        if r.agreement is not None:
-            click.echo(f"  {'':<14} apprentice agreement {r.agreement.value:.1%} [{r.agreement.lower:.1%}, {r.agreement.upper:.1%}]")
