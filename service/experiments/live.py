@@ -1,17 +1,17 @@
 """The arms a worker serves, and their hot reload when `arms.json` changes.
 
-A poller thread reads `<data_dir>/arms.json` every `poll_s` seconds (like the active model
-pointer). A changed file is parsed, checked, and its pinned model versions loaded and probed
-off the request path; then the new arms are swapped in by one reference assignment (requests
-in flight finish with the arms they started with). An invalid file is refused: the previous
-arms keep serving and the refusal shows in `GET /v1/arms` and in the metrics until the file
-changes again. The poller is supervised (service/supervisor.py): a poll that fails (an
-unreadable file, a popularity refit that fails) is retried with backoff while `/readyz` says so.
+The poller (service.models.reloader, as for the active model pointer) reads
+`<data_dir>/arms.json` every `poll_s` seconds. A changed file is parsed, checked, and its pinned
+model versions loaded and probed off the request path; then the new arms are swapped in by one
+reference assignment (requests in flight finish with the arms they started with). An invalid
+file is refused: the previous arms keep serving and the refusal shows in `GET /v1/arms` and in
+the metrics until the file changes again. A poll that fails (an unreadable file, a popularity
+refit that fails) is retried with backoff while `/readyz` says so.
 
 Policies per arm: `active` is the worker's active model at the time of the request; a stored
 version is loaded once per configuration; `editorial` and `uniform` are the baselines;
-`popularity` is the popularity baseline fitted on the joined slate tables, refitted as the
-joiner commits parts (events marked `learn = false` are left out).
+`popularity` is the popularity baseline fitted on the learnable rows of the joined slate
+tables, refitted as the joiner commits parts (events marked `learn = false` are left out).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from bandit.baselines import EditorialPolicy, PopularityPolicy, UniformRandomPolicy
 from bandit.errors import ValidationError
@@ -35,8 +34,8 @@ from service.errors import NotReady
 from service.join.reader import JoinedLog
 from service.logs import get_logger
 from service.ops.metrics import ServiceMetrics
+from service.models.reloader import Refusal, Reloader
 from service.models.store import ModelRefused, ModelStore, UnknownModelVersion
-from service.supervisor import Supervised
 
 log = get_logger()
 DEFAULT_SOURCE, FILE_SOURCE = "default", "file"
@@ -53,12 +52,6 @@ class LiveArms:
 
     def choose(self, key: str) -> Arm:
         return self.config.arms[self.config.arm_index(key)]
-
-
-@dataclass(frozen=True, slots=True)
-class ArmsRefusal:
-    reason: str
-    at: float
 
 
 @dataclass(slots=True)
@@ -99,13 +92,10 @@ class PopularityFeed:
         self.policy = PopularityPolicy()
 
     def refresh(self) -> PopularityPolicy:
-        parts = self.joined.parts(self.next_part)
-        if not parts:
+        committed = self.joined.checkpoint().next_part
+        if committed <= self.next_part:
             return self.policy
-        frames = [pd.read_parquet(part.slates) for part in parts]
-        rows = pd.concat(frames, ignore_index=True)
-        if "learn" in rows:
-            rows = rows[rows["learn"].astype(bool)]
+        rows = self.joined.slate_table(self.next_part, committed, ["action", "reward"], learnable=True)
         totals = rows.groupby("action", observed=True)["reward"].agg(["size", "sum"])
         refitted = PopularityPolicy()
         refitted.shows = dict(self.policy.shows)
@@ -114,7 +104,7 @@ class PopularityFeed:
             refitted.shows[shelf_id] = refitted.shows.get(shelf_id, 0.0) + shows
             refitted.reward_sums[shelf_id] = refitted.reward_sums.get(shelf_id, 0.0) + reward_sum
         self.policy = refitted  # one reference assignment: the ranking thread sees old or new
-        self.next_part = parts[-1].number + 1
+        self.next_part = committed
         return refitted
 
 
@@ -142,25 +132,25 @@ EDITORIAL = EditorialPolicy()
 UNIFORM = UniformRandomPolicy()
 
 
-class Experiment:
+class Experiment(Reloader[LiveArms]):
     """The arms of one worker: `current` is what a request is assigned with."""
+
+    refusable = (ValidationError,)
 
     def __init__(
         self, data_dir, store: ModelStore, model: ActiveModel, metrics: ServiceMetrics, *, poll_s: float = 1.0,
         max_backoff_s: float = 30.0,
     ) -> None:
+        super().__init__("arms-poller", metrics, metrics.arms_refused, metrics.arms_refusals,
+                         current=LiveArms(ArmsConfig.default(), {}, DEFAULT_SOURCE, time.time()),
+                         poll_s=poll_s, max_backoff_s=max_backoff_s)
         self.file = ArmsFile(data_dir)
         self.store = store
         self.model = model
-        self.metrics = metrics
-        self.poll_s = poll_s
         self.popularity = PopularityFeed(JoinedLog(data_dir))
-        self.current = LiveArms(ArmsConfig.default(), {}, DEFAULT_SOURCE, time.time())
-        self.refused: ArmsRefusal | None = None
         self.agreement: dict[str, AgreementCount] = {}
         self._seen: bytes | None = None
         self._apply_lock = threading.Lock()
-        self.poller = Supervised("arms-poller", self._poll_step, metrics, base_s=poll_s, max_backoff_s=max(poll_s, max_backoff_s))
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -168,9 +158,6 @@ class Experiment:
         self._publish_metrics(self.current)
         self.poll_once()
         self.poller.start()
-
-    def stop(self) -> None:
-        self.poller.stop(timeout_s=5.0)
 
     # -- serving -------------------------------------------------------------------------------
     def policy_of(self, live: LiveArms, arm: Arm) -> Policy:
@@ -215,7 +202,7 @@ class Experiment:
             live = self.resolve(config, FILE_SOURCE)
             self.file.write(config)
             self._seen = self.file.read_bytes()
-            self._swap(live)
+            self.swap(live)
         return live
 
     def clear(self) -> LiveArms:
@@ -224,7 +211,7 @@ class Experiment:
             self.file.clear()
             self._seen = None
             live = LiveArms(ArmsConfig.default(), {}, DEFAULT_SOURCE, time.time())
-            self._swap(live)
+            self.swap(live)
         return live
 
     def poll_once(self) -> None:
@@ -239,23 +226,18 @@ class Experiment:
 
     def _reload(self, data: bytes | None) -> None:
         if data is None:
-            self._swap(LiveArms(ArmsConfig.default(), {}, DEFAULT_SOURCE, time.time()))
-            return
-        try:
-            live = self.resolve(ArmsConfig.from_json(data), FILE_SOURCE)
-        except ValidationError as err:
-            self._refuse(str(err))
-            return
-        self._swap(live)
+            self.swap(LiveArms(ArmsConfig.default(), {}, DEFAULT_SOURCE, time.time()))
+        else:
+            self.offer(lambda: self.resolve(ArmsConfig.from_json(data), FILE_SOURCE))
 
-    def _swap(self, live: LiveArms) -> None:
-        previous = self.current
-        self.current = live
-        self.refused = None
-        self.metrics.arms_refused.set(0)
+    def announce_swap(self, previous: LiveArms, live: LiveArms) -> None:
         self.metrics.arms_reloads.inc()
         self._publish_metrics(live, previous)
         log.info("arms loaded", extra={"fields": {"source": live.source, "arms": live.config.to_dict()["arms"]}})
+
+    def announce_refusal(self, refusal: Refusal) -> None:
+        log.error("arms config refused, the previous arms keep serving",
+                  extra={"fields": {"reason": refusal.reason, "serving": list(self.current.config.names)}})
 
     def _publish_metrics(self, live: LiveArms, previous: LiveArms | None = None) -> None:
         if previous is not None:
@@ -263,14 +245,3 @@ class Experiment:
                 self.metrics.arm_share.labels(arm.name, arm.mode).set(0)
         for arm in live.config.arms:
             self.metrics.arm_share.labels(arm.name, arm.mode).set(arm.share)
-
-    def _refuse(self, reason: str) -> None:
-        self.refused = ArmsRefusal(reason, time.time())
-        self.metrics.arms_refused.set(1)
-        self.metrics.arms_refusals.inc()
-        log.error("arms config refused, the previous arms keep serving",
-                  extra={"fields": {"reason": reason, "serving": list(self.current.config.names)}})
-
-    def _poll_step(self) -> float:
-        self.poll_once()
-        return self.poll_s

@@ -1,25 +1,23 @@
 """The model a worker serves, and the hot swap when the store's active pointer moves.
 
-A poller thread reads the pointer every `poll_s` seconds. A new version is loaded and probed
-(one small ranking) off the request path, then swapped in with one reference assignment:
-requests in flight finish on the model they started with. A version that fails (corrupt,
-unreadable, fails the probe) is refused: the old model keeps serving and the refusal shows
-in `/v1/model` and the metrics until the pointer moves again. The poller is supervised
-(service/supervisor.py): a poll that fails is retried with backoff while `/readyz` says so.
+The poller (service.models.reloader) reads the pointer every `poll_s` seconds. A new version is
+loaded and probed (one small ranking) off the request path, then swapped in with one reference
+assignment: requests in flight finish on the model they started with. A version that fails
+(corrupt, unreadable, fails the probe) is refused: the old model keeps serving and the refusal
+shows in `/v1/model` and the metrics until the pointer moves again.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
 from bandit.policy import Policy
 from bandit.types import Context, Shelf
 from service.logs import get_logger
-from service.ops.metrics import ServiceMetrics
+from service.models.reloader import Refusal, Reloader
 from service.models.store import ModelRefused, ModelStore, ModelVersion, UnknownModelVersion
-from service.supervisor import Supervised
+from service.ops.metrics import ServiceMetrics
 
 PROBE_SHELVES = (Shelf("probe-a", {"kind": "probe"}), Shelf("probe-b", {"kind": "probe"}))
 
@@ -39,13 +37,6 @@ class Served:
         return self.stored.version
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    version: str
-    reason: str
-    at: float
-
-
 def probe(policy: Policy, version: str) -> None:
     """Rank a tiny request; raise ModelRefused if the policy cannot."""
     try:
@@ -54,18 +45,16 @@ def probe(policy: Policy, version: str) -> None:
         raise ModelRefused("version", f"{version} is refused (a probe ranking failed: {type(err).__name__}: {err})") from None
 
 
-class ActiveModel:
+class ActiveModel(Reloader[Served | None]):
     """Holds the served model; `current` is what a request ranks with."""
 
+    refusable = (ModelRefused, UnknownModelVersion)
+
     def __init__(self, store: ModelStore, metrics: ServiceMetrics, *, poll_s: float = 1.0, max_backoff_s: float = 30.0) -> None:
+        super().__init__("model-poller", metrics, metrics.model_refused, metrics.model_refusals, current=None,
+                         poll_s=poll_s, max_backoff_s=max_backoff_s)
         self.store = store
-        self.metrics = metrics
-        self.poll_s = poll_s
-        self.current: Served | None = None
-        self.refused: Refusal | None = None
         self._pointer_seen: tuple[str, float] | None = None
-        self._swap_lock = threading.Lock()
-        self.poller = Supervised("model-poller", self._poll_step, metrics, base_s=poll_s, max_backoff_s=max(poll_s, max_backoff_s))
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -78,9 +67,6 @@ class ActiveModel:
                     break
         self.poller.start()
 
-    def stop(self) -> None:
-        self.poller.stop(timeout_s=5.0)
-
     # -- swapping ------------------------------------------------------------------------------
     def poll_once(self) -> None:
         """Load the pointer's version if the pointer moved since the last look."""
@@ -88,13 +74,13 @@ class ActiveModel:
             pointer = self.store.active()
         except ModelRefused as err:
             if self.refused is None or self.refused.reason != str(err):
-                self._refuse("unknown (pointer unreadable)", str(err))
+                self.refuse(str(err), version="unknown (pointer unreadable)")
             return
         if pointer is None or (pointer.version, pointer.activated_at) == self._pointer_seen:
             return
         self._pointer_seen = (pointer.version, pointer.activated_at)
         if self.current is not None and pointer.version == self.current.version:
-            self._clear_refusal()
+            self.clear_refusal()
             return
         self._try_load(pointer.version)
 
@@ -109,7 +95,7 @@ class ActiveModel:
 
         pointer = self.store.activate(version, check=check, pin=True)
         self._pointer_seen = (pointer.version, pointer.activated_at)
-        self._swap(loaded[0])
+        self.swap(loaded[0])
         return pointer.version, pointer.previous
 
     def _load_checked(self, version: str) -> Served:
@@ -118,40 +104,20 @@ class ActiveModel:
         return Served(policy, stored, time.time())
 
     def _try_load(self, version: str) -> bool:
-        try:
-            served = self._load_checked(version)
-        except (ModelRefused, UnknownModelVersion) as err:
-            self._refuse(version, str(err))
-            return False
-        self._swap(served)
-        return True
+        return self.offer(lambda: self._load_checked(version), version=version)
 
-    def _swap(self, served: Served) -> None:
-        with self._swap_lock:
-            previous = self.current
-            self.current = served
-            self._clear_refusal()
-            self.metrics.serve_model(served.version, served.stored.created)
-            if previous is not None and previous.version != served.version:
-                self.metrics.model_swaps.inc()
+    def announce_swap(self, previous: Served | None, served: Served | None) -> None:
+        self.metrics.serve_model(served.version, served.stored.created)
+        if previous is not None and previous.version != served.version:
+            self.metrics.model_swaps.inc()
         log.info(
             "model loaded",
             extra={"fields": {"version": served.version, "previous": previous.version if previous else None}},
         )
 
-    def _refuse(self, version: str, reason: str) -> None:
-        self.refused = Refusal(version, reason, time.time())
-        self.metrics.model_refusals.inc()
-        self.metrics.model_refused.set(1)
+    def announce_refusal(self, refusal: Refusal) -> None:
         log.error(
             "model refused, the previous model keeps serving",
-            extra={"fields": {"version": version, "reason": reason, "serving": self.current.version if self.current else None}},
+            extra={"fields": {"version": refusal.version, "reason": refusal.reason,
+                              "serving": self.current.version if self.current else None}},
         )
-
-    def _clear_refusal(self) -> None:
-        self.refused = None
-        self.metrics.model_refused.set(0)
-
-    def _poll_step(self) -> float:
-        self.poll_once()
-        return self.poll_s
