@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from bandit.errors import FieldError, ShelfBanditError
+from bandit.durable import append_durably, complete_end, cut_at, fsync_directory, is_locked, torn_tail, try_lock
+from bandit.errors import FieldError
 from service.eventlog.lines import line_head
 from service.supervisor import Supervised
 
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from service.ops.metrics import ServiceMetrics
 
 SUFFIX = ".jsonl"
-READ_CHUNK = 1 << 20
 PROBE_BYTES = 4096  # what a probe writes and fsyncs to tell whether the disk takes writes again
 COMMIT_RETRY_S, COMMIT_MAX_BACKOFF_S = 0.05, 0.5  # waits after failed group commits (requests queue meanwhile)
 
@@ -61,27 +61,9 @@ def segment_paths(directory: Path, kind: str) -> list[Path]:
     return sorted(directory.glob(f"{kind}-*{SUFFIX}"))
 
 
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def is_live(path: Path) -> bool:
-    """Whether a writer still holds the segment open."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    """Whether a writer still holds the segment open (it holds the segment's lock)."""
+    return is_locked(path)
 
 
 def read_complete_lines(path: Path, offset: int) -> tuple[bytes, int]:
@@ -106,27 +88,11 @@ class TornTail:
     quarantine: Path
 
 
-def _last_newline_end(fd: int, size: int) -> int:
-    """Offset just after the last newline in the file (0 if there is none)."""
-    position = size
-    while position > 0:
-        start = max(0, position - READ_CHUNK)
-        chunk = os.pread(fd, position - start, start)
-        found = chunk.rfind(b"\n")
-        if found >= 0:
-            return start + found + 1
-        position = start
-    return 0
-
-
 def torn_tail_size(path: Path) -> int:
     """Bytes after the last newline of a segment (0 when it ends cleanly)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-            return 0
-        return size - _last_newline_end(fd, size)
+        return os.fstat(fd).st_size - complete_end(fd)
     finally:
         os.close(fd)
 
@@ -135,25 +101,17 @@ def set_aside_torn_tails(directory: Path, kind: str, quarantine: Path) -> list[T
     """Move the torn last line of every finished segment to `quarantine` and cut it off."""
     repaired = []
     for path in segment_paths(directory, kind):
-        fd = os.open(path, os.O_RDWR)
+        fd = try_lock(path)
+        if fd is None:
+            continue  # a live writer owns it
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live writer owns it
-            size = os.fstat(fd).st_size
-            if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            end, tail = torn_tail(fd)
+            if not tail:
                 continue
-            end = _last_newline_end(fd, size)
-            tail = os.pread(fd, size - end, end)
             quarantine.mkdir(parents=True, exist_ok=True)
             target = quarantine / f"{path.name}.torn"
-            with open(target, "ab") as handle:
-                handle.write(tail + b"\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.ftruncate(fd, end)
-            os.fsync(fd)
+            append_durably(target, tail + b"\n")
+            cut_at(fd, end)
             repaired.append(TornTail(path, end, len(tail), target))
         finally:
             os.close(fd)
