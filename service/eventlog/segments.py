@@ -78,6 +78,24 @@ def read_complete_lines(path: Path, offset: int) -> tuple[bytes, int]:
     return data[:end], offset + end
 
 
+def probe_write(directory: Path, name: str) -> None:
+    """Write and fsync one block to `directory/.probe-<name>` and remove it: raises OSError while
+    the directory's file system cannot take a durable write (full, read-only, failing)."""
+    path = directory / f".probe-{name}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, bytes(PROBE_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # read-only: nothing was created
+
+
 @dataclass(frozen=True, slots=True)
 class TornTail:
     """The incomplete last line of a finished segment, set aside."""
@@ -249,20 +267,6 @@ class SegmentWriter:
             except OSError:
                 self._fd = None
 
-    def _probe(self) -> None:
-        """Write and fsync one block beside the segments and remove it (OSError while the
-        directory cannot take a durable write)."""
-        path = self.directory / f".probe-{self.kind}-{os.getpid()}"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fd, bytes(PROBE_BYTES))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        finally:
-            path.unlink(missing_ok=True)
-
     # -- group commit --------------------------------------------------------------------------
     def _commit_step(self) -> float | None:
         """Write and fsync everything queued, then complete its futures (None once closed and empty)."""
@@ -273,7 +277,7 @@ class SegmentWriter:
                 return None
             if not self._queue:  # the last write failed and nothing waits: is the disk back?
                 try:
-                    self._probe()
+                    probe_write(self.directory, f"{self.kind}-{os.getpid()}")
                 except OSError as err:
                     raise LogWriteError(self.kind, f"log write failed: {err.strerror or err}") from None
                 self._unacknowledged = False

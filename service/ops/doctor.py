@@ -4,8 +4,8 @@ Checks: whether the data directory's file system takes writes (read-only, almost
 unreadable log lines, logged probabilities outside (0, 1], the joiner's backlog (decisions
 unjoined more than 3 join intervals after their window) and leftovers, the model store's active
 pointer, the trainer's backlog (joined parts waiting and no step committed for 10 minutes) and
-its timed publishing (refusals in a row, a pin, publications overdue). Reads only; changes
-nothing.
+its timed publishing (refusals in a row, a pin, publications overdue). Reads only, but for
+one probe block it writes and removes to tell whether the disk takes writes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from service.join.parts import REJECTED, missing_parts, read_checkpoint, uncommi
 from service.models.store import ModelRefused, ModelStore, UnknownModelVersion
 from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.eventlog.lines import line_head
-from service.eventlog.segments import is_live, segment_paths, torn_tail_size
+from service.eventlog.segments import is_live, probe_write, segment_paths, torn_tail_size
 from service.settings import Settings
 from service.training.backlog import trainer_backlog
 from service.training.publishing import read_status
@@ -75,11 +75,14 @@ def log_bytes(settings: Settings) -> int:
 
 
 def _check_disk(root: Path) -> Finding:
-    """Whether the data directory's file system takes writes: read-only, or almost full."""
+    """Whether the data directory's file system takes a durable write (a probe block, removed
+    again), and has room."""
+    try:
+        probe_write(root, f"doctor-{os.getpid()}")
+    except OSError as err:
+        return Finding("disk", PROBLEM, f"{root} does not take writes ({err.strerror or err}): no decision can be logged, so /v1/rank answers 503")
     stats = os.statvfs(root)
     free = stats.f_bavail * stats.f_frsize
-    if stats.f_flag & os.ST_RDONLY:
-        return Finding("disk", PROBLEM, f"{root} is on a read-only file system: no decision can be logged, so /v1/rank answers 503")
     if free < DISK_FREE_PROBLEM_BYTES:
         return Finding("disk", PROBLEM, f"{root} has {free / 2**20:.1f} MiB free: decisions that cannot be logged get 503; free space and the service resumes by itself")
     return Finding("disk", OK, f"{free / 2**20:.0f} MiB free")
