@@ -12,7 +12,7 @@ import numpy as np
 from bandit.batch import EventBatch
 from bandit.errors import ModelFileError, ValidationError
 from bandit.model_file import read_payload, write_model
-from bandit.policy import Policy
+from bandit.policy import Policy, check_overrides
 from bandit.types import Context, Shelf
 
 
@@ -65,11 +65,14 @@ class _StatelessPolicy(Policy):
         return self._version
 
     @classmethod
-    def load(cls, path: str | Path):
+    def load(cls, path: str | Path, **overrides):
         payload, meta = read_payload(path)
         if meta.get("kind") != cls.kind:
             raise ModelFileError(f"{path}: holds a {meta.get('kind')!r} policy, not {cls.kind!r}")
-        policy = cls(seed=meta["config"].get("seed", 0))
+        sampling = {"seed": meta["config"].get("seed", 0), **check_overrides(overrides)}
+        policy = cls(seed=sampling.pop("seed"))
+        for name, value in sampling.items():
+            setattr(policy, name, value)
         policy._restore(json.loads(payload))
         policy._version = meta["version"]
         return policy
@@ -165,4 +168,3 @@ class PopularityPolicy(_StatelessPolicy):
         return PrioritySlots(priority)
 
 
-BASELINE_KINDS = {cls.kind: cls for cls in (UniformRandomPolicy, EditorialPolicy, PopularityPolicy)}

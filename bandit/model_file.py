@@ -67,15 +67,3 @@ def read_payload(path: str | Path) -> tuple[bytes, dict]:
     meta = read_meta(path)
     return Path(path).read_bytes(), meta
 
-
-def load_policy(path: str | Path, **overrides):
-    """Load any saved policy by the kind its metadata names."""
-    from bandit.baselines import BASELINE_KINDS
-    from bandit.vw.ranker import VWShelfRanker
-
-    kind = read_meta(path, check_payload=False).get("kind")
-    if kind == VWShelfRanker.kind:
-        return VWShelfRanker.load(path, **overrides)
-    if kind in BASELINE_KINDS:
-        return BASELINE_KINDS[kind].load(path)
-    raise ModelFileError(f"{path}: unknown policy kind {kind!r}")

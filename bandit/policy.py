@@ -20,6 +20,17 @@ from bandit.sampling import SampledRanking, SlotModel, event_rng, logged_probabi
 from bandit.types import Context, Decision, Shelf, check_shelves, check_slots
 
 
+SAMPLING_OVERRIDES = ("seed", "marginal_draws", "exact_budget")
+
+
+def check_overrides(overrides: dict) -> dict:
+    """The overrides a loaded policy may take (SAMPLING_OVERRIDES); ValidationError names any other."""
+    for name in overrides:
+        if name not in SAMPLING_OVERRIDES:
+            raise ValidationError(name, f"is not a setting a loaded policy may override (one of {', '.join(SAMPLING_OVERRIDES)})")
+    return dict(overrides)
+
+
 class Policy(ABC):
     """Orders N candidate shelves into K slots and reports the probabilities of what it chose."""
 
@@ -43,6 +54,11 @@ class Policy(ABC):
     @abstractmethod
     def save(self, path: str | Path) -> str:
         """Write the policy to `path` (plus `path`.json metadata); return its version id."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str | Path, **overrides) -> Policy:
+        """Read a policy `save` wrote; `overrides` may set the sampling settings (SAMPLING_OVERRIDES)."""
 
     def rank(
         self,

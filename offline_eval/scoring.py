@@ -20,7 +20,7 @@ from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
 from bandit.jsonfile import read_json_file
-from bandit.model_file import load_policy
+from bandit.registry import load_policy
 from bandit.policy import Policy
 from bandit.sampling import event_rng, event_uniforms, logged_distributions, logged_distributions_of, marginals, sample_rankings
 from bandit.vw.ranker import VWShelfRanker

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 from bandit.baselines import UniformRandomPolicy  # noqa: E402
 from bandit.errors import ModelFileError  # noqa: E402
-from bandit.model_file import load_policy, read_meta  # noqa: E402
+from bandit.registry import load_policy, read_meta  # noqa: E402
 from service.models.store import ModelStore  # noqa: E402
 from service.training.loop import JUDGED  # noqa: E402
 from service.training.records import GATE, PROMOTED, PUBLISH_REFUSED, PUBLISHED, REFUSED, read_records  # noqa: E402

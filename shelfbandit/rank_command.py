@@ -9,7 +9,7 @@ import click
 
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
-from bandit.model_file import load_policy
+from bandit.registry import load_policy
 from bandit.types import Context, Shelf
 from bandit.vw.ranker import VWShelfRanker
 
@@ -55,7 +55,6 @@ def rank(request_file, model_path: str | None, seed: int, as_json: bool) -> None
         raise ValidationError("request", "is not UTF-8 text") from None
     context, shelves, slots, baseline, event_id = _request(data)
     policy = load_policy(model_path, seed=seed) if model_path else VWShelfRanker(RankerConfig(seed=seed))
-    policy.seed = seed
     decision = policy.rank(context, shelves, slots, event_id=event_id, baseline=baseline)
     answer = {
         "event_id": decision.event_id,

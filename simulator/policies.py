@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from bandit.baselines import EditorialPolicy, PopularityPolicy, UniformRandomPolicy
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
-from bandit.model_file import load_policy
+from bandit.registry import load_policy
 from bandit.policy import Policy
 from bandit.vw.ranker import VWShelfRanker
 from simulator.oracle import OraclePolicy

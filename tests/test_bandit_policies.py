@@ -7,7 +7,7 @@ from bandit.baselines import EditorialPolicy, PopularityPolicy, UniformRandomPol
 from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
-from bandit.model_file import load_policy
+from bandit.registry import load_policy
 from bandit.sampling import _exact_marginals, marginals
 from bandit.types import Context, LoggedEvent, Outcome, Shelf
 from bandit.vw.ranker import VWShelfRanker
@@ -102,6 +102,37 @@ def test_save_and_load_give_the_same_rankings(policy, tmp_path):
     after = _decisions(loaded, 10)
     strip = lambda ds: [(d.shelf_ids, d.slot_probs, d.slot_marginals) for d in ds]  # noqa: E731
     assert strip(after) == strip(before)
+
+
+def test_load_takes_the_same_overrides_for_every_kind(policy, tmp_path):
+    policy.save(tmp_path / "model")
+    reseeded = load_policy(tmp_path / "model", seed=11, marginal_draws=8)
+    assert (reseeded.seed, reseeded.marginal_draws) == (11, 8)
+    again = load_policy(tmp_path / "model", seed=11, marginal_draws=8)
+    strip = lambda ds: [(d.shelf_ids, d.slot_probs, d.slot_marginals) for d in ds]  # noqa: E731
+    assert strip(_decisions(reseeded, 10)) == strip(_decisions(again, 10))  # the seed decides the draws
+    if any(p < 1.0 for d in _decisions(policy, 10) for p in d.slot_probs):  # a policy that draws at all
+        assert [d.shelf_ids for d in _decisions(reseeded, 20)] != [d.shelf_ids for d in _decisions(policy, 20)]
+    with pytest.raises(ValidationError, match="^learning_rate: is not a setting a loaded policy may override"):
+        load_policy(tmp_path / "model", learning_rate=0.5)
+
+
+def test_bandit_modules_import_no_circle():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "bandit"
+    graph = {}
+    for path in root.rglob("*.py"):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text())
+        graph[module] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("bandit")}
+
+    def reaches(start, target, seen):
+        return any(n == target or (n not in seen and not seen.add(n) and reaches(n, target, seen)) for n in graph.get(start, ()))
+
+    circles = sorted(m for m in graph if reaches(m, m, set()))
+    assert not circles, circles
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ from bandit.config import RankerConfig
 from bandit.errors import ModelFileError, ValidationError
 from bandit.explore import SquareCB, UniformShare
 from bandit.model_file import read_meta, write_model
-from bandit.policy import Policy
+from bandit.policy import Policy, check_overrides
 from bandit.types import Context, Shelf
 from bandit.vw.format import dsjson_action_texts, listener_line, shelf_from_json, shelf_line, slot_line
 
@@ -319,7 +319,7 @@ class VWShelfRanker(Policy):
             details = ", ".join(f"{k}: file has {a!r}, expected {b!r}" for k, (a, b) in diff.items())
             raise ModelFileError(f"{path}: written by a different configuration ({details})")
         if sampling:
-            saved = RankerConfig.from_dict({**saved.to_dict(), **sampling})
+            saved = RankerConfig.from_dict({**saved.to_dict(), **check_overrides(sampling)})
         ranker = cls(config if config is not None else saved)
         with tempfile.TemporaryDirectory() as tmp:
             model = os.path.join(tmp, "model.vw")

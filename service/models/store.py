@@ -31,7 +31,8 @@ from pathlib import Path
 
 from bandit.errors import FieldError, ModelFileError, ShelfBanditError, ValidationError
 from bandit.durable import fsync_directory, locked, write_atomic
-from bandit.model_file import load_policy, meta_path, read_meta
+from bandit.model_file import meta_path, read_meta
+from bandit.registry import load_policy
 from bandit.policy import Policy
 
 POINTER = "ACTIVE"

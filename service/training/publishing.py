@@ -34,7 +34,7 @@ import numpy as np
 
 from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
 from bandit.durable import write_atomic
-from bandit.model_file import load_policy
+from bandit.registry import load_policy
 from bandit.policy import Policy
 from bandit.types import Context, Decision, Shelf
 from offline_eval.gate import GateResult
