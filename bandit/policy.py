@@ -16,7 +16,7 @@ import numpy as np
 
 from bandit.batch import EventBatch
 from bandit.errors import ValidationError
-from bandit.sampling import SampledRanking, SlotModel, event_rng, logged_probabilities, marginals, sample_ranking
+from bandit.sampling import Marginals, SampledRanking, SlotModel, event_rng, logged_distributions, marginals, sample_ranking
 from bandit.types import Context, Decision, Shelf, check_shelves, check_slots
 
 
@@ -83,13 +83,26 @@ class Policy(ABC):
         ranking, marg = sample_ranking(model, n_slots, rng, draws=self.marginal_draws, exact_budget=self.exact_budget)
         return build_decision(event_id, self.model_version, shelves, ranking, marg.values, marg.stderr)
 
+    def event_scores(self, batch: EventBatch, event: int, *, with_marginals: bool = True) -> tuple[np.ndarray, Marginals | None]:
+        """Logged event `event` of `batch` under this policy: (K, N) P(shelf at slot k | the logged
+        shelves above it), and the marginals P(shelf at slot k) drawn as `rank` draws them for
+        that event id (seeded by (seed, event id)). The one scoring of a policy on a log."""
+        rows = batch.event_rows(event)
+        n_slots = rows.stop - rows.start
+        model = self.slot_model(batch.contexts[event], batch.shelves[event], n_slots, batch.baselines[event])
+        conditional = logged_distributions(model, batch.action_index[rows])
+        if not with_marginals:
+            return conditional, None
+        rng = event_rng(self.seed, str(batch.event_ids[event]))
+        return conditional, marginals(model, n_slots, rng, draws=self.marginal_draws, exact_budget=self.exact_budget)
+
     def probabilities(self, batch: EventBatch) -> np.ndarray:
         """P(logged shelf at its slot | logged shelves above it) under this policy, one per row."""
         out = np.empty(batch.n_rows)
         for i in range(batch.n_events):
             rows = batch.event_rows(i)
-            model = self.slot_model(batch.contexts[i], batch.shelves[i], rows.stop - rows.start, batch.baselines[i])
-            out[rows] = logged_probabilities(model, batch.action_index[rows])
+            conditional, _ = self.event_scores(batch, i, with_marginals=False)
+            out[rows] = conditional[np.arange(rows.stop - rows.start), batch.action_index[rows]]
         return out
 
     def marginal_probabilities(self, batch: EventBatch) -> tuple[np.ndarray, np.ndarray]:
@@ -98,13 +111,9 @@ class Policy(ABC):
         stderr = np.empty(batch.n_rows)
         for i in range(batch.n_events):
             rows = batch.event_rows(i)
-            n_slots = rows.stop - rows.start
-            model = self.slot_model(batch.contexts[i], batch.shelves[i], n_slots, batch.baselines[i])
-            rng = event_rng(self.seed, str(batch.event_ids[i]))
-            marg = marginals(model, n_slots, rng, draws=self.marginal_draws, exact_budget=self.exact_budget)
-            picked = batch.action_index[rows]
-            values[rows] = marg.values[np.arange(n_slots), picked]
-            stderr[rows] = marg.stderr[np.arange(n_slots), picked]
+            _, marg = self.event_scores(batch, i)
+            picked = (np.arange(rows.stop - rows.start), batch.action_index[rows])
+            values[rows], stderr[rows] = marg.values[picked], marg.stderr[picked]
         return values, stderr
 
 

@@ -22,7 +22,7 @@ from bandit.errors import ValidationError
 from bandit.jsonfile import read_json_file
 from bandit.registry import load_policy
 from bandit.policy import Policy
-from bandit.sampling import event_rng, event_uniforms, logged_distributions, logged_distributions_of, marginals, sample_rankings
+from bandit.sampling import event_uniforms, logged_distributions_of, sample_rankings
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.slate import TargetProbs
 
@@ -39,14 +39,10 @@ class _Scores:
         self.marginal = np.zeros((n_events, n_slots, n_candidates))
 
     def add(self, i: int, policy: Policy, batch: EventBatch, event: int) -> None:
-        rows = batch.event_rows(event)
-        n_slots = rows.stop - rows.start
-        shelves = batch.shelves[event]
-        model = policy.slot_model(batch.contexts[event], shelves, n_slots, batch.baselines[event])
-        self.conditional[i, :, : len(shelves)] = logged_distributions(model, batch.action_index[rows])
-        rng = event_rng(policy.seed, str(batch.event_ids[event]))
-        values = marginals(model, n_slots, rng, draws=policy.marginal_draws, exact_budget=policy.exact_budget).values
-        self.marginal[i, :, : len(shelves)] = values
+        conditional, marg = policy.event_scores(batch, event)
+        n_shelves = len(batch.shelves[event])
+        self.conditional[i, :, :n_shelves] = conditional
+        self.marginal[i, :, :n_shelves] = marg.values
 
     def target(self, action_position: np.ndarray, name: str) -> TargetProbs:
         logged = action_position[:, :, None]
