@@ -74,11 +74,12 @@ def serve(data_dir, host, port, workers, durability, reward_window_s, no_joiner,
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON summary.")
 def join(data_dir, once, reward_window_s, settings_file, as_json) -> None:
     """Join decisions with their rewards into joined/ (DSJSON) and slates/ (Parquet), exactly once."""
+    from service.clock import SteadyClock
     from service.join.joiner import JoinReport, Joiner
     from service.serving import join_config
 
     settings = _settings(settings_file, data_dir=data_dir, reward_window_s=reward_window_s)
-    joiner = Joiner(settings.data_dir, join_config(settings))
+    joiner = Joiner(settings.data_dir, join_config(settings), clock=SteadyClock())
     totals = {"parts": 0, "events": 0, "slots": 0, "default_slots": 0, "rejected": 0, "lag_s": 0.0}
 
     def count(report: JoinReport) -> None:

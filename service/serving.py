@@ -31,6 +31,7 @@ from service.models.store import ModelStore
 from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.eventlog.lines import ServedBy, decision_line, reward_line
 from service.eventlog.segments import LogWriteError, SegmentWriter, set_aside_torn_tails
+from service.clock import SteadyClock
 from service.settings import Settings
 from service.supervisor import Supervised
 from service.training.state import training_dir
@@ -66,7 +67,8 @@ class Service:
         self.experiment = Experiment(
             settings.data_dir, self.store, self.model, self.metrics, poll_s=settings.model_poll_s, max_backoff_s=backoff
         )
-        self.events = EventIndex(self.paths.decisions, settings.remembered_s)
+        self.clock = SteadyClock()  # decision and reward times: a step of the system clock does not move them
+        self.events = EventIndex(self.paths.decisions, settings.remembered_s, clock=self.clock)
         self._in_flight: set[str] = set()  # event ids being ranked and logged on this worker
         self.decisions: SegmentWriter | None = None
         self.rewards: SegmentWriter | None = None
@@ -95,7 +97,7 @@ class Service:
         self.experiment.start()
         self.events.refresh()
         if settings.run_joiner:
-            self._joiner = Joiner(paths.root, join_config(settings))
+            self._joiner = Joiner(paths.root, join_config(settings), clock=self.clock)
             self.metrics.join_interval.set(settings.join_interval_s)
             self.joiner_task = Supervised(
                 "joiner", self._join_step, self.metrics,
@@ -128,6 +130,7 @@ class Service:
             group_commit_s=s.group_commit_ms / 1e3,
             max_bytes=s.segment_max_bytes,
             max_seconds=s.segment_max_seconds,
+            clock=self.clock,
             metrics=self.metrics,
         )
 
@@ -197,7 +200,7 @@ class Service:
         if learner is not None:
             agreement = compare_with_model(learner, context, shelves, decision, baseline)
             served_by = ServedBy(arm.name, arm.mode, arm.learn, agreement, learner.model_version)
-        now = time.time()
+        now = self.clock()
         line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline, served_by=served_by)
         return decision, now, self.decisions.submit(line), served_by
 
@@ -217,7 +220,7 @@ class Service:
         elif slot >= len(known.shelf_ids):
             self.metrics.rewards.labels("invalid").inc()
             raise ValidationError("slot", f"event {event_id} has {len(known.shelf_ids)} slots (0 to {len(known.shelf_ids) - 1})")
-        now = time.time()
+        now = self.clock()
         line = reward_line(event_id, slot, value, reward_id, received=now, decided=known.timestamp)
         if now - known.timestamp > self.settings.reward_window_s:
             self._append(self.late_rewards, "late_rewards", line)

@@ -1,6 +1,6 @@
-"""Faults of the logs: a decision segment gets a corrupt line in its middle, and the joiner is
-SIGKILLed in the middle of its parts. After each, every acknowledged decision is in the log once
-and every joined event in the joined log once."""
+"""Faults of the logs and of time: a decision segment gets a corrupt line in its middle, the joiner
+is SIGKILLed in the middle of its parts, and the wall clock steps back by an hour. After each,
+every acknowledged decision is in the log once and every joined event in the joined log once."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from service.eventlog.segments import segment_paths
 from service.layout import DECISION_KIND, REWARD_KIND, DataPaths
-from tests.faults_support import SHELFBANDIT, doctor, joined_events, logged_events, metric, wait_until
+from tests.faults_support import SHELFBANDIT, FaultHooks, doctor, joined_events, logged_events, metric, wait_until
 from tests.service_support import logged_decisions, rank_body, reward, running_service, write_segment
 
 FAST_JOIN = {"reward_window_s": 2.0, "join_grace_s": 0.2, "join_interval_s": 0.3, "background_max_backoff_s": 1.0}
@@ -124,3 +124,29 @@ def test_the_joiner_killed_in_the_middle_of_its_parts(tmp_path):
     assert sum(value for value in rewards.values()) == len(rewarded)  # each reward counted once
     found = doctor(data)
     assert not any(s == "warning" and "uncommitted" in m for s, m in found["joiner"]), found
+
+
+def test_the_clock_steps_back_an_hour(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    hooks = FaultHooks(tmp_path / "data", tmp_path / "hook", monkeypatch)
+    with running_service(data, **FAST_JOIN) as server, server.client() as client:
+        before = rank_all(client, [f"before-{i:03d}" for i in range(10)])
+        reward_all(client, before, slot=0)
+        hooks.step_clock(-3600.0)
+        time.sleep(0.2)  # the service reads the step within 50 ms
+        after = rank_all(client, [f"after-{i:03d}" for i in range(10)])
+        reward_all(client, after, slot=0)
+        reward_all(client, before, slot=1)  # received "an hour before" their decision
+        assert client.get("/readyz").status_code == 200
+        wait_until(lambda: set(joined_events(data)) >= set(after), 30.0, "the decisions after the step joined")
+        found = doctor(data)
+        assert found["exit"] == 0, found
+        hooks.step_clock(0.0)  # the clock is set right again
+        wait_until(lambda: set(joined_events(data)) >= set(before), 30.0, "the decisions before the step joined")
+        assert client.get("/readyz").status_code == 200
+    logged, joined = logged_events(data), joined_events(data)
+    acked = before + after
+    assert all(logged[e] == 1 for e in acked) and all(joined[e] == 1 for e in acked)
+    rewards = joined_rewards(data)
+    assert all(rewards[(e, 0)] == 1.0 for e in acked)
+    assert all(rewards[(e, 1)] == 1.0 for e in before)
