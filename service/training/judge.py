@@ -82,11 +82,6 @@ def served_by(versions: pd.Series, served: Collection[str]) -> np.ndarray:
     return versions.str.split("+", n=1).str[0].isin(served).to_numpy()
 
 
-def learnable(rows: pd.DataFrame) -> np.ndarray:
-    """Rows of events a trainer learns (not those of logging-only arms)."""
-    return rows["learn"].to_numpy(dtype=bool)
-
-
 class _PartCache(OrderedDict):
     """Frames by part number, the least recently used dropped beyond CACHE_ROWS rows in all."""
 
@@ -112,9 +107,8 @@ class SlateRows:
         `stop_part` that hold at least `n_events` of them (whole parts; see `last_events`)."""
         frames = []
         found = 0
-        for part in reversed(self.joined.parts(0)[:stop_part]):
-            frame = self._parts.get_or_read(
-                part.number, lambda: pd.read_parquet(part.slates, columns=SLATE_COLUMNS).assign(part=part.number))
+        for number in reversed(range(min(stop_part, self.joined.checkpoint().next_part))):
+            frame = self._parts.get_or_read(number, lambda: self.joined.slate_part(number, SLATE_COLUMNS).assign(part=number))
             chosen = frame[select(frame)]
             if len(chosen):
                 frames.append(chosen)

@@ -30,7 +30,7 @@ import numpy as np
 from bandit.durable import try_lock
 from bandit.errors import ShelfBanditError, ValidationError
 from service.experiments.arms import ACTIVE, BASELINES, ArmsFile
-from service.join.reader import JoinedLog
+from service.join.reader import JoinedLog, learnable_rows
 from service.models.store import ActivePointer, ModelRefused, ModelStore, PointerPinned
 from service.training.candidates import DEFAULT_CANDIDATES, Candidate, check_candidates
 from service.training.judge import (
@@ -42,7 +42,6 @@ from service.training.judge import (
     gate_fields,
     judge,
     last_events,
-    learnable,
     served_by,
 )
 from service.training.publishing import PublishSettings, SnapshotRefused, checked_snapshot, guardrail_refusal, write_status
@@ -109,6 +108,28 @@ class _Verdict:
     record: dict
     lift: float
     ship: bool
+
+
+def _winner(verdicts: list[_Verdict]) -> _Verdict | None:
+    """Of the challengers the gate ships, the one with the largest estimated lift."""
+    shipping = [v for v in verdicts if v.ship]
+    return max(shipping, key=lambda v: v.lift) if shipping else None
+
+
+def _decision_records(verdicts: list[_Verdict], winner: _Verdict | None) -> list[dict]:
+    """Per verdict its `gate` record, then `promoted` for the winner or `refused` (with why) for the others."""
+    records = []
+    for verdict in verdicts:
+        records.append(verdict.record)
+        outcome = {key: verdict.record[key] for key in ("time", "candidate", "candidate_version", "champion", "champion_version", "events_trained")}
+        if verdict is winner:
+            records.append({"record": PROMOTED, **outcome, "estimator": verdict.record["estimator"],
+                            "difference": verdict.record["difference"]})
+        else:
+            reason = verdict.record["reason"] if not verdict.ship else (
+                f"candidate {winner.candidate} became the champion in this round with a larger estimated lift")
+            records.append({"record": REFUSED, **outcome, "verdict": verdict.record["verdict"], "reason": reason})
+    return records
 
 
 class TrainingLoop:
@@ -365,15 +386,22 @@ class TrainingLoop:
     def _judge_challengers(self) -> tuple[list[dict], str | None, dict[str, str]]:
         """Judge every challenger that trained `every_events` since it was last judged against
         this champion; the shipped one with the largest lift becomes the champion."""
+        verdicts, waiting = self._verdicts()
+        winner = _winner(verdicts)
+        records = _decision_records(verdicts, winner)
+        self.records.append(records)  # the promoted record is what makes the change of champion
+        if winner is not None:
+            self.champion = winner.candidate
+        self._waiting = waiting
+        return records, (winner.candidate if winner else None), waiting
+
+    def _verdicts(self) -> tuple[list[_Verdict], dict[str, str]]:
+        """The gate's verdicts on the challengers due for one, and why the others due could not be judged."""
         champion = self._statuses[self.champion]
         waiting: dict[str, str] = {}
         verdicts = []
         for name, status in self._statuses.items():
-            trained = status["events_trained"]
-            last = self._last_gate.get(name)
-            if name == self.champion or trained == 0 or champion["events_trained"] == 0:
-                continue
-            if last is not None and last[0] == self.champion and trained - last[1] < self.gate.every_events:
+            if not self._due_for_gate(name, status, champion):
                 continue
             try:
                 verdict = self._judge(name, status, champion)
@@ -383,31 +411,23 @@ class TrainingLoop:
                 waiting[name] = verdict
             else:
                 verdicts.append(verdict)
-                self._last_gate[name] = (self.champion, trained)
-        shipping = [v for v in verdicts if v.ship]
-        winner = max(shipping, key=lambda v: v.lift) if shipping else None
-        records = []
-        for verdict in verdicts:
-            records.append(verdict.record)
-            outcome = {key: verdict.record[key] for key in ("time", "candidate", "candidate_version", "champion", "champion_version", "events_trained")}
-            if verdict is winner:
-                records.append({"record": PROMOTED, **outcome, "estimator": verdict.record["estimator"],
-                                "difference": verdict.record["difference"]})
-            else:
-                reason = verdict.record["reason"] if not verdict.ship else (
-                    f"candidate {winner.candidate} became the champion in this round with a larger estimated lift")
-                records.append({"record": REFUSED, **outcome, "verdict": verdict.record["verdict"], "reason": reason})
-        self.records.append(records)  # the promoted record is what makes the change of champion
-        if winner is not None:
-            self.champion = winner.candidate
-        self._waiting = waiting
-        return records, (winner.candidate if winner else None), waiting
+                self._last_gate[name] = (self.champion, status["events_trained"])
+        return verdicts, waiting
+
+    def _due_for_gate(self, name: str, status: dict, champion: dict) -> bool:
+        """A challenger is due once it and the champion have trained, and it trained `every_events`
+        more since it was last judged against this champion."""
+        trained = status["events_trained"]
+        if name == self.champion or trained == 0 or champion["events_trained"] == 0:
+            return False
+        last = self._last_gate.get(name)
+        return last is None or last[0] != self.champion or trained - last[1] >= self.gate.every_events
 
     def _judge(self, name: str, status: dict, champion: dict) -> _Verdict | str:
         """The gate's verdict on one challenger against the champion, or why it cannot be judged yet."""
         settings = self.gate
         stop_part = min(status["next_part"], champion["next_part"])
-        rows = self._slates.recent(stop_part, settings.window_events, learnable)
+        rows = self._slates.recent(stop_part, settings.window_events, learnable_rows)
         if len(rows):
             rows = self._scores[self.champion].attach(self._scores[name].attach(rows), BASELINE_COLUMNS)
             rows = last_events(dominant_slot_count(rows), settings.window_events)
