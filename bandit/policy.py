@@ -83,18 +83,26 @@ class Policy(ABC):
         ranking, marg = sample_ranking(model, n_slots, rng, draws=self.marginal_draws, exact_budget=self.exact_budget)
         return build_decision(event_id, self.model_version, shelves, ranking, marg.values, marg.stderr)
 
-    def event_scores(self, batch: EventBatch, event: int, *, with_marginals: bool = True) -> tuple[np.ndarray, Marginals | None]:
-        """Logged event `event` of `batch` under this policy: (K, N) P(shelf at slot k | the logged
-        shelves above it), and the marginals P(shelf at slot k) drawn as `rank` draws them for
-        that event id (seeded by (seed, event id)). The one scoring of a policy on a log."""
-        rows = batch.event_rows(event)
-        n_slots = rows.stop - rows.start
-        model = self.slot_model(batch.contexts[event], batch.shelves[event], n_slots, batch.baselines[event])
-        conditional = logged_distributions(model, batch.action_index[rows])
+    def scores(
+        self, context: Context, shelves: Sequence[Shelf], baseline: Sequence[str], logged: np.ndarray, event_id: str, *,
+        with_marginals: bool = True,
+    ) -> tuple[np.ndarray, Marginals | None]:
+        """One logged decision under this policy, the shelves at positions `logged` (K,) shown:
+        (K, N) P(shelf at slot k | the logged shelves above it), and the marginals P(shelf at
+        slot k) drawn as `rank` draws them for `event_id` (seeded by (seed, event id)). The one
+        scoring of a policy on a log: offline evaluation and the simulator's logs use it."""
+        model = self.slot_model(context, shelves, len(logged), baseline)
+        conditional = logged_distributions(model, logged)
         if not with_marginals:
             return conditional, None
-        rng = event_rng(self.seed, str(batch.event_ids[event]))
-        return conditional, marginals(model, n_slots, rng, draws=self.marginal_draws, exact_budget=self.exact_budget)
+        rng = event_rng(self.seed, event_id)
+        return conditional, marginals(model, len(logged), rng, draws=self.marginal_draws, exact_budget=self.exact_budget)
+
+    def event_scores(self, batch: EventBatch, event: int, *, with_marginals: bool = True) -> tuple[np.ndarray, Marginals | None]:
+        """`scores` of logged event `event` of `batch`."""
+        rows = batch.event_rows(event)
+        return self.scores(batch.contexts[event], batch.shelves[event], batch.baselines[event], batch.action_index[rows],
+                           str(batch.event_ids[event]), with_marginals=with_marginals)
 
     def probabilities(self, batch: EventBatch) -> np.ndarray:
         """P(logged shelf at its slot | logged shelves above it) under this policy, one per row."""

@@ -24,7 +24,6 @@ import pandas as pd
 
 from bandit.errors import ValidationError
 from bandit.policy import Policy
-from bandit.sampling import logged_probabilities, marginals
 from simulator.world import PolicyValue, RequestBatch, World
 
 SLATE_RULES = ("uniform", "epsilon", "softmax")
@@ -251,20 +250,19 @@ def _remaining(total: np.ndarray, chosen: np.ndarray) -> np.ndarray:
 
 
 def _policy_probs(
-    policy: Policy, world: World, batch: RequestBatch, rankings: np.ndarray, rng: np.random.Generator
+    policy: Policy, world: World, batch: RequestBatch, rankings: np.ndarray, event_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Conditional and marginal probabilities (B, K) of logged rankings under any bandit Policy
-    (one slot_model call per request)."""
+    (one slot_model call per request), each event's marginals drawn as offline evaluation
+    draws them for its id (`Policy.scores`)."""
     position = np.cumsum(batch.candidate_mask, axis=1) - 1  # catalogue index -> candidate position
     logged = np.take_along_axis(position, rankings, axis=1)
-    n_slots = rankings.shape[1]
-    slots = np.arange(n_slots)
+    slots = np.arange(rankings.shape[1])
     conditional = np.empty(rankings.shape)
     marginal = np.empty(rankings.shape)
     for i, request in enumerate(world.requests(batch)):
-        model = policy.slot_model(request.context, request.shelves, n_slots, request.baseline)
-        conditional[i] = logged_probabilities(model, logged[i])
-        marg = marginals(model, n_slots, rng, draws=policy.marginal_draws, exact_budget=policy.exact_budget)
+        distributions, marg = policy.scores(request.context, request.shelves, request.baseline, logged[i], str(event_ids[i]))
+        conditional[i] = distributions[slots, logged[i]]
         marginal[i] = marg.values[slots, logged[i]]
     return conditional, marginal
 
@@ -295,8 +293,9 @@ def iter_slate_log(
         start_s = float(batch.time_s[-1])
         logging = logging_policy.scored(batch)
         rankings = logging.sample(rng)
+        event_ids = np.arange(first, first + len(batch), dtype=np.int64)
         columns = {
-            "event_id": np.repeat(np.arange(first, first + len(batch), dtype=np.int64), n_slots),
+            "event_id": np.repeat(event_ids, n_slots),
             "slot": np.tile(np.arange(n_slots, dtype=np.int64), len(batch)),
             "action": pd.Categorical.from_codes(rankings.ravel(), dtype=actions),
             "reward": world.sample_rewards(batch, rankings, rng).ravel(),
@@ -308,7 +307,7 @@ def iter_slate_log(
             columns["target_prob"] = scored.conditional_probs(rankings).ravel()
             columns["target_marginal"] = scored.marginal_probs(rankings, rng).ravel()
         elif target is not None:
-            conditional, marginal = _policy_probs(target, world, batch, rankings, rng)
+            conditional, marginal = _policy_probs(target, world, batch, rankings, event_ids)
             columns["target_prob"] = conditional.ravel()
             columns["target_marginal"] = marginal.ravel()
         yield pd.DataFrame(columns, copy=False)
