@@ -94,3 +94,89 @@ def test_the_simulator_may_import_the_client_and_nothing_else_of_shelfbandit(tmp
         source = tmp_path / "m.py"
         source.write_text(line + "\n")
         assert all(_allowed_module(name, allowed) for name in _project_modules(source)) is ok, line
+
+
+# -- the rooms of service/ ---------------------------------------------------------------------
+# A room is a sub-package of service/; the modules at service/'s top (layout, settings, serving,
+# supervisor, errors, logs, local, commands) are the foundations and the composition around them.
+# Each room may import the rooms listed (and the foundations); imports under TYPE_CHECKING only
+# name types and are not counted. Read: the event log knows no other room, the join reads the
+# event log, the HTTP edge sits on top and nothing imports it.
+ROOMS = {
+    "eventlog": set(),
+    "join": {"eventlog"},
+    "models": set(),
+    "experiments": {"eventlog", "join", "models"},
+    "training": {"experiments", "join", "models"},
+    "ops": {"eventlog", "join", "models", "training"},
+    "http": {"eventlog", "experiments", "models", "ops"},
+}
+FOUNDATIONS_MAY_NOT_IMPORT = {"layout": set(ROOMS), "errors": set(ROOMS), "logs": set(ROOMS), "supervisor": set(ROOMS)}
+WEB_FRAMEWORKS = {"fastapi", "starlette", "uvicorn"}
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Dotted modules a file imports at run time (not those under `if TYPE_CHECKING:`)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    typing_only = {
+        id(child)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for stmt in node.body
+        for child in ast.walk(stmt)
+    }
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def _room_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[0] == "service" and parts[1] in ROOMS else None
+
+
+def test_every_sub_package_of_service_is_a_room_with_rules():
+    found = {p.name for p in (ROOT / "service").iterdir() if (p / "__init__.py").exists()}
+    assert found == set(ROOMS), f"rooms without rules or rules without rooms: {sorted(found ^ set(ROOMS))}"
+
+
+@pytest.mark.parametrize("room", sorted(ROOMS))
+def test_room_imports_only_the_rooms_it_may(room):
+    for path in sorted((ROOT / "service" / room).rglob("*.py")):
+        imported = _runtime_imports(path)
+        rooms = {_room_of(name) for name in imported} - {None, room}
+        assert rooms <= ROOMS[room], f"{path.relative_to(ROOT)} imports the rooms {sorted(rooms - ROOMS[room])}"
+        if room != "http":
+            web = {name.split(".")[0] for name in imported} & (WEB_FRAMEWORKS | {"pydantic"})
+            assert not web, f"{path.relative_to(ROOT)} imports {sorted(web)}: only service/http/ speaks HTTP"
+
+
+@pytest.mark.parametrize("module", sorted(FOUNDATIONS_MAY_NOT_IMPORT))
+def test_foundation_imports_no_room(module):
+    imported = _runtime_imports(ROOT / "service" / f"{module}.py")
+    rooms = {_room_of(name) for name in imported} - {None}
+    assert not rooms & FOUNDATIONS_MAY_NOT_IMPORT[module], f"service/{module}.py imports the rooms {sorted(rooms)}"
+
+
+def test_only_the_http_room_and_the_settings_use_a_web_framework_or_pydantic():
+    for path in sorted((ROOT / "service").glob("*.py")):
+        used = {name.split(".")[0] for name in _runtime_imports(path)}
+        allowed = {"pydantic"} if path.name == "settings.py" else set()
+        if path.name == "commands.py":
+            allowed = {"uvicorn"}  # `shelfbandit serve` starts the server
+        assert used & (WEB_FRAMEWORKS | {"pydantic"}) <= allowed, path.relative_to(ROOT)
+
+
+def test_the_room_rules_see_a_violation_and_ignore_typing_only_imports(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\nfrom service.join.reader import JoinedLog\n"
+        "if TYPE_CHECKING:\n    from service.ops.metrics import ServiceMetrics\n"
+    )
+    assert {_room_of(name) for name in _runtime_imports(source)} - {None} == {"join"}

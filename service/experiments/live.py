@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,14 +29,16 @@ from bandit.errors import ValidationError
 from bandit.policy import Policy
 from bandit.sampling import SlotModel, logged_distributions
 from bandit.types import Context, Decision, Shelf
-from service.models.active import ActiveModel, probe
-from service.experiments.arms import ACTIVE, APPRENTICE, Arm, ArmsConfig, ArmsFile
 from service.errors import NotReady
+from service.experiments.arms import ACTIVE, APPRENTICE, Arm, ArmsConfig, ArmsFile
 from service.join.reader import JoinedLog
 from service.logs import get_logger
-from service.ops.metrics import ServiceMetrics
+from service.models.active import ActiveModel, probe
 from service.models.reloader import Refusal, Reloader
 from service.models.store import ModelRefused, ModelStore, UnknownModelVersion
+
+if TYPE_CHECKING:
+    from service.ops.metrics import ServiceMetrics
 
 log = get_logger()
 DEFAULT_SOURCE, FILE_SOURCE = "default", "file"

@@ -21,7 +21,7 @@ from bandit.model_file import write_atomic
 from offline_eval.gate import GateRule
 from offline_eval.intervals import finite_or_none, normal_quantile
 from service.experiments.ab_estimates import OnlineEstimate
-from service.training.records import records_path
+from service.layout import DataPaths
 
 OFFLINE_ESTIMATES = "offline_estimates.json"
 
@@ -140,7 +140,7 @@ class OfflineEstimates:
         self.by_version: dict[str, OfflineEstimate] = {}
         self.unreadable_records = 0
         root = Path(data_dir)
-        self._read_training_records(records_path(root))
+        self._read_training_records(DataPaths(root).training_records)
         entries = (_read_json(root / OFFLINE_ESTIMATES) or {}).get("estimates", [])
         for entry in entries if isinstance(entries, list) else []:  # later entries win; this file wins over the trainer's
             found = _estimate_from(entry, OFFLINE_ESTIMATES)
