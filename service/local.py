@@ -41,8 +41,9 @@ class LocalService:
         self.process: subprocess.Popen | None = None
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
 
-    def start(self, timeout_s: float = 60.0) -> LocalService:
-        """Start the server and wait until `/readyz` answers 200."""
+    def start(self, timeout_s: float = 60.0, ready: bool = True) -> LocalService:
+        """Start the server and wait until `/readyz` answers 200 (`ready=False`: until `/healthz`
+        does, for a service that is up but cannot serve)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         settings_file = self.data_dir.parent / f"settings-{self.port}.json"
         settings_file.write_text(json.dumps(self.settings))
@@ -57,7 +58,7 @@ class LocalService:
             if self.process.poll() is not None:
                 raise ShelfBanditError(f"the service exited with status {self.process.returncode}:\n{self.log()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}/{'readyz' if ready else 'healthz'}", timeout=1.0).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -140,10 +140,14 @@ class Service:
 
     @property
     def failing(self) -> dict[str, str]:
-        """Background task -> its last error, for each task whose last attempt failed."""
+        """Background task -> its last error, for each task whose last attempt failed (and `model` ->
+        why, while no model serves)."""
         tasks = [self.model.poller, self.experiment.poller, self.joiner_task]
         tasks += [w.committer for w in (self.decisions, self.rewards, self.late_rewards) if w is not None]
-        return {task.task: task.failing for task in tasks if task is not None and task.failing is not None}
+        failing = {task.task: task.failing for task in tasks if task is not None and task.failing is not None}
+        if self.model.current is None and self.model.refused is not None:  # nothing serves: say why
+            failing["model"] = self.model.refused.reason
+        return failing
 
     # -- operations ----------------------------------------------------------------------------
     async def rank(

@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from bandit.policy import Policy
 from bandit.types import Context, Shelf
 from service.logs import get_logger
 from service.models.reloader import Refusal, Reloader
-from service.models.store import (
-    ModelRefused,
-    ModelStore,
-    ModelVersion,
-    UnknownModelVersion,
-)
-
-if TYPE_CHECKING:
-    from service.ops.metrics import ServiceMetrics
+from service.models.store import ModelRefused, ModelStore, ModelVersion, UnknownModelVersion
+from service.ops.metrics import ServiceMetrics
 
 PROBE_SHELVES = (Shelf("probe-a", {"kind": "probe"}), Shelf("probe-b", {"kind": "probe"}))
 
@@ -70,9 +62,14 @@ class ActiveModel(Reloader[Served | None]):
         pointer = self.store.active()
         if pointer is not None:
             self._pointer_seen = (pointer.version, pointer.activated_at)
+            refusal = None
             for version in (pointer.version, pointer.previous):
                 if version is not None and self._try_load(version):
                     break
+                refusal = refusal or self.refused
+            if refusal is not None and self.current is not None:  # the previous one serves: the pointer's stays refused
+                self.refused = refusal
+                self._refused_gauge.set(1)
         self.poller.start()
 
     # -- swapping ------------------------------------------------------------------------------
