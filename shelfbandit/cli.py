@@ -11,7 +11,7 @@ from bandit.errors import ShelfBanditError
 
 # subcommand name -> "module:attribute" of a click command
 COMMANDS = {
-    "rank": "shelfbandit.rank_command:rank",
+    "rank": "shelfbandit.commands:rank",
     "demo": "shelfbandit.demo:demo",
     "evaluate": "offline_eval.cli:evaluate",
     "serve": "service.commands:serve",

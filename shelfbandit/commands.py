@@ -1,4 +1,4 @@
-"""`shelfbandit rank`: rank one request (the HTTP API's JSON body) with a saved or fresh policy."""
+"""`shelfbandit rank`: rank one request (the HTTP API's JSON body) with a saved or fresh policy (the demo, a program of its own, is shelfbandit/demo.py)."""
 
 from __future__ import annotations
 
