@@ -28,6 +28,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def signal_group(process: subprocess.Popen, sig: int) -> None:
+    """Send `sig` to the process group that `process` leads (started with `start_new_session`)."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_group(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the process group `process` leads, SIGKILL after `grace_s`; returns once it exited."""
+    if process.poll() is not None:
+        return
+    signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        signal_group(process, signal.SIGKILL)
+        process.wait()
+
+
 class LocalService:
     """`shelfbandit serve` with `settings` (Settings fields) on 127.0.0.1: `url`, `start()`,
     `stop()` (SIGTERM, then SIGKILL after a grace period), `kill()` (SIGKILL), `log()`."""
@@ -69,25 +89,13 @@ class LocalService:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def _signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
-
     def stop(self, grace_s: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self._signal_group(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self._signal_group(signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None:
+            stop_group(self.process, grace_s)
 
     def kill(self) -> None:
         """kill -9 of the whole process group."""
-        self._signal_group(signal.SIGKILL)
+        signal_group(self.process, signal.SIGKILL)
         self.process.wait()
 
     def __enter__(self) -> LocalService:
