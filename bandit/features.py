@@ -21,7 +21,7 @@ class Features(Mapping[str, FeatureValue]):
     Names and string values may hold any character; the VW adapter escapes them.
     """
 
-    __slots__ = ("_items", "_dict", "_hash")
+    __slots__ = ("_dict", "_hash", "_items")
 
     def __init__(self, features: Mapping[str, object] | None = None, *, field: str = "features") -> None:
         if features is None:

@@ -19,7 +19,6 @@ from bandit.errors import ValidationError
 from bandit.sampling import Marginals, SampledRanking, SlotModel, event_rng, logged_distributions, marginals, sample_ranking
 from bandit.types import Context, Decision, Shelf, check_shelves, check_slots
 
-
 SAMPLING_OVERRIDES = ("seed", "marginal_draws", "exact_budget")
 
 
@@ -48,7 +47,7 @@ class Policy(ABC):
     def slot_model(self, context: Context, shelves: Sequence[Shelf], n_slots: int, baseline: Sequence[str]) -> SlotModel:
         """The per-slot distributions of this policy for one request."""
 
-    def learn(self, batch: EventBatch) -> None:
+    def learn(self, batch: EventBatch) -> None:  # noqa: B027 (a policy that does not learn keeps this no-op)
         """Update from logged events (policies that do not learn ignore it)."""
 
     @abstractmethod

@@ -23,11 +23,6 @@ be the client's.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-
 import argparse
 import asyncio
 import json
@@ -35,15 +30,18 @@ import multiprocessing
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 
 from service.local import free_port
 from shelfbandit.client import AsyncDecisionClient, ClientError, RetryPolicy
 
+HERE = Path(__file__).resolve().parent
 APPS = ("service", "parse", "vw_predict")
 MAX_REQUESTS = 200_000  # per measurement, on top of the time bound
 
@@ -273,15 +271,15 @@ def stage_costs(n_shelves: int, n_slots: int, repeats: int, calls: int = 300) ->
 
     from bandit.vw.format import listener_line, shelf_line, slot_line
     from bandit.vw.ranker import VWShelfRanker
+    from service.eventlog.lines import decision_line
     from service.experiments.arms import ArmsConfig
     from service.http.convert import rank_inputs, ranking_json
-    from service.eventlog.lines import decision_line
     from service.http.schemas import RankRequest
     from service.settings import Settings
 
     body = request_body(n_shelves, n_slots)
     request = RankRequest.model_validate_json(body)
-    context, shelves, baseline = rank_inputs(request, Settings())
+    context, shelves, _baseline = rank_inputs(request, Settings())
     policy = VWShelfRanker()
     ids = itertools.count()
     decision = policy.rank(context, shelves, n_slots, event_id="warm-up")

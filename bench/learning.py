@@ -104,7 +104,7 @@ def run_world(name: str, world_config: WorldConfig, config: DemoConfig, peer_rep
           f"(runs {', '.join(f'{g:.3f}' for g in peer_gaps)}); ratio {ratio:.3f} (target >= {TARGET_RATIO})")
     return {"gap_closed": round(loop_gap, 4), "peer_gap_closed": round(peer_gap, 4), "ratio": round(ratio, 4),
             "peer_runs": [round(g, 4) for g in peer_gaps], "loop_curve": [round(g, 4) for g in loop_curve],
-            "peer_curve": [round(g, 4) for g in peer_curve], "sessions_served": int(len(run.sessions)),
+            "peer_curve": [round(g, 4) for g in peer_curve], "sessions_served": len(run.sessions),
             "loop_seconds": round(loop_s, 1), **counts}
 
 

@@ -25,12 +25,14 @@ def _settings(settings_file: str | None, **flags):
 
 
 @click.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help=f"Data directory (logs, joined data, models).  [default: ./{DEFAULT_DATA_DIR}]")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help=f"Data directory (logs, joined data, models).  [default: ./{DEFAULT_DATA_DIR}]")
 @click.option("--host", help="Interface to bind.  [default: 127.0.0.1]")
 @click.option("--port", type=int, help="Port to bind.  [default: 8000]")
 @click.option("--workers", type=click.IntRange(1, 64), help="uvicorn worker processes sharing the data directory.  [default: 1]")
 @click.option("--durability", type=click.Choice(DURABILITY_MODES), help="When a logged line counts as durable (see docs/service.md).  [default: group]")
-@click.option("--reward-window", "reward_window_s", type=click.FloatRange(min=0, min_open=True), help="Seconds after a decision in which rewards count.  [default: 600]")
+@click.option("--reward-window", "reward_window_s", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds after a decision in which rewards count.  [default: 600]")
 @click.option("--no-joiner", is_flag=True, help="Do not run the joiner inside the service (run `shelfbandit join` instead).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level of the JSON logs on stderr.  [default: info]")
 @click.option("--settings", "settings_file", type=click.Path(exists=True, dir_okay=False), help=SETTINGS_HELP)
@@ -69,13 +71,14 @@ def serve(data_dir, host, port, workers, durability, reward_window_s, no_joiner,
 @click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help=f"Data directory.  [default: ./{DEFAULT_DATA_DIR}]")
 @click.option("--once", is_flag=True, help="Join what is ready now and exit (default: keep joining until interrupted).")
-@click.option("--reward-window", "reward_window_s", type=click.FloatRange(min=0, min_open=True), help="Seconds after a decision in which rewards count (use the service's value).  [default: 600]")
+@click.option("--reward-window", "reward_window_s", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds after a decision in which rewards count (use the service's value).  [default: 600]")
 @click.option("--settings", "settings_file", type=click.Path(exists=True, dir_okay=False), help=SETTINGS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON summary.")
 def join(data_dir, once, reward_window_s, settings_file, as_json) -> None:
     """Join decisions with their rewards into joined/ (DSJSON) and slates/ (Parquet), exactly once."""
     from service.clock import SteadyClock
-    from service.join.joiner import JoinReport, Joiner
+    from service.join.joiner import Joiner, JoinReport
     from service.serving import join_config
 
     settings = _settings(settings_file, data_dir=data_dir, reward_window_s=reward_window_s)
@@ -107,7 +110,8 @@ def join(data_dir, once, reward_window_s, settings_file, as_json) -> None:
         except KeyboardInterrupt:
             stop.set()
     if not as_json:
-        click.echo(f"joined {totals['events']} events in {totals['parts']} part(s); {totals['default_slots']} of {totals['slots']} slots got the default reward")
+        click.echo(f"joined {totals['events']} events in {totals['parts']} part(s); {totals['default_slots']} of "
+            f"{totals['slots']} slots got the default reward")
     click.echo(json.dumps(totals))
 
 

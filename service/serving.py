@@ -19,19 +19,19 @@ from bandit.errors import ValidationError
 from bandit.policy import Policy
 from bandit.types import Context, Decision, Shelf
 from bandit.vw.ranker import VWShelfRanker
-from service.models.active import ActiveModel
-from service.experiments.arms import APPRENTICE, Arm
+from service.clock import SteadyClock
 from service.errors import LateReward, NotReady, RepeatedEvent, UnknownEvent
 from service.eventlog.index import EventIndex
-from service.experiments.live import Experiment, compare_with_model
-from service.join.joiner import JoinConfig, JoinReport, Joiner
-from service.logs import get_logger
-from service.ops.metrics import ServiceMetrics
-from service.models.store import ModelStore
-from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.eventlog.lines import ServedBy, decision_line, reward_line
 from service.eventlog.segments import LogWriteError, SegmentWriter, set_aside_torn_tails
-from service.clock import SteadyClock
+from service.experiments.arms import APPRENTICE, Arm
+from service.experiments.live import Experiment, compare_with_model
+from service.join.joiner import JoinConfig, Joiner, JoinReport
+from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
+from service.logs import get_logger
+from service.models.active import ActiveModel
+from service.models.store import ModelStore
+from service.ops.metrics import ServiceMetrics
 from service.settings import Settings
 from service.supervisor import Supervised
 from service.training.state import training_dir

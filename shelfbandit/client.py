@@ -300,7 +300,7 @@ class _Call:
             items = sorted(answer["ranking"], key=lambda item: item["slot"])
             ranking = tuple(RankedShelf(int(i["slot"]), str(i["shelf_id"]), float(i["probability"])) for i in items)
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise BadAnswer(f"rank: the answer must hold event_id, model_version and ranking[{{slot, shelf_id, probability}}]") from None
+            raise BadAnswer("rank: the answer must hold event_id, model_version and ranking[{slot, shelf_id, probability}]") from None
         slots = [item.slot for item in ranking]
         if slots != list(range(request.slots)):
             raise BadAnswer(f"rank: the ranking must fill slots 0..{request.slots - 1} once each (found {slots})")

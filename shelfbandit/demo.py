@@ -15,6 +15,7 @@ Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -126,10 +127,8 @@ class _Trainer(threading.Thread):
         judged = {r[key] for r in report.gates for key in ("candidate_version", "champion_version")}
         for status in report.statuses:
             if status["model"] and status["model_version"] in judged:
-                try:
+                with contextlib.suppress(ShelfBanditError, OSError):  # the report then shows no true value for this model
                     self.keep.publish_file(status["model"])
-                except (ShelfBanditError, OSError):
-                    pass  # the report then shows no true value for this model
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -148,7 +147,7 @@ def run_loop(data_dir: Path, world: World, requests: RequestBatch, config: DemoC
     service = LocalService(data_dir, {"reward_window_s": config.reward_window_s, "access_log": False,
                                       "log_level": "warning"})
     trainer = _Trainer(data_dir, config, ModelStore(keep_gate_models) if keep_gate_models else None)
-    chunk = max(1, int(round(config.rate * CHUNK_S)))
+    chunk = max(1, round(config.rate * CHUNK_S))
     frames, chunk_times = [], []
     deadline = time.monotonic() + MAX_SLOWDOWN * config.sessions / config.rate + 60.0
     try:

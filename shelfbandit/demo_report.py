@@ -10,19 +10,19 @@ import click
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from bandit.baselines import UniformRandomPolicy  # noqa: E402
-from bandit.errors import ModelFileError  # noqa: E402
-from bandit.registry import load_policy, read_meta  # noqa: E402
-from service.models.store import ModelStore  # noqa: E402
-from service.training.loop import JUDGED  # noqa: E402
-from service.training.records import GATE, PROMOTED, PUBLISH_REFUSED, PUBLISHED, REFUSED, read_records  # noqa: E402
-from service.training.state import training_dir  # noqa: E402
-from simulator.peer import gap_closed  # noqa: E402
-from simulator.world import RequestBatch, World  # noqa: E402
+from bandit.baselines import UniformRandomPolicy
+from bandit.errors import ModelFileError
+from bandit.registry import load_policy, read_meta
+from service.models.store import ModelStore
+from service.training.loop import JUDGED
+from service.training.records import GATE, PROMOTED, PUBLISH_REFUSED, PUBLISHED, REFUSED, read_records
+from service.training.state import training_dir
+from simulator.peer import gap_closed
+from simulator.world import RequestBatch, World
 
 if TYPE_CHECKING:
     from shelfbandit.demo import LoopRun
@@ -174,7 +174,7 @@ def write_report(out: Path, data_dir: Path, truth: DemoTruth, run: LoopRun, peer
     decisions = _decisions(data_dir, truth)
     published = read_records(data_dir, PUBLISHED)
     promoted = read_records(data_dir, PROMOTED)
-    n_tail = max(1, int(round(len(truth.requests) * tail_share)))
+    n_tail = max(1, round(len(truth.requests) * tail_share))
     tail = table[table["session"] >= len(truth.requests) - n_tail]
     policy, peer_reward, editorial, oracle = (float(tail[c].mean()) for c in ("served", "peer", "editorial", "oracle"))
     uniform = truth.uniform(tail["session"].to_numpy())
@@ -187,19 +187,19 @@ def write_report(out: Path, data_dir: Path, truth: DemoTruth, run: LoopRun, peer
     _plot(out / "demo.png", bins, [_session_at(run.chunk_times, r["time"]) for r in published],
           [_session_at(run.chunk_times, r["time"]) for r in promoted], decisions)
     summary = {
-        "sessions": int(len(table)),
+        "sessions": len(table),
         "policy_reward": policy, "peer_reward": peer_reward, "baseline_reward": editorial, "random_reward": uniform,
         "oracle_reward": oracle,
         "gap_closed": gap_closed(tail["served"], tail["editorial"], tail["oracle"]),
         "peer_gap_closed": gap_closed(tail["peer"], tail["editorial"], tail["oracle"]),
-        "tail_sessions": int(len(tail)),
+        "tail_sessions": len(tail),
         "initial_model_version": run.initial_version, "final_model_version": active.version if active else None,
         "initial_model_reward": initial["value"], "final_model_reward": final["value"],
         "initial_model_stderr": initial["stderr"], "final_model_stderr": final["stderr"],
         "published": len(published),
         "publish_refused": len(read_records(data_dir, PUBLISH_REFUSED)),
         "promoted": [r["candidate"] for r in promoted],
-        "gate_decisions": int(len(decisions)),
+        "gate_decisions": len(decisions),
         "refused": len(read_records(data_dir, REFUSED)),
         "report": str(out / "demo.png"),
     }

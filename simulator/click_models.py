@@ -35,7 +35,7 @@ class ClickModel:
         if self.name not in CLICK_MODELS:
             raise ValidationError("click_model", f"must be one of {', '.join(CLICK_MODELS)}", self.name)
         theta = np.asarray(self.examination, dtype=np.float64)
-        if theta.ndim != 1 or len(theta) == 0 or not (0.0 < theta).all() or not (theta <= 1.0).all():
+        if theta.ndim != 1 or len(theta) == 0 or not (theta > 0.0).all() or not (theta <= 1.0).all():
             raise ValidationError("examination", "needs one probability in (0, 1] per slot", self.examination)
         if (np.diff(theta) > 0).any():
             raise ValidationError("examination", "must not increase down the page", theta.tolist())

@@ -91,7 +91,7 @@ def summarise(metrics: pd.DataFrame, tail_share: float) -> dict[str, float | int
     """Means over the run and over its last `tail_share`, and the share of the gap between the
     editorial order and the oracle that the policy closed over the last part."""
     n = len(metrics)
-    tail = metrics.iloc[n - max(1, int(round(n * tail_share))) :]
+    tail = metrics.iloc[n - max(1, round(n * tail_share)) :]
     last = {name: float(tail[name].mean()) for name in ("expected_reward", "oracle_reward", "editorial_reward")}
     gap = last["oracle_reward"] - last["editorial_reward"]
     return {

@@ -150,7 +150,7 @@ class _Drive:
         if not self.reward_tasks:
             return
         budget = max(0.0, self.deadline - time.monotonic()) + self.config.timeout_s
-        done, pending = await asyncio.wait(self.reward_tasks, timeout=budget)
+        _done, pending = await asyncio.wait(self.reward_tasks, timeout=budget)
         for task in pending:
             task.cancel()
         self.counts["rewards_unsent"] += len(pending)

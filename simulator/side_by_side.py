@@ -18,7 +18,6 @@ Carlo beyond); for other click models `click_models.slot_model_value` with its o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np

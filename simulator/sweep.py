@@ -98,7 +98,7 @@ class SweepGrid:
     worlds: tuple[WorldSpec, ...] = (WorldSpec("default"),)
     seeds: int = 3
     sessions: int = 2000
-    loop: LoopConfig = LoopConfig()
+    loop: LoopConfig = field(default_factory=LoopConfig)
     seed: int = 0
     curve_points: int = CURVE_POINTS
 

@@ -21,7 +21,6 @@ import numpy as np
 from offline_eval.slate import SlateLog, TargetProbs
 
 
-
 @dataclass(frozen=True)
 class World:
     segment_probs: np.ndarray  # (C,)

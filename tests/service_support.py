@@ -11,8 +11,8 @@ import httpx
 from bandit.config import RankerConfig
 from bandit.types import Context, Shelf
 from bandit.vw.ranker import VWShelfRanker
-from service.local import LocalService
 from service.eventlog.lines import decision_line, reward_line
+from service.local import LocalService
 
 ADMIN_TOKEN = "test-admin-token-7f3a"
 KINDS = ("mix", "recent", "new_releases", "podcasts", "charts", "mood")

@@ -13,9 +13,9 @@ import numpy as np
 
 from bandit.policy import Policy
 from bandit.types import Context, Shelf
+from service.eventlog.lines import decision_line, reward_line
 from service.join.joiner import JoinConfig, Joiner
 from service.layout import DataPaths
-from service.eventlog.lines import decision_line, reward_line
 from tests.service_support import write_segment
 
 WINDOW_S = 60.0

@@ -11,7 +11,6 @@ from bandit.registry import load_policy
 from bandit.sampling import _exact_marginals, marginals
 from bandit.types import Context, LoggedEvent, Outcome, Shelf
 from bandit.vw.ranker import VWShelfRanker
-
 from tests.bandit_fixtures import catalogue, context, train_toward
 
 N_SHELVES, N_SLOTS = 7, 4
@@ -69,7 +68,7 @@ def test_probabilities_of_its_own_decisions_match_what_it_reported(policy):
     events = [LoggedEvent(context(), shelves, d, Outcome((0.0,) * N_SLOTS)) for d in decisions]
     batch = EventBatch.from_events(events)
     np.testing.assert_allclose(policy.probabilities(batch), batch.logging_prob, rtol=1e-9)
-    values, stderr = policy.marginal_probabilities(batch)
+    values, _stderr = policy.marginal_probabilities(batch)
     np.testing.assert_allclose(values, batch.logging_marginal, rtol=1e-9)
 
 
@@ -113,7 +112,7 @@ def test_load_takes_the_same_overrides_for_every_kind(policy, tmp_path):
     assert strip(_decisions(reseeded, 10)) == strip(_decisions(again, 10))  # the seed decides the draws
     if any(p < 1.0 for d in _decisions(policy, 10) for p in d.slot_probs):  # a policy that draws at all
         assert [d.shelf_ids for d in _decisions(reseeded, 20)] != [d.shelf_ids for d in _decisions(policy, 20)]
-    with pytest.raises(ValidationError, match="^learning_rate: is not a setting a loaded policy may override"):
+    with pytest.raises(ValidationError, match=r"^learning_rate: is not a setting a loaded policy may override"):
         load_policy(tmp_path / "model", learning_rate=0.5)
 
 

@@ -61,7 +61,7 @@ def test_invalid_values_name_field_and_rule(build, field, rule):
 def test_logged_event_checks_shown_shelves_and_rewards():
     shelves = (Shelf("a"), Shelf("b"))
     decision = _decision()
-    with pytest.raises(ValidationError, match="outcome.rewards"):
+    with pytest.raises(ValidationError, match=r"outcome.rewards"):
         LoggedEvent(Context(), shelves, decision, Outcome((1.0,)))
     with pytest.raises(ValidationError, match="every shown shelf must be a candidate"):
         LoggedEvent(Context(), (Shelf("a"), Shelf("c")), decision, Outcome((1.0, 0.0)))

@@ -13,7 +13,6 @@ from bandit.errors import ModelFileError, ValidationError
 from bandit.types import Context, LoggedEvent, Outcome, Shelf
 from bandit.vw.format import event_line, listener_line, parse_event, shelf_line, slot_line
 from bandit.vw.ranker import VWShelfRanker
-
 from tests.bandit_fixtures import catalogue, context, train_toward
 
 EXPLORERS = {
@@ -138,7 +137,7 @@ def test_model_file_refuses_other_configurations_and_corruption(tmp_path):
 
 
 def test_unsupported_explorers_are_refused_with_the_reason():
-    with pytest.raises(ValidationError, match="bag.*1.0 for the chosen shelf"):
+    with pytest.raises(ValidationError, match=r"bag.*1.0 for the chosen shelf"):
         RankerConfig(explorer="bag")
     with pytest.raises(ValidationError, match="interactions"):
         RankerConfig(interactions=("listener*nothing",))
@@ -168,8 +167,8 @@ def test_vw_trains_the_same_model_from_the_joined_dsjson_log():
         native.learn(examples)
         native.finish_example(examples)
     probe = [listener_line(context(1))] + [shelf_line(s) for s in shelves] + [slot_line(k) for k in range(3)]
-    from vowpalwabbit.pyvw import Example, LabelType
     import pylibvw
+    from vowpalwabbit.pyvw import Example, LabelType
 
     def costs(workspace):
         exs = [Example(workspace, line, LabelType.CONDITIONAL_CONTEXTUAL_BANDIT) for line in probe]

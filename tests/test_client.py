@@ -3,6 +3,7 @@ real: a TCP proxy that drops a connection after the service answered, one that n
 and a stub uvicorn app for 503 / Retry-After and 5xx answers."""
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -126,10 +127,8 @@ class Proxy:
             pass
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self.listener.close()
         for sock in self._sockets:
             sock.close()
@@ -277,9 +276,8 @@ class CountingTransport(httpx.HTTPTransport):
 )
 def test_a_refused_request_raises_its_field_and_rule_and_is_not_retried(server, method, args, kwargs, error, status, field, rule):
     transport = CountingTransport()
-    with DecisionClient(server.url, transport=transport, fallback=editorial_order) as client:
-        with pytest.raises(error) as raised:
-            getattr(client, method)(*args, **kwargs)
+    with DecisionClient(server.url, transport=transport, fallback=editorial_order) as client, pytest.raises(error) as raised:
+        getattr(client, method)(*args, **kwargs)
     assert (raised.value.status, raised.value.field) == (status, field)
     assert raised.value.rule.startswith(rule)
     assert transport.requests == 1

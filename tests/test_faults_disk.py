@@ -5,12 +5,21 @@ twice, and the service must say so loudly (503 with Retry-After, /readyz, /metri
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.faults_support import (
-    FaultHooks, FullTmpfs, break_ext4, doctor, ext4, joined_events, logged_events, metric, repair_ext4, tmpfs, wait_until,
+    FaultHooks,
+    FullTmpfs,
+    break_ext4,
+    doctor,
+    ext4,
+    joined_events,
+    logged_events,
+    metric,
+    repair_ext4,
+    tmpfs,
+    wait_until,
 )
 from tests.service_support import ServiceProcess, rank_body, running_service
 

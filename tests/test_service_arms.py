@@ -18,6 +18,7 @@ from bandit.explore import EpsilonGreedy
 from bandit.types import Context, Outcome
 from bandit.vw.format import join_record
 from bandit.vw.ranker import VWShelfRanker
+from service.eventlog.lines import ServedBy, decision_line
 from service.experiments.ab_estimates import OnlineEstimate
 from service.experiments.ab_input import parse_since
 from service.experiments.ab_report import ab_report
@@ -27,7 +28,6 @@ from service.experiments.offline_estimates import OfflineEstimate, OfflineEstima
 from service.join.joiner import JoinConfig, Joiner
 from service.join.reader import JoinedLog
 from service.layout import DataPaths
-from service.eventlog.lines import ServedBy, decision_line
 from shelfbandit.cli import cli
 from simulator.world import World, WorldConfig
 from tests.service_support import catalogue, write_segment
@@ -64,7 +64,8 @@ INVALID = [
     (arms({"name": "a", "share": -0.1}, {"name": "b", "share": 1.1}), "arms[0].share: must be a number in [0, 1]"),
     (arms({"name": "a", "share": "1"}), "arms[0].share: must be a number in [0, 1]"),
     (arms({"name": "a", "share": True}), "arms[0].share: must be a number in [0, 1]"),
-    (arms({"name": "a", "share": 1.0, "policy": "best model!"}), "arms[0].policy: must be 'active', one of editorial, uniform, popularity, or a stored model version"),
+    (arms({"name": "a", "share": 1.0, "policy": "best model!"}),
+     "arms[0].policy: must be 'active', one of editorial, uniform, popularity, or a stored model version"),
     (arms({"name": "a", "share": 1.0, "mode": "shadow"}), "arms[0].mode: must be one of online, apprentice, logging-only"),
     (arms({"name": "a", "share": 1.0, "policy": "editorial", "mode": "apprentice"}), "arms[0].policy: an apprentice arm serves the editorial order"),
     (arms({"name": "a", "share": 1.0, "weight": 2}), "arms[0]: unknown fields (known: name, share, policy, mode) (found ['weight'])"),
@@ -411,10 +412,10 @@ def test_a_logged_decision_keeps_its_arm_fields_through_the_join():
 
 # -- the worker's arms: start-up refusal and the popularity baseline ----------------------------------
 def experiment_for(root):
-    from service.models.active import ActiveModel
     from service.experiments.live import Experiment
-    from service.ops.metrics import ServiceMetrics
+    from service.models.active import ActiveModel
     from service.models.store import ModelStore
+    from service.ops.metrics import ServiceMetrics
 
     metrics = ServiceMetrics()
     store = ModelStore(DataPaths(root).models)

@@ -19,13 +19,13 @@ from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.types import Context, LoggedEvent, Outcome
 from bandit.vw.ranker import VWShelfRanker
+from service.eventlog.segments import segment_paths
 from service.experiments.ab_input import read_slates
 from service.experiments.ab_report import ab_report
 from service.experiments.arms import ArmsConfig, ArmsFile
 from service.join.reader import JoinedLog
-from service.models.store import ModelStore
 from service.layout import DataPaths
-from service.eventlog.segments import segment_paths
+from service.models.store import ModelStore
 from simulator.http_driver import DriverConfig, drive
 from simulator.world import World, WorldConfig
 from tests.service_support import ADMIN_TOKEN, catalogue, rank_body, running_service

@@ -8,12 +8,11 @@ import httpx
 import pandas as pd
 import pytest
 
-from bandit.vw.format import SHELF_NS
-from service.join.reader import JoinedLog
-from service.models.store import ModelStore
-from service.layout import DataPaths
-from bandit.vw.format import epoch_seconds
+from bandit.vw.format import SHELF_NS, epoch_seconds
 from service.eventlog.segments import segment_paths
+from service.join.reader import JoinedLog
+from service.layout import DataPaths
+from service.models.store import ModelStore
 from tests.service_support import ADMIN_TOKEN, catalogue, rank_body, running_service, shelves_json
 from tests.test_service_model_store import trained_ranker
 

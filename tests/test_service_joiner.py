@@ -13,7 +13,7 @@ from vowpalwabbit.pyvw import Example, LabelType
 from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.types import LoggedEvent, Outcome
-from bandit.vw.format import listener_line, shelf_line, slot_line
+from bandit.vw.format import epoch_seconds, listener_line, shelf_line, slot_line
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.readers import read_dsjson, read_log
 from service.join.joiner import JoinConfig, Joiner, JoinerBusy
@@ -21,7 +21,6 @@ from service.join.parts import Checkpoint
 from service.join.reader import JoinedLog
 from service.join.rewards import slot_rewards
 from service.layout import DataPaths
-from bandit.vw.format import epoch_seconds
 from tests.service_support import logged_decisions, reward, write_segment
 
 T0 = 1_800_000_000.0
@@ -42,7 +41,7 @@ def joined_records(data_dir) -> list[dict]:
 
 def test_an_event_is_joined_after_its_window_with_its_rewards_and_the_default(tmp_path):
     paths = DataPaths(tmp_path)
-    ids, lines, decisions, shelves = logged_decisions(1, T0, 1.0, n_slots=3)
+    ids, lines, decisions, _shelves = logged_decisions(1, T0, 1.0, n_slots=3)
     write_segment(paths.decisions, "decisions", lines, 1)
     event = ids[0]
     write_segment(paths.rewards, "rewards", [
@@ -183,8 +182,8 @@ def test_exactly_once_across_reruns_restarts_and_a_crash_before_the_checkpoint(t
 
 def test_within_a_part_events_are_in_decision_time_order(tmp_path):
     paths = DataPaths(tmp_path)
-    ids_a, lines_a, _, _ = logged_decisions(5, T0 + 0.5, 1.0, seed=3)
-    ids_b, lines_b, _, _ = logged_decisions(5, T0, 1.0, seed=4)
+    _ids_a, lines_a, _, _ = logged_decisions(5, T0 + 0.5, 1.0, seed=3)
+    _ids_b, lines_b, _, _ = logged_decisions(5, T0, 1.0, seed=4)
     write_segment(paths.decisions, "decisions", lines_a, 1, pid=1)
     write_segment(paths.decisions, "decisions", lines_b, 2, pid=2)
     with Joiner(tmp_path, JoinConfig(WINDOW), clock=Clock(T0 + 1000)) as joiner:
@@ -195,7 +194,7 @@ def test_within_a_part_events_are_in_decision_time_order(tmp_path):
 
 def test_a_repeated_event_id_is_joined_once_and_the_repeat_is_set_aside(tmp_path):
     paths = DataPaths(tmp_path)
-    ids, lines, _, _ = logged_decisions(2, T0, 1.0)
+    _ids, lines, _, _ = logged_decisions(2, T0, 1.0)
     write_segment(paths.decisions, "decisions", [lines[0], lines[1], lines[0], b"{not json\n"], 1)
     with Joiner(tmp_path, JoinConfig(WINDOW), clock=Clock(T0 + 1000)) as joiner:
         report = joiner.run_once()
@@ -221,9 +220,8 @@ def test_one_joiner_per_data_directory(tmp_path):
     second = Joiner(tmp_path, JoinConfig(WINDOW))
     assert first.acquire()
     assert not second.acquire()
-    with pytest.raises(JoinerBusy):
-        with second:
-            pass
+    with pytest.raises(JoinerBusy), second:
+        pass
     first.release()
     assert second.acquire()
     second.release()

@@ -6,7 +6,6 @@ import threading
 import pytest
 
 from service.eventlog.index import EventIndex
-from service.layout import DECISION_KIND
 from service.eventlog.segments import (
     LogWriteError,
     SegmentWriter,
@@ -16,6 +15,7 @@ from service.eventlog.segments import (
     set_aside_torn_tails,
     torn_tail_size,
 )
+from service.layout import DECISION_KIND
 from tests.service_support import logged_decisions, write_segment
 
 

@@ -10,8 +10,8 @@ from bandit.errors import ValidationError
 from bandit.types import Context
 from bandit.vw.ranker import VWShelfRanker
 from service.models.active import ActiveModel
-from service.ops.metrics import ServiceMetrics
 from service.models.store import ModelRefused, ModelStore, PointerPinned, UnknownModelVersion
+from service.ops.metrics import ServiceMetrics
 from tests.service_support import catalogue
 
 
@@ -147,7 +147,7 @@ def test_the_served_model_swaps_on_a_pointer_move_and_refuses_a_corrupt_one(tmp_
         exposition = metrics.exposition().decode()
         assert "shelfbandit_model_refused 1.0" in exposition
         assert f'shelfbandit_model_info{{version="{second}"}} 1.0' in exposition
-        version, previous = active.activate(first)  # rollback clears the refusal
+        version, _previous = active.activate(first)  # rollback clears the refusal
         assert (version, active.current.version, active.refused) == (first, first, None)
         assert json.loads(store.pointer_path.read_text())["version"] == first
     finally:

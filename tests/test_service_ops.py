@@ -13,9 +13,9 @@ import yaml
 from click.testing import CliRunner
 
 from service.join.joiner import JoinConfig, Joiner
-from service.ops.metrics import BACKLOG_GAUGES, PUBLISH_REFUSALS, PUBLISHING_GAUGES, ServiceMetrics
-from service.models.store import ModelStore
 from service.layout import DataPaths
+from service.models.store import ModelStore
+from service.ops.metrics import BACKLOG_GAUGES, PUBLISH_REFUSALS, PUBLISHING_GAUGES, ServiceMetrics
 from shelfbandit.cli import cli
 from tests.service_support import logged_decisions, reward, write_segment
 from tests.test_service_model_store import trained_ranker
@@ -43,8 +43,8 @@ ON_CALL = (
 def exported_series() -> dict[str, set[str]]:
     """series name -> label names, from the service's own registry (prometheus_client keeps the
     names of every series a collector exports, and a metric's label names, only privately)."""
-    collectors = ServiceMetrics().registry._names_to_collectors  # noqa: SLF001
-    series = {name: set(c._labelnames) | ({"le"} if name.endswith("_bucket") else set()) for name, c in collectors.items()}  # noqa: SLF001
+    collectors = ServiceMetrics().registry._names_to_collectors
+    series = {name: set(c._labelnames) | ({"le"} if name.endswith("_bucket") else set()) for name, c in collectors.items()}
     gauges = {name: set() for name in (*PUBLISHING_GAUGES, *BACKLOG_GAUGES)}
     return series | gauges | {f"{PUBLISH_REFUSALS}_total": {"check"}} | BUILTIN
 

@@ -15,9 +15,9 @@ from bandit.config import RankerConfig
 from bandit.model_file import read_meta
 from bandit.vw.ranker import VWShelfRanker
 from service.join.reader import JoinedLog
+from service.models.store import ModelStore
 from service.ops.doctor import diagnose
 from service.ops.metrics import ServiceMetrics
-from service.models.store import ModelStore
 from service.settings import Settings
 from service.training.candidates import Candidate
 from service.training.judge import GateSettings
@@ -261,7 +261,7 @@ def test_a_better_challenger_becomes_the_champion_and_is_published_at_once(local
 
 
 def test_a_worse_challenger_is_refused_and_the_record_says_why(local_ray, tmp_path):
-    rng, world, store, first = served_log(tmp_path, 7, 3000, 500)
+    _rng, world, _store, _first = served_log(tmp_path, 7, 3000, 500)
     with TrainingLoop(tmp_path, [SQUARECB, UNIFORM], gate=GateSettings(min_events=1000), publish=SLOW) as loop:
         reports = loop.backfill()
     [gate] = [r for report in reports for r in report.gates]

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from service.ops.doctor import PROBLEM, diagnose
-from service.join.joiner import JoinConfig, Joiner
-from service.ops.metrics import ServiceMetrics
-from service.layout import DataPaths
 from service.eventlog.segments import LogWriteError, SegmentWriter
+from service.join.joiner import JoinConfig, Joiner
+from service.layout import DataPaths
+from service.ops.doctor import PROBLEM, diagnose
+from service.ops.metrics import ServiceMetrics
 from service.settings import Settings
 from service.supervisor import Supervised
 from service.training.publishing import write_status
@@ -42,9 +42,9 @@ def test_backoff_doubles_up_to_its_cap_and_a_success_ends_the_streak():
     waits = []
     for outcome in outcomes:
         if outcome is None:
-            task._succeeded()  # noqa: SLF001
+            task._succeeded()
         else:
-            waits.append(task._failed(outcome))  # noqa: SLF001
+            waits.append(task._failed(outcome))
     assert waits == [0.01, 0.02, 0.03] and task.failing is None and task.n_failures == 0
     assert failures(metrics, "t") == 3
     assert metrics.registry.get_sample_value("shelfbandit_background_failing", {"task": "t"}) == 0

@@ -22,9 +22,9 @@ from click.testing import CliRunner
 from bandit.config import RankerConfig
 from bandit.errors import ShelfBanditError, ValidationError
 from bandit.vw.ranker import VWShelfRanker
+from offline_eval.gate import GateRule
 from service.join.reader import JoinedLog
 from service.training.candidates import Candidate, read_candidates
-from offline_eval.gate import GateRule
 from service.training.judge import GateSettings
 from service.training.loop import TrainingLoop
 from service.training.records import read_records
@@ -87,7 +87,7 @@ def test_a_trainer_killed_mid_stream_resumes_exactly(local_ray, tmp_path):
         for part in (2, 4):  # one kill in each round (4 parts each), while a later part trains
             pid = loop.statuses[0]["pid"]
             rounds = []
-            worker = threading.Thread(target=lambda: rounds.append(loop.run_once()))
+            worker = threading.Thread(target=lambda rounds=rounds: rounds.append(loop.run_once()))
             worker.start()
             wait_for_part(state, part)
             os.kill(pid, signal.SIGKILL)
@@ -126,7 +126,7 @@ def test_a_corrupt_checkpoint_model_is_refused_with_the_candidate_named(tmp_path
     uniform_log(tmp_path, 300, 300, seed=13)
     model = Path(CandidateTrainer(tmp_path, SQUARECB).train()["status"]["model"])
     model.write_bytes(model.read_bytes()[:-10])
-    with pytest.raises(ShelfBanditError, match="candidate squarecb: the checkpoint's model is unusable .*payload does not match"):
+    with pytest.raises(ShelfBanditError, match=r"candidate squarecb: the checkpoint's model is unusable .*payload does not match"):
         CandidateTrainer(tmp_path, SQUARECB)
 
 
@@ -230,7 +230,7 @@ def test_a_candidate_name_keeps_its_configuration(tmp_path):
     uniform_log(tmp_path, 300, 300, seed=8)
     CandidateTrainer(tmp_path, SQUARECB).train()
     changed = Candidate("squarecb", RankerConfig(explorer="squarecb", learning_rate=0.1))
-    with pytest.raises(ValidationError, match="candidates.squarecb: its state .* another configuration \\(learning_rate differ\\)"):
+    with pytest.raises(ValidationError, match=r"candidates.squarecb: its state .* another configuration \(learning_rate differ\)"):
         TrainingLoop(tmp_path, [changed]).start()
 
 

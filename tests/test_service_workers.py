@@ -8,10 +8,10 @@ import time
 
 import httpx
 
+from service.eventlog.segments import segment_paths
 from service.join.reader import JoinedLog
 from service.layout import DataPaths
-from service.eventlog.segments import segment_paths
-from tests.service_support import rank_body, running_service, ServiceProcess
+from tests.service_support import ServiceProcess, rank_body, running_service
 
 
 def logged_event_ids(data_dir) -> list[str]:

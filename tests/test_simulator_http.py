@@ -150,7 +150,7 @@ def test_the_drive_is_bounded_in_time(server, world):
 def test_answers_that_break_the_contract_are_not_counted_as_sessions(server, world):
     contract, url = server
     contract.reset(mode="wrong_shelf")
-    with pytest.raises(ShelfBanditError, match="no session completed .*rank_bad_answer"):
+    with pytest.raises(ShelfBanditError, match=r"no session completed .*rank_bad_answer"):
         drive(url, world, world.draw_requests(5, np.random.default_rng(11)), np.random.default_rng(12))
 
 
@@ -159,7 +159,7 @@ def test_a_service_that_is_not_there_fails_clearly(world):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    with pytest.raises(ShelfBanditError, match="no session completed .*rank_error_ConnectError"):
+    with pytest.raises(ShelfBanditError, match=r"no session completed .*rank_error_ConnectError"):
         drive(f"http://127.0.0.1:{port}", world, world.draw_requests(3, np.random.default_rng(13)), np.random.default_rng(14))
 
 

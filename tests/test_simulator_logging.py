@@ -64,7 +64,7 @@ def test_the_slate_table_has_the_design_columns_and_is_seeded():
     logging = SlatePolicy.editorial(world, 0.2)
     target = SlatePolicy.uniform(world)
     table = generate_slate_log(world, logging, 5000, np.random.default_rng(4), target=target, chunk_events=1500)
-    assert list(table.columns) == SLATE_COLUMNS + ["target_prob", "target_marginal"]
+    assert list(table.columns) == [*SLATE_COLUMNS, "target_prob", "target_marginal"]
     assert len(table) == 5000 * 6
     assert np.array_equal(table["event_id"].to_numpy(), np.repeat(np.arange(5000), 6))
     assert np.array_equal(table["slot"].to_numpy(), np.tile(np.arange(6), 5000))

@@ -48,7 +48,7 @@ def test_the_plain_learner_beats_the_editorial_order(simple_world, peer_run):
 
 
 def test_the_simple_world_s_truth_depends_on_the_segment_only(simple_world):
-    world, requests = simple_world
+    _world, requests = simple_world
     segment = requests.codes[:, 0]
     for s in np.unique(segment):
         rows = requests.attraction[segment == s]
@@ -76,7 +76,7 @@ def test_gap_closed_refuses_mismatched_inputs(served, editorial, oracle):
 
 def test_the_plain_learner_refuses_delayed_rewards_and_bad_configs():
     world = World(WorldConfig.default().updated(delay_mean_s=30.0), np.random.default_rng(1))
-    with pytest.raises(ValidationError, match="world.delay_mean_s.*instant feedback"):
+    with pytest.raises(ValidationError, match=r"world.delay_mean_s.*instant feedback"):
         run_peer_learner(world, world.draw_requests(10, np.random.default_rng(2)), np.random.default_rng(3))
-    with pytest.raises(ValidationError, match="ranker.*must be a RankerConfig"):
+    with pytest.raises(ValidationError, match=r"ranker.*must be a RankerConfig"):
         PeerConfig(ranker={"explorer": "squarecb"})

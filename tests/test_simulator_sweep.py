@@ -35,7 +35,7 @@ def two_workers(tmp_path_factory):
         (out / "cells" / ".half-written.parquet.tmp").write_bytes(b"PAR1 torn")
         resumed = run_sweep(GRID, out, progress=False)
         broken = SweepGrid(policies=(PolicySpec.parse("model:path=/nonexistent/model.vw"),), seeds=1, sessions=20)
-        with pytest.raises(ShelfBanditError, match="a sweep cell failed .*rerun to resume") as failure:
+        with pytest.raises(ShelfBanditError, match=r"a sweep cell failed .*rerun to resume") as failure:
             run_sweep(broken, tmp_path_factory.mktemp("broken"), progress=False)
         command_out = tmp_path_factory.mktemp("command")
         command = CliRunner().invoke(cli, ["sweep", "--policy", "uniform", "--policy", "oracle", "--seeds", "2",

@@ -24,9 +24,9 @@ from fastapi import FastAPI, Response  # noqa: E402
 from bandit.model_file import load_policy  # noqa: E402
 from bandit.types import Context, Shelf  # noqa: E402
 from bandit.vw.format import listener_line, shelf_line, slot_line  # noqa: E402
-from service.models.store import ModelStore  # noqa: E402
-from service.layout import DataPaths  # noqa: E402
 from service.http.schemas import RankRequest  # noqa: E402
+from service.layout import DataPaths  # noqa: E402
+from service.models.store import ModelStore  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 ANSWER = b'{"ok":true}'

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.layout import DECISION_KIND
 from bandit.vw.format import epoch_seconds
 from service.eventlog.lines import shown_shelves
 from service.eventlog.segments import SUFFIX, read_complete_lines, segment_paths
+from service.layout import DECISION_KIND
 
 FORGET_EVERY = 4096
 

@@ -23,6 +23,7 @@ Durability (`Settings.durability`):
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -90,10 +91,8 @@ def probe_write(directory: Path, name: str) -> None:
         finally:
             os.close(fd)
     finally:
-        try:
+        with contextlib.suppress(OSError):  # read-only: nothing was created
             path.unlink(missing_ok=True)
-        except OSError:
-            pass  # read-only: nothing was created
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -51,7 +51,7 @@ def _interval(e: OnlineEstimate) -> str:
 
 
 def _overview(report: ABReport, data_dir: str | Path) -> list[str]:
-    since = "all joined sessions" if report.since is None else datetime.fromtimestamp(report.since, timezone.utc).isoformat()
+    since = "all joined sessions" if report.since is None else datetime.fromtimestamp(report.since, UTC).isoformat()
     return [
         f"# A/B report for {data_dir}", "",
         f"- sessions: {report.n_sessions} ({since})",

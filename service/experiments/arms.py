@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bandit.errors import ValidationError
 from bandit.durable import write_atomic
+from bandit.errors import ValidationError
 from service.eventlog.lines import DEFAULT_ARM, DEFAULT_ARM_MODE
 
 ARMS_FILE = "arms.json"

@@ -49,8 +49,8 @@ def set_arms(data_dir: Path, config_file: Path) -> None:
     and probe the model versions it pins, then replace arms.json atomically."""
     from service.experiments.arms import ArmsConfig, ArmsFile
     from service.experiments.live import load_pinned
-    from service.models.store import ModelStore
     from service.layout import DataPaths
+    from service.models.store import ModelStore
 
     config = ArmsConfig.from_json(config_file.read_bytes())
     load_pinned(ModelStore(DataPaths(data_dir).models), config)

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,14 +20,14 @@ from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bandit.errors import FieldError, ValidationError
-from service.http.routes import arms, model, ops, rank, reward
 from service.errors import Forbidden, LateReward, NotReady, RepeatedEvent, Unauthenticated, UnknownEvent
-from service.logs import get_logger
-from service.ops.metrics import multiprocess_enabled
-from service.models.store import ModelRefused, UnknownModelVersion
 from service.eventlog.segments import LogWriteError
-from service.settings import Settings
+from service.http.routes import arms, model, ops, rank, reward
+from service.logs import get_logger
+from service.models.store import ModelRefused, UnknownModelVersion
+from service.ops.metrics import multiprocess_enabled
 from service.serving import Service
+from service.settings import Settings
 
 log = get_logger()
 
@@ -230,10 +230,8 @@ async def _discard_body(receive, n_read: int) -> None:
             if not message.get("more_body", False):
                 return
 
-    try:
+    with suppress(TimeoutError):
         await asyncio.wait_for(drain(), DISCARD_S)
-    except TimeoutError:
-        pass
 
 
 def _replay(body: bytes, receive):

@@ -9,8 +9,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import Forbidden, Unauthenticated
-from service.settings import Settings
 from service.serving import Service
+from service.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="the admin token from the service's settings")
 

@@ -48,7 +48,6 @@ from service.join.rewards import AGGREGATIONS, RewardReader, slot_rewards
 from service.layout import DECISION_KIND, DataPaths
 
 
-
 class JoinerBusy(ShelfBanditError):
     """Another joiner holds the data directory's joiner lock."""
 

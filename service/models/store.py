@@ -29,11 +29,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bandit.errors import FieldError, ModelFileError, ShelfBanditError, ValidationError
 from bandit.durable import fsync_directory, locked, write_atomic
+from bandit.errors import FieldError, ModelFileError, ShelfBanditError, ValidationError
 from bandit.model_file import meta_path, read_meta
-from bandit.registry import load_policy
 from bandit.policy import Policy
+from bandit.registry import load_policy
 
 POINTER = "ACTIVE"
 MODEL_SUFFIX = ".model"

@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bandit.errors import ShelfBanditError
-from service.models.active import probe
-from service.join.parts import REJECTED, missing_parts, read_checkpoint, uncommitted_parts
-from service.models.store import ModelRefused, ModelStore, UnknownModelVersion
-from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.eventlog.lines import line_head
 from service.eventlog.segments import is_live, probe_write, segment_paths, torn_tail_size
+from service.join.parts import REJECTED, missing_parts, read_checkpoint, uncommitted_parts
+from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
+from service.models.active import probe
+from service.models.store import ModelRefused, ModelStore, UnknownModelVersion
 from service.settings import Settings
 from service.training.backlog import trainer_backlog
 from service.training.publishing import read_status
@@ -64,7 +64,8 @@ def diagnose(settings: Settings, *, progress: Callable[[int], None] | None = Non
     quarantined = sorted(paths.quarantine.glob("*")) if paths.quarantine.is_dir() else []
     if quarantined:
         names = ", ".join(p.name for p in quarantined[:MAX_EXAMPLES])
-        findings.append(Finding("quarantine", WARN, f"{len(quarantined)} file(s) of torn lines were set aside in {paths.quarantine} ({names}); they were never acknowledged"))
+        findings.append(Finding("quarantine", WARN, f"{len(quarantined)} file(s) of torn lines were set aside in {paths.quarantine} ({names}); they were "
+            "never acknowledged"))
     return findings
 
 
@@ -84,7 +85,8 @@ def _check_disk(root: Path) -> Finding:
     stats = os.statvfs(root)
     free = stats.f_bavail * stats.f_frsize
     if free < DISK_FREE_PROBLEM_BYTES:
-        return Finding("disk", PROBLEM, f"{root} has {free / 2**20:.1f} MiB free: decisions that cannot be logged get 503; free space and the service resumes by itself")
+        return Finding("disk", PROBLEM, f"{root} has {free / 2**20:.1f} MiB free: decisions that cannot be logged get 503; free space and the "
+            "service resumes by itself")
     return Finding("disk", OK, f"{free / 2**20:.0f} MiB free")
 
 
@@ -99,7 +101,8 @@ def _check_log(directory: Path, kind: str, progress: Callable[[int], None] | Non
     for path in segments:
         torn = torn_tail_size(path)
         if torn and not is_live(path):
-            findings.append(Finding(f"{kind} log", PROBLEM, f"{path.name} ends in a torn line of {torn} bytes (a crash in the middle of a write); the service sets it aside when it next starts"))
+            findings.append(Finding(f"{kind} log", PROBLEM, f"{path.name} ends in a torn line of {torn} bytes (a crash in the middle of a write); the service "
+                "sets it aside when it next starts"))
         with open(path, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 if progress is not None:
@@ -120,9 +123,11 @@ def _check_log(directory: Path, kind: str, progress: Callable[[int], None] | Non
                     elif problem:
                         bad_probs.append(f"{where} ({problem})")
     if unreadable:
-        findings.append(Finding(f"{kind} log", PROBLEM, f"{len(unreadable)} line(s) are not readable {kind} records, e.g. {', '.join(unreadable[:MAX_EXAMPLES])}"))
+        findings.append(Finding(f"{kind} log", PROBLEM, f"{len(unreadable)} line(s) are not readable {kind} records, e.g. "
+            f"{', '.join(unreadable[:MAX_EXAMPLES])}"))
     if bad_probs:
-        findings.append(Finding(f"{kind} log", PROBLEM, f"{len(bad_probs)} decision(s) log a probability outside (0, 1] or a slot whose probabilities do not sum to 1, e.g. {', '.join(bad_probs[:MAX_EXAMPLES])}; estimators cannot use them"))
+        findings.append(Finding(f"{kind} log", PROBLEM, f"{len(bad_probs)} decision(s) log a probability outside (0, 1] or a slot whose probabilities do not "
+            f"sum to 1, e.g. {', '.join(bad_probs[:MAX_EXAMPLES])}; estimators cannot use them"))
     if not findings:
         findings.append(Finding(f"{kind} log", OK, f"{n_lines} lines in {len(segments)} segment(s), all readable"))
     return findings
@@ -169,10 +174,14 @@ def _check_joiner(paths: DataPaths, settings: Settings) -> list[Finding]:
                 else:
                     n_waiting += 1
     if n_overdue:
-        findings.append(Finding("joiner", PROBLEM, f"{n_overdue} decision(s) are past their reward window by more than {UNJOINED_INTERVALS} join intervals ({UNJOINED_INTERVALS * settings.join_interval_s:g} s) but not joined (the oldest has waited {now - settings.reward_window_s - oldest_ready:.0f} s); is a joiner running (the service's, or `shelfbandit join`), and is it failing (`/readyz`, the service's log)?"))
+        findings.append(Finding("joiner", PROBLEM, f"{n_overdue} decision(s) are past their reward window by more than {UNJOINED_INTERVALS} join "
+            f"intervals ({UNJOINED_INTERVALS * settings.join_interval_s:g} s) but not joined (the oldest has "
+            f"waited {now - settings.reward_window_s - oldest_ready:.0f} s); is a joiner running (the service's, "
+            "or `shelfbandit join`), and is it failing (`/readyz`, the service's log)?"))
     leftovers = [p.name for p in uncommitted_parts(paths, checkpoint.next_part)]
     if leftovers:
-        findings.append(Finding("joiner", WARN, f"uncommitted part(s) {', '.join(leftovers[:MAX_EXAMPLES])} were left by an interrupted joiner; the next joiner run deletes and redoes them"))
+        findings.append(Finding("joiner", WARN, f"uncommitted part(s) {', '.join(leftovers[:MAX_EXAMPLES])} were left by an interrupted joiner; the "
+            "next joiner run deletes and redoes them"))
     missing = missing_parts(paths, checkpoint.next_part)
     if missing:
         findings.append(Finding("joiner", PROBLEM, f"{len(missing)} committed part(s) are missing, e.g. {', '.join(missing[:MAX_EXAMPLES])}"))
@@ -183,7 +192,8 @@ def _check_joiner(paths: DataPaths, settings: Settings) -> list[Finding]:
         findings.append(Finding("joiner", WARN, f"{n_rejected} decision line(s) could not be joined; see {rejected}"))
     if not findings:
         ready = f", {n_ready} ready for the next join pass" if n_ready else ""
-        findings.append(Finding("joiner", OK, f"{checkpoint.n_events} decisions joined in {checkpoint.next_part} part(s); {n_waiting} waiting for their reward window{ready}"))
+        findings.append(Finding("joiner", OK, f"{checkpoint.n_events} decisions joined in {checkpoint.next_part} part(s); {n_waiting} waiting for "
+            f"their reward window{ready}"))
     return findings
 
 
@@ -199,7 +209,9 @@ def _check_models(paths: DataPaths) -> list[Finding]:
     try:
         policy, stored = store.load(pointer.version)
         probe(policy, pointer.version)
-        findings.append(Finding("model store", OK, f"active version {pointer.version} loads and ranks (activated {time.time() - pointer.activated_at:.0f} s ago, model saved {time.time() - stored.created:.0f} s ago)"))
+        findings.append(Finding("model store", OK, f"active version {pointer.version} loads and ranks (activated "
+            f"{time.time() - pointer.activated_at:.0f} s ago, model saved {time.time() - stored.created:.0f} s "
+            "ago)"))
     except UnknownModelVersion:
         findings.append(Finding("model store", PROBLEM, f"the active pointer names {pointer.version}, which is not in the store; activate a stored version"))
     except ModelRefused as err:
@@ -229,7 +241,9 @@ def _check_trainer(data_dir: Path) -> list[Finding]:
         status = read_status(training_dir(data_dir)) or {}
         reported = f"{now - float(status['updated']):.0f} s ago" if status.get("updated") else "never"
         names = ", ".join(f"{c.candidate} (at part {c.next_part}, {now - c.waiting_since:.0f} s)" for c in stalled[:MAX_EXAMPLES])
-        return [Finding("trainer", PROBLEM, f"{len(stalled)} candidate(s) have committed no step for more than {TRAINER_STALL_S:g} s although joined parts wait (the joiner has committed {backlog.committed_parts}): {names}; the trainer last reported {reported} — is `shelfbandit train --follow` running, and does its log show a failing step?")]
+        return [Finding("trainer", PROBLEM, f"{len(stalled)} candidate(s) have committed no step for more than {TRAINER_STALL_S:g} s although "
+            f"joined parts wait (the joiner has committed {backlog.committed_parts}): {names}; the trainer last "
+            f"reported {reported} — is `shelfbandit train --follow` running, and does its log show a failing step?")]
     behind = max(backlog.committed_parts - c.next_part for c in backlog.candidates)
     return [Finding("trainer", OK, f"{len(backlog.candidates)} candidate(s); the slowest is {behind} part(s) behind the joiner's {backlog.committed_parts}")]
 
@@ -237,20 +251,26 @@ def _check_trainer(data_dir: Path) -> list[Finding]:
 def _check_publishing(data_dir: Path) -> list[Finding]:
     status = read_status(training_dir(data_dir))
     if status is None:
-        return [Finding("publishing", WARN, "no trainer has published here yet; run `shelfbandit train --follow` beside the service so the served model learns")]
+        return [Finding("publishing", WARN, "no trainer has published here yet; run `shelfbandit train --follow` beside the service so the "
+            "served model learns")]
     now = time.time()
     interval = float(status.get("interval_s") or 0.0)
     published = status.get("last_published") or {}
     refused = int(status.get("refusals_in_a_row") or 0)
     if refused >= REFUSALS_PROBLEM:
         last = next((r for r in reversed(read_records(data_dir, PUBLISH_REFUSED))), {})
-        return [Finding("publishing", PROBLEM, f"the champion's last {refused} snapshots were refused (the last by the {last.get('check', 'unknown')} check: {last.get('reason', 'see training/records.jsonl')}); the served model does not learn")]
+        return [Finding("publishing", PROBLEM, f"the champion's last {refused} snapshots were refused (the last by the "
+            f"{last.get('check', 'unknown')} check: {last.get('reason', 'see training/records.jsonl')}); the "
+            "served model does not learn")]
     if status.get("pinned"):
         return [Finding("publishing", WARN, f"an operator pinned {status.get('active_version')}; timed publishing is paused until POST /v1/model/resume")]
     waited_since = max(float(status.get("current_at") or 0.0), float(status.get("started") or 0.0))
     if interval and now - waited_since > OVERDUE_INTERVALS * interval:
         age = f"{now - published['time']:.0f} s ago" if published.get("time") else f"never (the trainer started {now - waited_since:.0f} s ago)"
-        return [Finding("publishing", PROBLEM, f"the served model has not been the champion's latest for more than {OVERDUE_INTERVALS} publish intervals ({interval:g} s; the last snapshot was published {age}); the trainer last reported {now - float(status.get('updated') or 0.0):.0f} s ago — is `shelfbandit train --follow` running, and are decisions joined?")]
+        return [Finding("publishing", PROBLEM, f"the served model has not been the champion's latest for more than {OVERDUE_INTERVALS} publish "
+            f"intervals ({interval:g} s; the last snapshot was published {age}); the trainer last reported "
+            f"{now - float(status.get('updated') or 0.0):.0f} s ago — is `shelfbandit train --follow` running, "
+            "and are decisions joined?")]
     last = f"{published['version']} published {now - published['time']:.0f} s ago" if published.get("time") else "nothing published yet"
     return [Finding("publishing", OK, f"champion {status.get('champion')}; {last} (every {interval:g} s)")]
 

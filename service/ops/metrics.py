@@ -153,18 +153,12 @@ class ServiceMetrics:
 
 
 PUBLISH_REFUSALS = f"{PREFIX}_training_publish_refusals"  # a counter, exposed as ..._total, labelled by check
-PUBLISH_REFUSALS = f"{PREFIX}_training_publish_refusals"  # a counter, exposed as ..._total, labelled by check
 # the trainer's publishing state: gauge name -> (help, how to read it from the status file)
 PUBLISHING_GAUGES = {
     f"{PREFIX}_training_publish_refusals_in_a_row": (
         "snapshots refused in a row since the last publication", lambda s: s.get("refusals_in_a_row")),
     f"{PREFIX}_training_publish_last_timestamp_seconds": (
         "when the trainer last published and activated a snapshot", lambda s: (s.get("last_published") or {}).get("time")),
-    f"{PREFIX}_training_publish_current_timestamp_seconds": (
-        "when the served model was last the champion's latest (published then, or nothing newer to publish)",
-        lambda s: max(s.get("current_at") or 0.0, s.get("started") or 0.0) or None),
-    f"{PREFIX}_training_challengers_waiting": (
-        "challengers the gate could not judge in the last round", lambda s: len(s.get("waiting") or {})),
     f"{PREFIX}_training_publish_current_timestamp_seconds": (
         "when the served model was last the champion's latest (published then, or nothing newer to publish)",
         lambda s: max(s.get("current_at") or 0.0, s.get("started") or 0.0) or None),

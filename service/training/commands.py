@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from service.layout import DEFAULT_DATA_DIR
-from service.training.loop import FOLLOW_INTERVAL_S
 from service.training.judge import DEFAULT_ESTIMATOR, SCORED_ESTIMATORS, GateSettings
+from service.training.loop import FOLLOW_INTERVAL_S
 from service.training.publishing import PublishSettings
 
 GATE_DEFAULTS = GateSettings()
@@ -24,7 +24,8 @@ PUBLISH_DEFAULTS = PublishSettings()
               help="Data directory of the service (joined log, model store); training state goes to <data-dir>/training.")
 @click.option("--follow", is_flag=True, help="Keep training beside the service as new parts are joined (Ctrl-C stops).")
 @click.option("--candidates", "candidates_file", type=click.Path(dir_okay=False, path_type=Path),
-              help='JSON list of candidates: [{"name": "greedy", "explorer": "epsilon", "epsilon": 0.02}, ...] (RankerConfig fields). [default: three built-in]')
+              help='JSON list of candidates: [{"name": "greedy", "explorer": "epsilon", "epsilon": 0.02}, ...] '
+                  '(RankerConfig fields). [default: three built-in]')
 @click.option("--ray-address", help="Join this Ray cluster (the data directory must be visible to its nodes). [default: start a local Ray]")
 @click.option("--num-cpus", type=click.IntRange(min=1), default=2, show_default=True, help="CPUs of the local Ray.")
 @click.option("--interval", "interval_s", type=click.FloatRange(min=0.1), default=FOLLOW_INTERVAL_S, show_default=True,

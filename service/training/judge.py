@@ -36,7 +36,7 @@ SCORE_COLUMNS = ("target_prob", "target_marginal")
 BASELINE_COLUMNS = ("baseline_prob", "baseline_marginal")
 # progressive scores hold the logged shelves' conditional and marginal probabilities, not whole distributions
 SCORED_NEEDS = frozenset({"complete", "conditional", "marginal"})
-SCORED_ESTIMATORS = tuple(name for name, cls in ESTIMATOR_CLASSES.items() if SCORED_NEEDS >= set(cls.needs))
+SCORED_ESTIMATORS = tuple(name for name, cls in ESTIMATOR_CLASSES.items() if set(cls.needs) <= SCORED_NEEDS)
 DEFAULT_ESTIMATOR = "snips_iips"
 CACHE_ROWS = 2_000_000  # slate or score rows kept in memory between rounds
 
@@ -108,7 +108,7 @@ class SlateRows:
         frames = []
         found = 0
         for number in reversed(range(min(stop_part, self.joined.checkpoint().next_part))):
-            frame = self._parts.get_or_read(number, lambda: self.joined.slate_part(number, SLATE_COLUMNS).assign(part=number))
+            frame = self._parts.get_or_read(number, lambda number=number: self.joined.slate_part(number, SLATE_COLUMNS).assign(part=number))
             chosen = frame[select(frame)]
             if len(chosen):
                 frames.append(chosen)
@@ -138,7 +138,7 @@ class ProgressiveScores:
         marginal scores as `columns`; rows it has no score for are dropped."""
         frames = []
         for number, part_rows in rows.groupby("part", sort=True):
-            scores = self._parts.get_or_read(int(number), lambda: pd.read_parquet(self.directory / scores_name(int(number))))
+            scores = self._parts.get_or_read(int(number), lambda number=number: pd.read_parquet(self.directory / scores_name(int(number))))
             named = scores.rename(columns=dict(zip(SCORE_COLUMNS, columns)))
             frames.append(part_rows.merge(named, on=["event_id", "slot"], how="inner", validate="one_to_one"))
         if not frames:

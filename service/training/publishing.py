@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
 from bandit.durable import write_atomic
-from bandit.registry import load_policy
+from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
 from bandit.policy import Policy
+from bandit.registry import load_policy
 from bandit.types import Context, Decision, Shelf
 from offline_eval.gate import GateResult
 

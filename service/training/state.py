@@ -24,8 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
 from bandit.durable import append_durably, write_atomic
+from bandit.errors import ModelFileError, ShelfBanditError, ValidationError
 from bandit.vw.ranker import VWShelfRanker
 from service.layout import DataPaths
 from service.training.candidates import Candidate

@@ -168,13 +168,12 @@ class CandidateTrainer:
         driver that missed some after a crash gets them again), `status`, and the call's
         `n_events` and `seconds` per phase."""
         seconds = dict.fromkeys(PHASES, 0.0)
-        n_parts = n_events = 0
-        for part in self.log.parts(self.next_part):
+        n_events = 0
+        for n_parts, part in enumerate(self.log.parts(self.next_part)):
             if (max_parts is not None and n_parts >= max_parts) or (max_events is not None and n_events >= max_events):
                 break
             with self._named_errors():
                 step = self.train_part(part, seconds)
-            n_parts += 1
             n_events += step.n_events
         return {
             "steps": [s.to_dict() for s in self.state.steps_after(recorded_through)],

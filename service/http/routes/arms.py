@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.http.deps import AdminDep, ServiceDep
-from service.experiments.arms import APPRENTICE, ArmsConfig
 from service.errors import NotReady
+from service.experiments.arms import APPRENTICE, ArmsConfig
 from service.experiments.live import LiveArms
+from service.http.deps import AdminDep, ServiceDep
 from service.http.schemas import ArmOut, ArmsIn, ArmsOut, ArmsRefusalOut, Problem
 from service.serving import Service
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.http.deps import AdminDep, ServiceDep
 from service.errors import NotReady
-from service.models.store import ModelRefused
+from service.http.deps import AdminDep, ServiceDep
 from service.http.schemas import ActivateRequest, ActivateResponse, ModelOut, ModelRefusalOut, Problem, ResumeResponse
+from service.models.store import ModelRefused
 
 router = APIRouter(prefix="/v1/model", tags=["model"])
 

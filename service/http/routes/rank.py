@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.http.deps import ServiceDep
 from service.http.convert import rank_inputs, ranking_json
+from service.http.deps import ServiceDep
 from service.http.schemas import Problem, RankRequest, RankResponse
 
 router = APIRouter(prefix="/v1", tags=["decisions"])

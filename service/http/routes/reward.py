@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.http.deps import ServiceDep
 from service.http.convert import reward_target
+from service.http.deps import ServiceDep
 from service.http.schemas import Problem, RewardRequest, RewardResponse
 
 router = APIRouter(prefix="/v1", tags=["decisions"])
