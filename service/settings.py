@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,8 @@ from service.eventlog.segments import Durability
 from service.layout import DEFAULT_DATA_DIR
 
 ENV_PREFIX = "SHELFBANDIT_"
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MIN_KEY_LENGTH = 16
 # the environment variable through which `shelfbandit serve` hands settings to uvicorn workers
 SETTINGS_ENV = "SHELFBANDIT_SETTINGS_JSON"
 
@@ -69,6 +72,14 @@ class Settings(BaseModel):
     # model store
     model_poll_s: float = Field(1.0, gt=0.0)
     admin_token: SecretStr | None = None
+    client_keys: dict[str, SecretStr | list[SecretStr]] = Field(
+        default_factory=dict,
+        description="key name -> secret (or several, for rotation) of the callers of /v1/rank and /v1/reward; "
+        "empty, with no keys file: the endpoints are open",
+    )
+    client_keys_file: Path | None = Field(
+        None, description="a JSON file of more client keys (same shape), re-read by every worker when it changes"
+    )
     initial_ranker: dict = Field(default_factory=dict, description="RankerConfig fields of the first model")
 
     # input limits
@@ -113,13 +124,20 @@ class Settings(BaseModel):
             RankerConfig.from_dict(settings.initial_ranker)
         except ValidationError as err:
             raise ValidationError(f"settings.initial_ranker.{err.field}", err.rule, err.found) from None
+        settings.key_table()
         return settings
+
+    def key_table(self) -> dict[str, tuple[str, ...]]:
+        """The settings' client keys, checked: key name -> its secrets."""
+        admin = self.admin_token.get_secret_value() if self.admin_token is not None else None
+        return client_key_table(self.client_keys, "settings.client_keys", admin_token=admin)
 
     def to_env(self) -> str:
         """Serialise for worker processes (secrets included: the variable stays in-process)."""
         data = self.model_dump(mode="json")
         if self.admin_token is not None:
             data["admin_token"] = self.admin_token.get_secret_value()
+        data["client_keys"] = {name: list(secrets) for name, secrets in self.key_table().items()}
         return json.dumps(data)
 
     @classmethod
@@ -127,6 +145,31 @@ class Settings(BaseModel):
         env = os.environ if env is None else env
         text = env.get(SETTINGS_ENV)
         return cls.checked(json.loads(text)) if text else cls.load(env=env)
+
+
+def client_key_table(raw: object, field: str, *, admin_token: str | None = None) -> dict[str, tuple[str, ...]]:
+    """Check a table of client keys (name -> a secret or a list of secrets; from the settings or
+    the keys file) and return name -> secrets. A name is 1-64 of A-Z, a-z, 0-9, '.', '_', '-';
+    a secret has at least MIN_KEY_LENGTH characters, belongs to one name and is not the admin token."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError(field, "must be a table of key name -> secret or list of secrets", type(raw).__name__)
+    table: dict[str, tuple[str, ...]] = {}
+    owner: dict[str, str] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not KEY_NAME.match(name):
+            raise ValidationError(field, "a key name is 1-64 of A-Z, a-z, 0-9, '.', '_', '-' (starting with a letter or digit)", name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        secrets = tuple(v.get_secret_value() if isinstance(v, SecretStr) else v for v in values)
+        if not secrets:
+            raise ValidationError(f"{field}.{name}", "needs at least one secret")
+        for secret in secrets:
+            if not isinstance(secret, str) or len(secret) < MIN_KEY_LENGTH or secret != secret.strip():
+                raise ValidationError(f"{field}.{name}", f"a secret is a string of at least {MIN_KEY_LENGTH} characters without surrounding spaces")
+            if owner.get(secret, name) != name or secret == admin_token:
+                raise ValidationError(f"{field}.{name}", "a secret belongs to one key name and is not the admin token")
+            owner[secret] = name
+        table[name] = secrets
+    return table
 
 
 def _read_file(path: Path) -> dict:

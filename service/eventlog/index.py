@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bandit.vw.format import epoch_seconds
-from service.eventlog.lines import shown_shelves
+from service.eventlog.lines import KEY_ID_FIELD, shown_shelves
 from service.eventlog.segments import SUFFIX, read_complete_lines, segment_paths
 from service.layout import DECISION_KIND
 
@@ -29,10 +29,12 @@ FORGET_EVERY = 4096
 
 @dataclass(frozen=True, slots=True)
 class KnownEvent:
-    """A served decision: when, and the shelf shown at each slot."""
+    """A served decision: when, the shelf shown at each slot, and the name of the client key
+    that asked for it (None: no key was required)."""
 
     timestamp: float
     shelf_ids: tuple[str, ...]
+    key_id: str | None = None
 
 
 class EventIndex:
@@ -42,9 +44,9 @@ class EventIndex:
         self.decisions_dir = Path(decisions_dir)
         self.memory_s = memory_s
         self._clock = clock
-        # event id -> (time, shelf ids): tuples of atomic values, which the garbage collector
-        # stops tracking, so a large index does not lengthen its pauses
-        self._events: dict[str, tuple[float, tuple[str, ...]]] = {}
+        # event id -> (time, shelf ids, key id): tuples of atomic values, which the garbage
+        # collector stops tracking, so a large index does not lengthen its pauses
+        self._events: dict[str, tuple[float, tuple[str, ...], str | None]] = {}
         self._order: deque[tuple[float, str]] = deque()
         self._offsets: dict[str, int] = {}
         self._refresh_lock = threading.Lock()
@@ -53,9 +55,10 @@ class EventIndex:
         self._started_ns = time.time_ns()
         self.n_refreshes = 0
 
-    def add(self, event_id: str, timestamp: float, shelf_ids: tuple[str, ...]) -> None:
+    def add(self, event_id: str, timestamp: float, shelf_ids: tuple[str, ...], key_id: str | None = None) -> None:
         """Remember a decision this worker logged."""
-        self._events[event_id] = (timestamp, tuple(sys.intern(s) for s in shelf_ids))
+        key = None if key_id is None else sys.intern(key_id)
+        self._events[event_id] = (timestamp, tuple(sys.intern(s) for s in shelf_ids), key)
         self._order.append((timestamp, event_id))
         if len(self._order) % FORGET_EVERY == 0:
             self._forget(self._clock() - self.memory_s)
@@ -101,7 +104,8 @@ class EventIndex:
                 record = json.loads(raw)
                 timestamp = epoch_seconds(record["Timestamp"])
                 if timestamp >= horizon:
-                    self.add(str(record["EventId"]), timestamp, shown_shelves(record))
+                    key_id = record.get(KEY_ID_FIELD)
+                    self.add(str(record["EventId"]), timestamp, shown_shelves(record), None if key_id is None else str(key_id))
             except (ValueError, KeyError, IndexError, TypeError):
                 continue  # unreadable lines are the doctor's and the joiner's business
 

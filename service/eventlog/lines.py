@@ -17,6 +17,7 @@ from bandit.types import Context, Decision, Shelf
 from bandit.vw.format import decision_record, epoch_seconds
 
 DEFAULT_ARM, DEFAULT_ARM_MODE = "main", "online"  # what served a line that names no arm
+KEY_ID_FIELD = "_key_id"  # the name (never the secret) of the client key that asked for a decision
 _HEAD = re.compile(rb'^\{"EventId":"([^"\\]*)","Timestamp":"([^"\\]*)"')
 
 
@@ -51,9 +52,14 @@ def decision_line(
     timestamp: float,
     baseline: Sequence[str],
     served_by: ServedBy = MAIN,
+    key_id: str | None = None,
 ) -> bytes:
-    """One DSJSON decision line (no rewards yet), newline-terminated."""
-    record = decision_record(context, shelves, decision, timestamp=timestamp, baseline=baseline, extra=served_by.fields())
+    """One DSJSON decision line (no rewards yet), newline-terminated. `key_id`: the name of the
+    client key that asked for the decision (`_key_id`; absent when no key was required)."""
+    extra = served_by.fields()
+    if key_id is not None:
+        extra[KEY_ID_FIELD] = key_id
+    record = decision_record(context, shelves, decision, timestamp=timestamp, baseline=baseline, extra=extra)
     return json_line(record)
 
 
