@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from service.eventlog.segments import DURABILITY_MODES
-from service.layout import DEFAULT_DATA_DIR
+from service.layout import DEFAULT_DATA_DIR, DataPaths
 
 SETTINGS_HELP = "Settings file (TOML or JSON); the environment (SHELFBANDIT_<FIELD>) and flags override it."
 
@@ -51,7 +51,7 @@ def serve(data_dir, host, port, workers, durability, reward_window_s, no_joiner,
     os.environ[SETTINGS_ENV] = settings.to_env()
     if settings.workers > 1:
         # every worker writes its metric values here; /metrics sums them (set before workers import prometheus_client)
-        metrics_dir = settings.data_dir / "run" / f"metrics-{os.getpid()}"
+        metrics_dir = DataPaths(settings.data_dir).run / f"metrics-{os.getpid()}"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)

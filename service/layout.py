@@ -63,3 +63,7 @@ class DataPaths:
     @property
     def training_records(self) -> Path:
         return self.training / "records.jsonl"
+
+    @property
+    def candidates(self) -> Path:
+        return self.training / "candidates"

@@ -7,6 +7,7 @@ directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,10 +31,8 @@ def free_port() -> int:
 
 def signal_group(process: subprocess.Popen, sig: int) -> None:
     """Send `sig` to the process group that `process` leads (started with `start_new_session`)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def stop_group(process: subprocess.Popen, grace_s: float) -> None:

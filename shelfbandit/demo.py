@@ -30,6 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from bandit.errors import ShelfBanditError, ValidationError
+from service.layout import DataPaths
 from service.local import LocalService
 from service.models.store import ModelStore
 from service.training.loop import RoundReport, TrainingLoop
@@ -152,7 +153,7 @@ def run_loop(data_dir: Path, world: World, requests: RequestBatch, config: DemoC
     deadline = time.monotonic() + MAX_SLOWDOWN * config.sessions / config.rate + 60.0
     try:
         service.start()
-        active = ModelStore(data_dir / "models").active()
+        active = ModelStore(DataPaths(data_dir).models).active()
         initial = active.version if active else None
         if on_start is not None:
             on_start(initial)

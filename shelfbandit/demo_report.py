@@ -17,10 +17,10 @@ import pandas as pd
 from bandit.baselines import UniformRandomPolicy
 from bandit.errors import ModelFileError
 from bandit.registry import load_policy, read_meta
+from service.layout import DataPaths
 from service.models.store import ModelStore
 from service.training.loop import JUDGED
 from service.training.records import GATE, PROMOTED, PUBLISH_REFUSED, PUBLISHED, REFUSED, read_records
-from service.training.state import training_dir
 from simulator.peer import gap_closed
 from simulator.world import RequestBatch, World
 
@@ -63,10 +63,10 @@ class DemoTruth:
 def _model_file(data_dir: Path, version: str, kept: Path | None = None) -> Path | None:
     """The payload of `version`: in the model store, among the judged (refused) models, in the
     `kept` store, else in a trainer checkpoint that still holds it."""
-    stores = [ModelStore(data_dir / "models"), ModelStore(training_dir(data_dir) / JUDGED)]
+    stores = [ModelStore(DataPaths(data_dir).models), ModelStore(DataPaths(data_dir).training / JUDGED)]
     stores += [ModelStore(kept)] if kept is not None else []
     candidates = [*(store.path_of(version) for store in stores),
-                  *sorted((training_dir(data_dir) / "candidates").glob("*/models/*.model"))]
+                  *sorted(DataPaths(data_dir).candidates.glob("*/models/*.model"))]
     for path in candidates:
         try:
             if path.exists() and read_meta(path, check_payload=False).get("version") == version:
@@ -179,7 +179,7 @@ def write_report(out: Path, data_dir: Path, truth: DemoTruth, run: LoopRun, peer
     policy, peer_reward, editorial, oracle = (float(tail[c].mean()) for c in ("served", "peer", "editorial", "oracle"))
     uniform = truth.uniform(tail["session"].to_numpy())
     initial = truth.model(data_dir, run.initial_version)
-    active = ModelStore(data_dir / "models").active()
+    active = ModelStore(DataPaths(data_dir).models).active()
     final = truth.model(data_dir, active.version if active else None)
     table.to_csv(out / "sessions.csv", index=False)
     bins.to_csv(out / "rewards.csv", index=False)

@@ -24,8 +24,8 @@ from pathlib import Path
 from bandit.durable import write_atomic
 from bandit.errors import ValidationError
 from service.eventlog.lines import DEFAULT_ARM, DEFAULT_ARM_MODE
+from service.layout import DataPaths
 
-ARMS_FILE = "arms.json"
 ACTIVE = "active"
 BASELINES = ("editorial", "uniform", "popularity")
 ONLINE, APPRENTICE, LOGGING_ONLY = DEFAULT_ARM_MODE, "apprentice", "logging-only"
@@ -177,7 +177,7 @@ class ArmsFile:
     """`<data_dir>/arms.json`: read, replace atomically, remove."""
 
     def __init__(self, data_dir: str | Path) -> None:
-        self.path = Path(data_dir) / ARMS_FILE
+        self.path = DataPaths(Path(data_dir)).arms_file
 
     def read_bytes(self) -> bytes | None:
         """The file's content, or None when there is no arms configuration."""

@@ -46,7 +46,7 @@ def trainer_backlog(data_dir: str | Path) -> TrainerBacklog:
     unreadable."""
     committed = JoinedLog(data_dir).checkpoint().next_part
     paths = DataPaths(Path(data_dir))
-    root = training_dir(data_dir) / "candidates"
+    root = paths.candidates
     configured = (read_status(training_dir(data_dir)) or {}).get("candidates")
     candidates = []
     for directory in sorted(root.iterdir()) if root.is_dir() else []:

@@ -31,6 +31,7 @@ from bandit.durable import try_lock
 from bandit.errors import ShelfBanditError, ValidationError
 from service.experiments.arms import ACTIVE, BASELINES, ArmsFile
 from service.join.reader import JoinedLog, learnable_rows
+from service.layout import DataPaths
 from service.models.store import ActivePointer, ModelRefused, ModelStore, PointerPinned
 from service.training.candidates import DEFAULT_CANDIDATES, Candidate, check_candidates
 from service.training.judge import (
@@ -169,7 +170,7 @@ class TrainingLoop:
         self.num_cpus = num_cpus
         self.max_events_per_round = max_events_per_round
         self.seed = seed
-        self.store = ModelStore(self.data_dir / "models")
+        self.store = ModelStore(DataPaths(self.data_dir).models)
         self.judged = ModelStore(training_dir(self.data_dir) / JUDGED)  # refused snapshots; never activated
         self.records = TrainingRecords(self.data_dir)
         self.champion = self.candidates[0].name

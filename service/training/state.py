@@ -41,7 +41,7 @@ def training_dir(data_dir: str | Path) -> Path:
 
 
 def candidate_dir(data_dir: str | Path, name: str) -> Path:
-    return training_dir(data_dir) / "candidates" / name
+    return DataPaths(Path(data_dir)).candidates / name
 
 
 def model_name(step: int) -> str:
