@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bandit.errors import FieldError
+
+if TYPE_CHECKING:
+    from service.serving import ServedAnswer
 
 
 class UnknownEvent(FieldError):
@@ -14,7 +19,12 @@ class LateReward(FieldError):
 
 
 class RepeatedEvent(FieldError):
-    """A ranking request reuses an event id that was already served."""
+    """A ranking request reuses an event id that was already served; `served` is the answer it
+    got while this worker remembers it (None once forgotten, or while it is still being decided)."""
+
+    def __init__(self, field: str, rule: str, served: ServedAnswer | None = None) -> None:
+        super().__init__(field, rule)
+        self.served = served
 
 
 class NotReady(FieldError):

@@ -13,6 +13,7 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
@@ -37,6 +38,19 @@ from service.supervisor import Supervised
 from service.training.state import training_dir
 
 log = get_logger()
+
+SERVED_KEPT = 10_000  # answers a worker keeps for the 409 of a repeated event id (seconds of its traffic or more)
+
+
+class ServedAnswer(NamedTuple):
+    """What /v1/rank answered for an event (the fields of a Decision that `ranking_json` reads,
+    and the arm), kept so that a retry's 409 carries the decision made for it."""
+
+    event_id: str
+    model_version: str
+    arm: str
+    shelf_ids: tuple[str, ...]
+    slot_probs: tuple[float, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +84,7 @@ class Service:
         self.clock = SteadyClock()  # decision and reward times: a step of the system clock does not move them
         self.events = EventIndex(self.paths.decisions, settings.remembered_s, clock=self.clock)
         self._in_flight: set[str] = set()  # event ids being ranked and logged on this worker
+        self._served: dict[str, ServedAnswer] = {}  # the last SERVED_KEPT answers, oldest first
         self.decisions: SegmentWriter | None = None
         self.rewards: SegmentWriter | None = None
         self.late_rewards: SegmentWriter | None = None
@@ -161,7 +176,7 @@ class Service:
         if event_id is None:
             event_id = uuid.uuid4().hex
         elif self.events.seen_here(event_id) or event_id in self._in_flight:
-            raise RepeatedEvent("event_id", f"already served ({event_id}); event ids must be unique")
+            raise RepeatedEvent("event_id", f"already served ({event_id}); event ids must be unique", self._served.get(event_id))
         self._in_flight.add(event_id)  # held until the decision is indexed: a retry racing it is refused
         try:
             return await self._rank_and_log(context, shelves, n_slots, event_id, baseline)
@@ -181,6 +196,9 @@ class Service:
         )
         await self._durable(asyncio.wrap_future(logged), "decisions")
         self.events.add(event_id, decided_at, decision.shelf_ids)
+        self._served[event_id] = ServedAnswer(event_id, decision.model_version, served_by.arm, decision.shelf_ids, decision.slot_probs)
+        if len(self._served) > SERVED_KEPT:
+            del self._served[next(iter(self._served))]
         self.metrics.observe_decision(decision.slot_distributions, decision.slot_probs, arm.name, arm.mode)
         if served_by.agreement is not None:
             self.experiment.count_agreement(arm.name, served_by.agreement)

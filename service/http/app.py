@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bandit.errors import FieldError, ValidationError
 from service.errors import Forbidden, LateReward, NotReady, RepeatedEvent, Unauthenticated, UnknownEvent
 from service.eventlog.segments import LogWriteError
+from service.http.convert import ranking_json
 from service.http.routes import arms, model, ops, rank, reward
 from service.logs import get_logger
 from service.models.store import ModelRefused, UnknownModelVersion
@@ -47,7 +49,6 @@ ERROR_STATUS = {
     UnknownEvent: 404,
     UnknownModelVersion: 404,
     LateReward: 409,
-    RepeatedEvent: 409,
     ModelRefused: 409,
     ValidationError: 422,
     LogWriteError: 503,
@@ -85,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     for error, status in ERROR_STATUS.items():
         app.add_exception_handler(error, _domain_error_handler(status, ERROR_HEADERS.get(error)))
+    app.add_exception_handler(RepeatedEvent, _repeated_event)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -98,9 +100,11 @@ def app_from_environment() -> FastAPI:
 
 
 # -- error answers: {"error": "<field>: <rule>", "detail": [{"field", "rule", ...}]} -----------------
-def problem(status: int, field: str, rule: str, detail: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
+def problem(
+    status: int, field: str, rule: str, detail: list[dict] | None = None, headers: dict | None = None, **extra
+) -> JSONResponse:
     message = f"{field}: {rule}" if field else rule
-    return JSONResponse({"error": message, "detail": detail or [{"field": field, "rule": rule}]}, status, headers=headers)
+    return JSONResponse({"error": message, "detail": detail or [{"field": field, "rule": rule}], **extra}, status, headers=headers)
 
 
 def _domain_error_handler(status: int, headers: dict | None = None):
@@ -117,6 +121,13 @@ def field_path(loc: tuple) -> str:
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "body"
+
+
+async def _repeated_event(request: Request, err: RepeatedEvent) -> JSONResponse:
+    """409 with `served`, the answer this worker gave the event (null once forgotten, or while it is
+    still being decided): a client's retry gets the decision made for it, logged once."""
+    served = None if err.served is None else orjson.loads(ranking_json(err.served, err.served.arm))
+    return problem(409, err.field, err.rule, served=served)
 
 
 async def _request_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -170,3 +170,11 @@ class Problem(BaseModel):
 
     error: str
     detail: list[dict] = Field(default_factory=list)
+
+
+class RepeatedEventProblem(Problem):
+    """409 of /v1/rank: the event id was served already."""
+
+    served: RankResponse | None = Field(
+        description="the answer served for this event id (null once the worker has forgotten it, or while it is still being decided)"
+    )

@@ -6,7 +6,12 @@ from fastapi import APIRouter, Request, Response
 
 from service.http.convert import rank_inputs, ranking_json
 from service.http.deps import ServiceDep
-from service.http.schemas import Problem, RankRequest, RankResponse
+from service.http.schemas import (
+    Problem,
+    RankRequest,
+    RankResponse,
+    RepeatedEventProblem,
+)
 
 router = APIRouter(prefix="/v1", tags=["decisions"])
 
@@ -14,7 +19,7 @@ router = APIRouter(prefix="/v1", tags=["decisions"])
 @router.post(
     "/rank",
     response_model=RankResponse,
-    responses={409: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+    responses={409: {"model": RepeatedEventProblem}, 413: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
 )
 async def rank(body: RankRequest, service: ServiceDep, request: Request) -> Response:
     """Rank `shelves` into `slots` slots. The decision is logged durably before the answer.
