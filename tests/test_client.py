@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+from typing import Self
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from service.eventlog.segments import segment_paths
 from service.layout import DataPaths
 from shelfbandit.client import (
     AsyncDecisionClient,
+    ClientError,
     DecisionClient,
     InvalidRequest,
     LateReward,
@@ -133,7 +135,7 @@ class Proxy:
         for sock in self._sockets:
             sock.close()
 
-    def __enter__(self) -> "Proxy":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -217,6 +219,82 @@ def test_a_rank_and_its_rewards(server, kind):
     assert (by_slot.status, by_slot.sent, by_slot.slot) == ("accepted", True, 2)
     by_shelf = call(kind, server.url, "reward", ranking.event_id, 0.5, shelf_id=ranking.shelf_ids[1])
     assert (by_shelf.status, by_shelf.slot) == ("accepted", 1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_dropped_connection_is_retried_into_one_logged_decision(server, kind):
+    event_id = f"dropped-{kind}"
+    with Proxy(server.url, "drop_first") as proxy:
+        ranking = call(kind, proxy.url, "rank", shelves_json(6), 3, user=USER, event_id=event_id,
+                       options={"timeout_s": 5.0})
+        assert proxy.dropped_after_answer == 1 and proxy.connections == 2
+    assert ranking.event_id == event_id and ranking.attempts == 2
+    assert ranking.already_served and not ranking.fallback
+    (record,) = logged(server.data_dir, event_id)  # one decision, and the answer is the one served
+    assert shown(record) == ranking.shelf_ids
+    assert [o["_p"][0] for o in record["_outcomes"]] == [item.probability for item in ranking.ranking]
+    assert call(kind, server.url, "reward", ranking, 1.0, slot=0).sent
+
+
+def test_a_repeated_event_id_is_answered_with_the_decision_served(server):
+    with DecisionClient(server.url) as client:
+        first = client.rank(shelves_json(6), 3, user=USER, event_id="repeated-1")
+        again = client.rank(shelves_json(6), 3, user=USER, event_id="repeated-1")
+    assert again.already_served and not first.already_served
+    assert (again.ranking, again.model_version, again.arm) == (first.ranking, first.model_version, first.arm)
+    assert len(logged(server.data_dir, "repeated-1")) == 1
+    body = {"event_id": "repeated-1", "user": USER, "shelves": shelves_json(6), "slots": 3}
+    raw = httpx.post(f"{server.url}/v1/rank", json=body, timeout=10.0)  # the service's 409, as any client sees it
+    assert raw.status_code == 409 and raw.json()["detail"][0]["field"] == "event_id"
+    served = raw.json()["served"]
+    assert served["event_id"] == "repeated-1"
+    assert [(r["slot"], r["shelf_id"], r["probability"]) for r in served["ranking"]] == [
+        (item.slot, item.shelf_id, item.probability) for item in first.ranking]
+    assert (served["model_version"], served["arm"]) == (first.model_version, first.arm)
+
+
+def test_the_async_client_gives_the_same_results_as_the_sync_one(server):
+    """The same calls through both clients: the async one, asked for the events the sync one
+    ranked, gets the very decisions the sync one got, and the same errors and fallbacks."""
+
+    def described(err: ClientError) -> tuple:
+        return type(err).__name__, getattr(err, "status", None), getattr(err, "field", None), getattr(err, "rule", None)
+
+    calls = [
+        ("rank", (shelves_json(8), 4), {"user": USER, "event_id": "same-1", "baseline": BASELINE}),
+        ("rank", (shelves_json(8), 4), {"user": {**USER, "hour": 3}, "event_id": "same-2", "listener_id": "l-9"}),
+        ("rank", (shelves_json(3), 4), {"event_id": "same-3"}),
+        ("reward", ("same-1", 1.0), {"slot": 3, "reward_id": "r-1"}),
+        ("reward", ("same-1", 1.0), {"shelf_id": "shelf-404", "reward_id": "r-2"}),
+        ("reward", ("nobody", 1.0), {"slot": 0}),
+        ("reward", ("fallback:same-4", 1.0), {"slot": 0}),
+    ]
+    sync = []
+    with DecisionClient(server.url) as client:
+        for name, args, kwargs in calls:
+            try:
+                sync.append(getattr(client, name)(*args, **kwargs))
+            except ClientError as err:
+                sync.append(described(err))
+
+    async def run_async():
+        results = []
+        async with AsyncDecisionClient(server.url) as client:
+            for name, args, kwargs in calls:
+                try:
+                    results.append(await getattr(client, name)(*args, **kwargs))
+                except ClientError as err:
+                    results.append(described(err))
+        return results
+
+    a_sync = asyncio.run(run_async())
+    assert [r.already_served for r in a_sync[:2]] == [True, True]
+    assert [r.already_served for r in sync[:2]] == [False, False]
+    for mine, theirs in zip(sync[:2], a_sync[:2]):
+        assert (mine.event_id, mine.ranking, mine.model_version, mine.arm) == (theirs.event_id, theirs.ranking, theirs.model_version, theirs.arm)
+    assert sync[2:] == a_sync[2:]
+    assert sync[2][:3] == ("InvalidRequest", 422, "slots") and sync[4][:3] == ("InvalidRequest", 422, "shelf_id")
+    assert sync[5][:3] == ("UnknownEvent", 404, "event_id") and not sync[6].sent
 
 
 @pytest.mark.parametrize("kind", KINDS)
