@@ -2,7 +2,9 @@
 
 Each worker adds its own decisions as it logs them. A reward for an event this worker has not
 seen (another worker served it, or this worker restarted) triggers a refresh: the new complete
-lines of every other writer's decision segments are read from where the last refresh stopped.
+lines of every other writer's decision segments are read from where the last refresh stopped:
+those in this replica's decision directory and in its peers' (`peers()`: the other replicas'
+decision directories in the shared data directory), so a reward may reach any replica.
 The log itself is the only shared state, so nothing extra is written on the decision path.
 Events older than `memory_s` are forgotten (a reward for them gets 404).
 """
@@ -15,7 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,15 +42,19 @@ class KnownEvent:
 class EventIndex:
     """event id -> KnownEvent for the decisions of the last `memory_s` seconds, all workers."""
 
-    def __init__(self, decisions_dir: Path, memory_s: float, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, decisions_dir: Path, memory_s: float, *, clock: Callable[[], float] = time.time,
+        peers: Callable[[], Iterable[Path]] = tuple,
+    ) -> None:
         self.decisions_dir = Path(decisions_dir)
+        self._peers = peers
         self.memory_s = memory_s
         self._clock = clock
         # event id -> (time, shelf ids, key id): tuples of atomic values, which the garbage
         # collector stops tracking, so a large index does not lengthen its pauses
         self._events: dict[str, tuple[float, tuple[str, ...], str | None]] = {}
         self._order: deque[tuple[float, str]] = deque()
-        self._offsets: dict[str, int] = {}
+        self._offsets: dict[Path, int] = {}  # segment -> bytes read (paths: names repeat across replicas)
         self._refresh_lock = threading.Lock()
         self._forget_lock = threading.Lock()
         self._own_suffix = f"-{os.getpid()}{SUFFIX}"
@@ -80,16 +86,20 @@ class EventIndex:
         with self._refresh_lock:
             self.n_refreshes += 1
             horizon = self._clock() - self.memory_s
-            for path in segment_paths(self.decisions_dir, DECISION_KIND):
-                if self._is_own(path):
-                    continue
-                offset = self._offsets.get(path.name)
-                if offset is None and path.stat().st_mtime < horizon:
-                    self._offsets[path.name] = path.stat().st_size  # too old to matter
-                    continue
-                data, self._offsets[path.name] = read_complete_lines(path, offset or 0)
-                self._add_lines(data, horizon)
+            for directory in (self.decisions_dir, *self._peers()):
+                for path in segment_paths(directory, DECISION_KIND):
+                    if directory == self.decisions_dir and self._is_own(path):
+                        continue
+                    self._read_new(path, horizon)
             self._forget(horizon)
+
+    def _read_new(self, path: Path, horizon: float) -> None:
+        offset = self._offsets.get(path)
+        if offset is None and path.stat().st_mtime < horizon:
+            self._offsets[path] = path.stat().st_size  # too old to matter
+            return
+        data, self._offsets[path] = read_complete_lines(path, offset or 0)
+        self._add_lines(data, horizon)
 
     def _is_own(self, path: Path) -> bool:
         # this process's segments (created after it started) are added as they are written

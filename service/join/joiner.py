@@ -1,5 +1,8 @@
 """Joiner: decision log + reward log -> joined DSJSON parts and slate tables, exactly once.
 
+It reads the logs of every replica sharing the data directory (`DataPaths.all_logs`: the
+data directory's own, and each `replicas/<id>/`), so a reward logged by any replica counts.
+
 A decision is ready once its reward window has passed (decision time + window + grace <= now).
 Its slots then get the rewards accepted for them (per slot: the earliest, or the sum; a
 repeated `reward_id` counts once, and under `earliest` so does any repeat) and the default
@@ -11,6 +14,8 @@ Output, in the data directory:
                                    `--ccb_explore_adf --dsjson`), sorted by (decision time, event id)
     slates/part-<n:08d>.parquet    the slate table of the same events, one row per (event, slot)
     joined/checkpoint.json         `next_part`, and per decision segment the bytes consumed
+                                   (keyed by `LogDir.segment_key`: `<replica id>/<segment>`
+                                   for a replica's, the segment's name for the data directory's)
     joined/rejected.jsonl          decision lines that could not be joined, with the reason
 
 Part n is committed once the checkpoint's `next_part` exceeds n. Parts are written (temp file,
@@ -41,11 +46,10 @@ from bandit.errors import ShelfBanditError, ValidationError
 from bandit.types import Outcome
 from bandit.vw.format import join_record, nullable_floats
 from service.eventlog.lines import DEFAULT_ARM, DEFAULT_ARM_MODE, json_line, line_head, shown_shelves
-from service.eventlog.segments import segment_paths
-from service.join.parts import CHECKPOINT, REJECTED, Checkpoint, JoinedPart, read_checkpoint, uncommitted_parts
+from service.join.parts import CHECKPOINT, REJECTED, Checkpoint, JoinedPart, decision_segments, read_checkpoint, uncommitted_parts
 from service.join.reader import SLATE_TABLE_COLUMNS
 from service.join.rewards import AGGREGATIONS, RewardReader, slot_rewards
-from service.layout import DECISION_KIND, DataPaths
+from service.layout import DataPaths
 
 
 class JoinerBusy(ShelfBanditError):
@@ -106,7 +110,7 @@ class Joiner:
         self._clock = clock
         self._lock_fd: int | None = None
         self._checkpoint = Checkpoint()
-        self._rewards = RewardReader(self.paths.rewards)
+        self._rewards = RewardReader(self.paths)
         self._recent: dict[str, float] = {}
         self._recent_order: deque[tuple[float, str]] = deque()
 
@@ -122,7 +126,7 @@ class Joiner:
             return False
         self._checkpoint = read_checkpoint(self.paths)
         self._remove_uncommitted_parts()
-        self._rewards = RewardReader(self.paths.rewards)
+        self._rewards = RewardReader(self.paths)
         return True
 
     def release(self) -> None:
@@ -206,8 +210,8 @@ class Joiner:
         rejected: list[dict] = []
         first_pending = float("inf")
         more = False
-        for path in segment_paths(self.paths.decisions, DECISION_KIND):
-            offset = offsets.get(path.name, 0)
+        for key, path in decision_segments(self.paths):
+            offset = offsets.get(key, 0)
             with open(path, "rb") as handle:
                 handle.seek(offset)
                 for raw in handle:
@@ -215,7 +219,7 @@ class Joiner:
                         break  # still being written, or torn (set aside at the service's restart)
                     head = line_head(raw)
                     if head is None:
-                        rejected.append(_rejection(path, offset, "unreadable decision line", raw))
+                        rejected.append(_rejection(key, offset, "unreadable decision line", raw))
                     elif head[1] > cutoff or len(lines) >= budget:
                         first_pending = min(first_pending, head[1])
                         more = more or head[1] <= cutoff
@@ -223,7 +227,7 @@ class Joiner:
                     else:
                         lines.append((head[1], head[0], raw))
                     offset += len(raw)
-            offsets[path.name] = offset
+            offsets[key] = offset
         return _Ready(lines, offsets, rejected, first_pending, more)
 
     def _parse_ready(self, ready: _Ready) -> tuple[list[tuple[float, str, dict]], list[dict]]:
@@ -280,7 +284,7 @@ class Joiner:
 
     def _live_offsets(self, offsets: dict[str, int]) -> dict[str, int]:
         """Offsets of segments that still exist (deleted segments need no bookkeeping)."""
-        existing = {p.name for p in segment_paths(self.paths.decisions, DECISION_KIND)}
+        existing = {key for key, _ in decision_segments(self.paths)}
         return {name: offset for name, offset in offsets.items() if name in existing}
 
     def _remember(self, records: list[tuple[float, str, dict]], now: float) -> None:
@@ -294,8 +298,8 @@ class Joiner:
             self._recent.pop(event_id, None)
 
 
-def _rejection(path: Path, offset: int, reason: str, raw: bytes) -> dict:
-    return {"segment": path.name, "offset": offset, "reason": reason, "line": raw.decode(errors="replace")}
+def _rejection(key: str, offset: int, reason: str, raw: bytes) -> dict:
+    return {"segment": key, "offset": offset, "reason": reason, "line": raw.decode(errors="replace")}
 
 
 def _slot_numbers(n_slots: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The joined log's bookkeeping: part names, the checkpoint, and which parts are committed.
+"""The joined log's bookkeeping: part names, the checkpoint (and its keys of decision segments), and which parts are committed.
 
 Part n is committed once the checkpoint's `next_part` exceeds n; parts numbered at or above it
 are leftovers of a crash, deleted by the next joiner to start (and reported by `doctor`).
@@ -12,7 +12,8 @@ from pathlib import Path
 
 from bandit.durable import write_atomic
 from bandit.errors import ShelfBanditError
-from service.layout import DataPaths
+from service.eventlog.segments import segment_paths
+from service.layout import DECISION_KIND, DataPaths
 
 CHECKPOINT = "checkpoint.json"
 REJECTED = "rejected.jsonl"
@@ -71,6 +72,11 @@ class JoinedPart:
     @classmethod
     def numbered(cls, paths: DataPaths, number: int) -> JoinedPart:
         return cls(number, paths.joined / part_name(number, ".jsonl"), paths.slates / part_name(number, ".parquet"))
+
+
+def decision_segments(paths: DataPaths) -> list[tuple[str, Path]]:
+    """(checkpoint key, path) of every replica's decision segments, each replica's oldest first."""
+    return [(logs.segment_key(path), path) for logs in paths.all_logs() for path in segment_paths(logs.decisions, DECISION_KIND)]
 
 
 def read_checkpoint(paths: DataPaths) -> Checkpoint:

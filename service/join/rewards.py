@@ -1,4 +1,4 @@
-"""The accepted rewards, read incrementally from every writer's reward segments, and the reward that counts per slot."""
+"""The accepted rewards, read incrementally from every writer's reward segments (of every replica), and the reward that counts per slot."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from service.eventlog.segments import read_complete_lines, segment_paths
-from service.layout import REWARD_KIND
+from service.layout import REWARD_KIND, DataPaths
 
 AGGREGATIONS = ("earliest", "sum")
 REWARD_COLUMNS = ("event_id", "slot", "value", "reward_id", "received", "decided")
@@ -31,23 +31,24 @@ def slot_rewards(rewards: pd.DataFrame, aggregation: str) -> pd.Series:
 
 
 class RewardReader:
-    """The accepted rewards, read incrementally from every writer's reward segments."""
+    """The accepted rewards, read incrementally from every writer's reward segments in every
+    replica's log directory (a reward may reach a replica other than the deciding one)."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._offsets: dict[str, int] = {}
+    def __init__(self, paths: DataPaths) -> None:
+        self.paths = paths
+        self._offsets: dict[Path, int] = {}  # segment -> bytes read (paths: names repeat across replicas)
         self._seq = 0
         self.frame = _empty_rewards()
 
     def read_new(self, since: float) -> None:
         """Append lines written since the last call; segments untouched since `since` are skipped."""
         chunks = []
-        for path in segment_paths(self.directory, REWARD_KIND):
-            offset = self._offsets.get(path.name)
+        for path in (path for logs in self.paths.all_logs() for path in segment_paths(logs.rewards, REWARD_KIND)):
+            offset = self._offsets.get(path)
             if offset is None and path.stat().st_mtime < since:
-                self._offsets[path.name] = path.stat().st_size
+                self._offsets[path] = path.stat().st_size
                 continue
-            data, self._offsets[path.name] = read_complete_lines(path, offset or 0)
+            data, self._offsets[path] = read_complete_lines(path, offset or 0)
             if data:
                 chunks.append(self._parse(data))
         if chunks:
