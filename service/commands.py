@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging.config
 import os
 import shutil
 import signal
@@ -15,6 +17,16 @@ from service.eventlog.segments import DURABILITY_MODES
 from service.layout import DEFAULT_DATA_DIR, DataPaths
 
 SETTINGS_HELP = "Settings file (TOML or JSON); the environment (SHELFBANDIT_<FIELD>) and flags override it."
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _settings(settings_file: str | None, **flags):
@@ -40,7 +52,7 @@ def serve(data_dir, host, port, workers, durability, reward_window_s, no_joiner,
     """Serve the decision API (POST /v1/rank, /v1/reward; GET /v1/model, /metrics; docs at /docs)."""
     import uvicorn
 
-    from service.logs import log_config
+    from service.logs import get_logger, log_config
     from service.settings import SETTINGS_ENV
 
     settings = _settings(
@@ -55,6 +67,12 @@ def serve(data_dir, host, port, workers, durability, reward_window_s, no_joiner,
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    if settings.keys_open and not is_loopback(settings.host):
+        warning = (f"WARNING: /v1/rank and /v1/reward are open to anyone who reaches {settings.host}:{settings.port}: "
+                   "no client key is configured (settings client_keys or client_keys_file, see docs/service.md)")
+        logging.config.dictConfig(log_config(settings.log_level))
+        get_logger().warning("client endpoints open on a public interface", extra={"fields": {"host": settings.host, "port": settings.port}})
+        click.secho(warning, err=True, fg="red", bold=True)
     click.echo(f"serving on http://{settings.host}:{settings.port} (docs at /docs), data in {settings.data_dir}", err=True)
     uvicorn.run(
         "service.http.app:app_from_environment",

@@ -21,7 +21,7 @@ from bandit.policy import Policy
 from bandit.types import Context, Decision, Shelf
 from bandit.vw.ranker import VWShelfRanker
 from service.clock import SteadyClock
-from service.errors import LateReward, NotReady, RepeatedEvent, UnknownEvent
+from service.errors import Forbidden, LateReward, NotReady, RepeatedEvent, UnknownEvent
 from service.eventlog.index import EventIndex
 from service.eventlog.lines import ServedBy, decision_line, reward_line
 from service.eventlog.segments import LogWriteError, SegmentWriter, set_aside_torn_tails
@@ -166,25 +166,30 @@ class Service:
 
     # -- operations ----------------------------------------------------------------------------
     async def rank(
-        self, context: Context, shelves: tuple[Shelf, ...], n_slots: int, event_id: str | None, baseline: tuple[str, ...]
+        self, context: Context, shelves: tuple[Shelf, ...], n_slots: int, event_id: str | None, baseline: tuple[str, ...],
+        key_id: str | None = None,
     ) -> tuple[Decision, ServedBy]:
         """Assign the request to an arm (by its listener id, else its event id), rank with the
-        arm's policy on the ranking thread, wait until the decision is durably logged, then
-        return it and the arm that served it."""
+        arm's policy on the ranking thread, wait until the decision is durably logged (with the
+        name of the client key that asked, `key_id`), then return it and the arm that served it."""
         if self.decisions is None:
             raise NotReady("decisions", "the decision log is not open")
         if event_id is None:
             event_id = uuid.uuid4().hex
         elif self.events.seen_here(event_id) or event_id in self._in_flight:
-            raise RepeatedEvent("event_id", f"already served ({event_id}); event ids must be unique", self._served.get(event_id))
+            known = self.events.find(event_id)
+            # the answer goes back only to the key that asked for it: another caller learns nothing of it
+            served = self._served.get(event_id) if known is None or known.key_id == key_id else None
+            raise RepeatedEvent("event_id", f"already served ({event_id}); event ids must be unique", served)
         self._in_flight.add(event_id)  # held until the decision is indexed: a retry racing it is refused
         try:
-            return await self._rank_and_log(context, shelves, n_slots, event_id, baseline)
+            return await self._rank_and_log(context, shelves, n_slots, event_id, baseline, key_id)
         finally:
             self._in_flight.discard(event_id)
 
     async def _rank_and_log(
-        self, context: Context, shelves: tuple[Shelf, ...], n_slots: int, event_id: str, baseline: tuple[str, ...]
+        self, context: Context, shelves: tuple[Shelf, ...], n_slots: int, event_id: str, baseline: tuple[str, ...],
+        key_id: str | None,
     ) -> tuple[Decision, ServedBy]:
         live = self.experiment.current
         arm = live.choose(context.listener_id or event_id)
@@ -192,10 +197,10 @@ class Service:
         learner = self.experiment.policy_of(live, arm) if arm.mode == APPRENTICE else None
         loop = asyncio.get_running_loop()
         decision, decided_at, logged, served_by = await loop.run_in_executor(
-            self._ranking_thread, self._decide, arm, serving, learner, context, shelves, n_slots, event_id, baseline
+            self._ranking_thread, self._decide, arm, serving, learner, context, shelves, n_slots, event_id, baseline, key_id
         )
         await self._durable(asyncio.wrap_future(logged), "decisions")
-        self.events.add(event_id, decided_at, decision.shelf_ids)
+        self.events.add(event_id, decided_at, decision.shelf_ids, key_id)
         self._served[event_id] = ServedAnswer(event_id, decision.model_version, served_by.arm, decision.shelf_ids, decision.slot_probs)
         if len(self._served) > SERVED_KEPT:
             del self._served[next(iter(self._served))]
@@ -214,6 +219,7 @@ class Service:
         n_slots: int,
         event_id: str,
         baseline: tuple[str, ...],
+        key_id: str | None,
     ) -> tuple[Decision, float, Future, ServedBy]:
         """On the ranking thread: rank, compare an apprentice's model with the editorial order,
         encode the log line and hand it to the decision log."""
@@ -223,17 +229,22 @@ class Service:
             agreement = compare_with_model(learner, context, shelves, decision, baseline)
             served_by = ServedBy(arm.name, arm.mode, arm.learn, agreement, learner.model_version)
         now = self.clock()
-        line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline, served_by=served_by)
+        line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline, served_by=served_by, key_id=key_id)
         return decision, now, self.decisions.submit(line), served_by
 
     def reward(
-        self, event_id: str, slot: int | None, shelf_id: str | None, value: float, reward_id: str | None
+        self, event_id: str, slot: int | None, shelf_id: str | None, value: float, reward_id: str | None,
+        key_id: str | None = None,
     ) -> AcceptedReward:
-        """Log a reward for a served event (404 unknown, 409 after the window)."""
+        """Log a reward for a served event (404 unknown, 403 decided for another client key than
+        `key_id`, 409 after the window). `key_id` None: no key is required, any event may be rewarded."""
         known = self.events.find(event_id)
         if known is None:
             self.metrics.rewards.labels("unknown_event").inc()
             raise UnknownEvent("event_id", f"no decision {event_id!r} was served in the last {self.settings.remembered_s:g} s")
+        if key_id is not None and known.key_id != key_id:
+            self.metrics.rewards.labels("forbidden").inc()
+            raise Forbidden("event_id", "was decided for another client key; only the key that asked for a decision may reward it")
         if slot is None:
             if shelf_id not in known.shelf_ids:
                 self.metrics.rewards.labels("invalid").inc()

@@ -127,6 +127,12 @@ class Settings(BaseModel):
         settings.key_table()
         return settings
 
+    @property
+    def keys_open(self) -> bool:
+        """No client key is configured now (in the settings or the keys file): /v1/rank and /v1/reward are open."""
+        admin = self.admin_token.get_secret_value() if self.admin_token is not None else None
+        return not self.key_table() and not (self.client_keys_file and read_keys_file(self.client_keys_file, admin))
+
     def key_table(self) -> dict[str, tuple[str, ...]]:
         """The settings' client keys, checked: key name -> its secrets."""
         admin = self.admin_token.get_secret_value() if self.admin_token is not None else None
@@ -170,6 +176,19 @@ def client_key_table(raw: object, field: str, *, admin_token: str | None = None)
             owner[secret] = name
         table[name] = secrets
     return table
+
+
+def read_keys_file(path: Path, admin_token: str | None) -> dict[str, tuple[str, ...]]:
+    """The client keys of a keys file (a JSON object shaped like `client_keys`); a missing file holds none."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValidationError("client_keys_file", f"must be valid JSON ({err})", str(path)) from None
+    return client_key_table(raw, "client_keys_file", admin_token=admin_token)
 
 
 def _read_file(path: Path) -> dict:

@@ -1,5 +1,6 @@
 """Fuzzing the decision API from its own OpenAPI schema against a real server: schemathesis
-generates valid and invalid bodies for every POST and PUT operation; the service never answers 5xx.
+generates valid and invalid bodies and headers (the client key's and the admin token's) for
+every POST and PUT operation; the service never answers 5xx.
 
 (schemathesis' pytest plugin does not run under this pytest, so its strategies are driven by
 hypothesis directly.)"""
@@ -12,12 +13,15 @@ from schemathesis import GenerationMode
 from tests.service_support import ADMIN_TOKEN, running_service
 
 EXAMPLES = 120
+CLIENT_KEY = "fuzz-client-key-0001"
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("fuzz") / "data"
-    with running_service(data_dir, reward_window_s=5.0, max_body_bytes=200_000, access_log=False) as server:
+    with running_service(
+        data_dir, reward_window_s=5.0, max_body_bytes=200_000, access_log=False, client_keys={"fuzz": CLIENT_KEY}
+    ) as server:
         server.schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
         yield server
 
@@ -29,7 +33,7 @@ def live(tmp_path_factory):
 )
 def test_no_input_makes_the_service_fail(live, path, method, admin, mode):
     operation = live.schema[path][method]
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if admin else {}
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if admin else {"X-Shelfbandit-Key": CLIENT_KEY}
     answers = []
 
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))

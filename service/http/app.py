@@ -24,6 +24,7 @@ from bandit.errors import FieldError, ValidationError
 from service.errors import Forbidden, LateReward, NotReady, RepeatedEvent, Unauthenticated, UnknownEvent
 from service.eventlog.segments import LogWriteError
 from service.http.convert import ranking_json
+from service.http.keys import KEY_HEADER, ClientKeys, MissingKey
 from service.http.routes import arms, model, ops, rank, reward
 from service.logs import get_logger
 from service.models.store import ModelRefused, UnknownModelVersion
@@ -54,11 +55,17 @@ ERROR_STATUS = {
     LogWriteError: 503,
     NotReady: 503,
     Unauthenticated: 401,
+    MissingKey: 401,
     Forbidden: 403,
 }
 DISCARD_BYTES, DISCARD_S = 64 * 2**20, 10.0  # how much of a refused body is read before the 413
 RETRY_AFTER = {"Retry-After": "1"}  # seconds: a failed log write is retried within 0.5 s, and probed meanwhile
-ERROR_HEADERS = {Unauthenticated: {"WWW-Authenticate": "Bearer"}, LogWriteError: RETRY_AFTER, NotReady: RETRY_AFTER}
+ERROR_HEADERS = {
+    Unauthenticated: {"WWW-Authenticate": "Bearer"},
+    MissingKey: {"WWW-Authenticate": f'ApiKey header="{KEY_HEADER}"'},
+    LogWriteError: RETRY_AFTER,
+    NotReady: RETRY_AFTER,
+}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -67,11 +74,13 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = Service(settings)
+        keys = ClientKeys(settings, service.metrics)
         service.start()
-        app.state.service = service
+        app.state.service, app.state.keys = service, keys.start()
         try:
             yield
         finally:
+            keys.stop()
             service.stop()
             if multiprocess_enabled():
                 multiprocess.mark_process_dead(os.getpid())

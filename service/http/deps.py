@@ -1,4 +1,4 @@
-"""Typed dependencies: the worker's Service, its settings, and the admin check."""
+"""Typed dependencies: the worker's Service, its settings, the client key check and the admin check."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import Forbidden, Unauthenticated
+from service.http.keys import KEY_HEADER, ClientKeys
 from service.serving import Service
 from service.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="the admin token from the service's settings")
+client_key = APIKeyHeader(
+    name=KEY_HEADER, auto_error=False, scheme_name="ClientKey",
+    description="a client key from the service's `client_keys` (required once any is configured)",
+)
 
 
 # async: FastAPI runs sync dependencies in its threadpool, an extra hop on every request
@@ -28,6 +33,16 @@ async def get_settings(service: ServiceDep) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def client_key_id(request: Request, presented: Annotated[str | None, Depends(client_key)]) -> str | None:
+    """The name of the caller's client key (401 without one, 403 with an unknown one), or None
+    while no client key is configured."""
+    keys: ClientKeys = request.app.state.keys
+    return keys.identify(presented)
+
+
+KeyIdDep = Annotated[str | None, Depends(client_key_id)]
 
 
 async def require_admin(

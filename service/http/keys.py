@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bandit.errors import ValidationError
 from service.errors import Forbidden, Unauthenticated
 from service.logs import get_logger
-from service.settings import Settings, client_key_table
+from service.settings import Settings, client_key_table, read_keys_file
 from service.supervisor import Supervised
 
 if TYPE_CHECKING:
@@ -49,19 +47,6 @@ def _digest(secret: str) -> bytes:
 def digests(table: Mapping[str, tuple[str, ...]]) -> tuple[tuple[bytes, str], ...]:
     """(SHA-256 of the secret, key name) for every secret of `table`."""
     return tuple((_digest(secret), name) for name, secrets in table.items() for secret in secrets)
-
-
-def read_keys_file(path: Path, admin_token: str | None) -> dict[str, tuple[str, ...]]:
-    """The keys of a keys file (a JSON object like `client_keys`); a missing file holds none."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValidationError("client_keys_file", f"must be valid JSON ({err})", str(path)) from None
-    return client_key_table(raw, "client_keys_file", admin_token=admin_token)
 
 
 def file_stamp(path: Path) -> tuple[int, int, int] | None:

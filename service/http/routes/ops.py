@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from service.http.deps import ServiceDep
 
@@ -16,12 +16,12 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz")
-async def readyz(service: ServiceDep, response: Response) -> dict:
+async def readyz(service: ServiceDep, request: Request, response: Response) -> dict:
     """Ready: a model is loaded, the decision log is open and no background task is failing
     (503 otherwise, naming each failing task and its error; `/v1/rank` serves on meanwhile)."""
     served = service.model.current
-    failing = service.failing
-    ready = service.ready
+    failing = {**service.failing, **request.app.state.keys.failing}
+    ready = service.ready and not failing
     if not ready:
         response.status_code = 503
     return {"ready": ready, "model_version": served.version if served else None, "failing": failing}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from service.http.convert import reward_target
-from service.http.deps import ServiceDep
+from service.http.deps import KeyIdDep, ServiceDep
 from service.http.schemas import Problem, RewardRequest, RewardResponse
 
 router = APIRouter(prefix="/v1", tags=["decisions"])
@@ -16,14 +16,15 @@ router = APIRouter(prefix="/v1", tags=["decisions"])
     response_model=RewardResponse,
     responses={404: {"model": Problem}, 409: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
 )
-def reward(body: RewardRequest, service: ServiceDep, request: Request) -> RewardResponse:
+def reward(body: RewardRequest, service: ServiceDep, key_id: KeyIdDep, request: Request) -> RewardResponse:
     """Record a reward (higher is better) for the slot named by `slot` or by `shelf_id`.
 
-    404: the event is unknown. 409: its reward window has closed (the reward is kept aside
+    404: the event is unknown. 403: the event was decided for another client key (only the key
+    that asked for a decision may reward it). 409: its reward window has closed (the reward is kept aside
     for analysis, not learned from). Repeats are harmless: a repeated `reward_id` counts once,
     and under the default `earliest` aggregation only a slot's first reward counts.
     """
     request.state.event_id = body.event_id
     slot, shelf_id = reward_target(body)
-    accepted = service.reward(body.event_id, slot, shelf_id, body.value, body.reward_id)
+    accepted = service.reward(body.event_id, slot, shelf_id, body.value, body.reward_id, key_id)
     return RewardResponse(event_id=accepted.event_id, slot=accepted.slot, status="accepted")
