@@ -42,13 +42,15 @@ def _settings(settings_file: str | None, **flags):
 @click.option("--host", help="Interface to bind.  [default: 127.0.0.1]")
 @click.option("--port", type=int, help="Port to bind.  [default: 8000]")
 @click.option("--workers", type=click.IntRange(1, 64), help="uvicorn worker processes sharing the data directory.  [default: 1]")
+@click.option("--replica-id", help="This replica's name, for replicas on several hosts sharing the data directory: its logs "
+              "live in <data-dir>/replicas/<replica-id>/ (see docs/service.md).  [default: none, logs in the data directory]")
 @click.option("--durability", type=click.Choice(DURABILITY_MODES), help="When a logged line counts as durable (see docs/service.md).  [default: group]")
 @click.option("--reward-window", "reward_window_s", type=click.FloatRange(min=0, min_open=True),
               help="Seconds after a decision in which rewards count.  [default: 600]")
 @click.option("--no-joiner", is_flag=True, help="Do not run the joiner inside the service (run `shelfbandit join` instead).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level of the JSON logs on stderr.  [default: info]")
 @click.option("--settings", "settings_file", type=click.Path(exists=True, dir_okay=False), help=SETTINGS_HELP)
-def serve(data_dir, host, port, workers, durability, reward_window_s, no_joiner, log_level, settings_file) -> None:
+def serve(data_dir, host, port, workers, replica_id, durability, reward_window_s, no_joiner, log_level, settings_file) -> None:
     """Serve the decision API (POST /v1/rank, /v1/reward; GET /v1/model, /metrics; docs at /docs)."""
     import uvicorn
 
@@ -56,14 +58,14 @@ def serve(data_dir, host, port, workers, durability, reward_window_s, no_joiner,
     from service.settings import SETTINGS_ENV
 
     settings = _settings(
-        settings_file, data_dir=data_dir, host=host, port=port, workers=workers, durability=durability,
+        settings_file, data_dir=data_dir, host=host, port=port, workers=workers, replica_id=replica_id, durability=durability,
         reward_window_s=reward_window_s, run_joiner=False if no_joiner else None, log_level=log_level,
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.environ[SETTINGS_ENV] = settings.to_env()
     if settings.workers > 1:
         # every worker writes its metric values here; /metrics sums them (set before workers import prometheus_client)
-        metrics_dir = DataPaths(settings.data_dir).run / f"metrics-{os.getpid()}"
+        metrics_dir = DataPaths(settings.data_dir, settings.replica_id).run / f"metrics-{os.getpid()}"
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
@@ -94,7 +96,8 @@ def serve(data_dir, host, port, workers, durability, reward_window_s, no_joiner,
 @click.option("--settings", "settings_file", type=click.Path(exists=True, dir_okay=False), help=SETTINGS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON summary.")
 def join(data_dir, once, reward_window_s, settings_file, as_json) -> None:
-    """Join decisions with their rewards into joined/ (DSJSON) and slates/ (Parquet), exactly once."""
+    """Join decisions with their rewards into joined/ (DSJSON) and slates/ (Parquet), exactly once:
+    those of the data directory's own logs and of every replica's in replicas/<id>/."""
     from service.clock import SteadyClock
     from service.join.joiner import Joiner, JoinReport
     from service.serving import join_config
@@ -135,16 +138,18 @@ def join(data_dir, once, reward_window_s, settings_file, as_json) -> None:
 
 @click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help=f"Data directory to check.  [default: ./{DEFAULT_DATA_DIR}]")
+@click.option("--replica-id", help="Check this replica's logs (<data-dir>/replicas/<replica-id>/) beside the shared data.  "
+              "[default: the data directory's own logs]")
 @click.option("--settings", "settings_file", type=click.Path(exists=True, dir_okay=False), help=SETTINGS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON verdict.")
-def doctor(data_dir, settings_file, as_json) -> None:
+def doctor(data_dir, replica_id, settings_file, as_json) -> None:
     """Check a data directory: torn or unreadable log lines, probabilities outside (0, 1], the
     unjoined backlog, and the model store's active pointer. Exit status 1 if anything is wrong."""
     from tqdm import tqdm
 
     from service.ops.doctor import PROBLEM, diagnose, findings_json, log_bytes
 
-    settings = _settings(settings_file, data_dir=data_dir)
+    settings = _settings(settings_file, data_dir=data_dir, replica_id=replica_id)
     with tqdm(total=log_bytes(settings) if settings.data_dir.is_dir() else 0, unit="B", unit_scale=True,
               desc="reading logs", disable=as_json, leave=False) as bar:
         findings = diagnose(settings, progress=bar.update)

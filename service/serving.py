@@ -13,6 +13,7 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from bandit.config import RankerConfig
@@ -73,7 +74,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.paths = DataPaths(settings.data_dir)
+        self.paths = DataPaths(settings.data_dir, settings.replica_id)
         self.metrics = ServiceMetrics(training_dir(settings.data_dir))
         self.store = ModelStore(self.paths.models)
         backoff = settings.background_max_backoff_s
@@ -82,7 +83,7 @@ class Service:
             settings.data_dir, self.store, self.model, self.metrics, poll_s=settings.model_poll_s, max_backoff_s=backoff
         )
         self.clock = SteadyClock()  # decision and reward times: a step of the system clock does not move them
-        self.events = EventIndex(self.paths.decisions, settings.remembered_s, clock=self.clock)
+        self.events = EventIndex(self.paths.decisions, settings.remembered_s, clock=self.clock, peers=self._peer_decisions)
         self._in_flight: set[str] = set()  # event ids being ranked and logged on this worker
         self._served: dict[str, ServedAnswer] = {}  # the last SERVED_KEPT answers, oldest first
         self.decisions: SegmentWriter | None = None
@@ -121,7 +122,8 @@ class Service:
         # what start-up built lives as long as the process: keep it out of every garbage
         # collection (full collections over it were the service's longest pauses)
         gc.freeze()
-        log.info("service started", extra={"fields": {"data_dir": str(paths.root), "durability": settings.durability}})
+        log.info("service started", extra={"fields": {"data_dir": str(paths.root), "log_dir": str(paths.logs.root),
+                                                      "durability": settings.durability}})
 
     def stop(self) -> None:
         self.model.stop()
@@ -135,6 +137,11 @@ class Service:
             if writer is not None:
                 writer.close()
         log.info("service stopped")
+
+    def _peer_decisions(self) -> list[Path]:
+        """The decision directories of the other replicas sharing the data directory: a reward
+        for one of their decisions is found there."""
+        return [logs.decisions for logs in self.paths.all_logs() if logs != self.paths.logs]
 
     def _writer(self, directory, kind: str) -> SegmentWriter:
         s = self.settings

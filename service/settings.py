@@ -21,7 +21,7 @@ from pydantic import ValidationError as PydanticError
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
 from service.eventlog.segments import Durability
-from service.layout import DEFAULT_DATA_DIR
+from service.layout import DEFAULT_DATA_DIR, REPLICA_ID_PATTERN
 
 ENV_PREFIX = "SHELFBANDIT_"
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -36,6 +36,11 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data_dir: Path = DEFAULT_DATA_DIR
+    replica_id: str | None = Field(
+        None, pattern=REPLICA_ID_PATTERN,
+        description="this replica's name (1-64 of A-Z, a-z, 0-9, '_', '-'), for replicas on several hosts sharing the "
+        "data directory: its logs live in <data_dir>/replicas/<replica_id>/; none: in the data directory itself",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)

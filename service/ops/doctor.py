@@ -21,7 +21,7 @@ from pathlib import Path
 from bandit.errors import ShelfBanditError
 from service.eventlog.lines import line_head
 from service.eventlog.segments import is_live, probe_write, segment_paths, torn_tail_size
-from service.join.parts import REJECTED, missing_parts, read_checkpoint, uncommitted_parts
+from service.join.parts import REJECTED, decision_segments, missing_parts, read_checkpoint, uncommitted_parts
 from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.models.active import probe
 from service.models.store import ModelRefused, ModelStore, UnknownModelVersion
@@ -50,8 +50,9 @@ class Finding:
 
 
 def diagnose(settings: Settings, *, progress: Callable[[int], None] | None = None) -> list[Finding]:
-    """Every check on `settings.data_dir`; `progress(n_bytes)` is called as log bytes are read."""
-    paths = DataPaths(settings.data_dir)
+    """Every check on `settings.data_dir` (the logs: those of `settings.replica_id`);
+    `progress(n_bytes)` is called as log bytes are read."""
+    paths = DataPaths(settings.data_dir, settings.replica_id)
     if not paths.root.is_dir():
         return [Finding("data directory", PROBLEM, f"{paths.root} does not exist or is not a directory")]
     findings = [_check_disk(paths.root)]
@@ -70,7 +71,7 @@ def diagnose(settings: Settings, *, progress: Callable[[int], None] | None = Non
 
 
 def log_bytes(settings: Settings) -> int:
-    paths = DataPaths(settings.data_dir)
+    paths = DataPaths(settings.data_dir, settings.replica_id)
     kinds = ((paths.decisions, DECISION_KIND), (paths.rewards, REWARD_KIND), (paths.late_rewards, LATE_KIND))
     return sum(p.stat().st_size for directory, kind in kinds for p in segment_paths(directory, kind))
 
@@ -160,9 +161,9 @@ def _check_joiner(paths: DataPaths, settings: Settings) -> list[Finding]:
     overdue = cutoff - UNJOINED_INTERVALS * settings.join_interval_s
     n_ready = n_overdue = n_waiting = 0
     oldest_ready = None
-    for path in segment_paths(paths.decisions, DECISION_KIND):
+    for key, path in decision_segments(paths):  # every replica's: the joiner's backlog is shared
         with open(path, "rb") as handle:
-            handle.seek(checkpoint.offsets.get(path.name, 0))
+            handle.seek(checkpoint.offsets.get(key, 0))
             for raw in handle:
                 head = line_head(raw) if raw.endswith(b"\n") else None
                 if head is None:
