@@ -6,10 +6,12 @@ import json
 import subprocess
 import time
 
+import pytest
+
 from bandit.config import RankerConfig
 from bandit.vw.ranker import VWShelfRanker
 from service.join.joiner import JoinConfig, Joiner
-from service.join.parts import read_checkpoint
+from service.join.parts import Checkpoint, read_checkpoint
 from service.join.reader import JoinedLog
 from service.layout import DataPaths
 from service.models.store import ModelStore
@@ -119,3 +121,31 @@ def test_two_replicas_one_joiner_every_decision_once_every_reward_once_and_one_m
     served = rows.drop_duplicates("event_id")
     assert (served["model_version"] == new_version).sum() == 2
     assert not (DataPaths(data_dir).joined / "rejected.jsonl").exists()
+
+
+def checkpoint_lost(checkpoint: Checkpoint, path) -> None:
+    raise OSError("disk vanished")
+
+
+def test_a_crash_between_part_and_checkpoint_and_a_replica_that_appears_later_still_join_each_decision_once(tmp_path, monkeypatch):
+    ids_a, lines_a, _, _ = logged_decisions(12, T0, 2.0, seed=3)
+    ids_c, lines_c, _, _ = logged_decisions(12, T0 + 1.0, 2.0, seed=4)
+    write_segment(DataPaths(tmp_path).decisions, "decisions", lines_a[:6], 1)  # the data directory's own logs
+    write_segment(DataPaths(tmp_path, "a").decisions, "decisions", lines_a[6:], 1)
+    config = JoinConfig(60.0, grace_s=0.0, max_events_per_part=5)
+    with Joiner(tmp_path, config, clock=lambda: T0 + 1000) as joiner:
+        joiner.run_once()
+        write_segment(DataPaths(tmp_path, "c").decisions, "decisions", lines_c, 1)  # a replica joins the fleet
+        monkeypatch.setattr(Checkpoint, "write", checkpoint_lost)
+        with pytest.raises(OSError, match="disk vanished"):
+            joiner.run_once()
+        monkeypatch.undo()
+    assert (DataPaths(tmp_path).joined / "part-00000001.jsonl").exists()  # the second part is on disk...
+    assert len(JoinedLog(tmp_path).parts()) == 1  # ...but not committed
+    for _ in range(2):  # a restart, then one that finds nothing new
+        with Joiner(tmp_path, config, clock=lambda: T0 + 1000) as joiner:
+            while joiner.run_once().more_ready:
+                pass
+    rows = JoinedLog(tmp_path).slate_table()
+    per_event = rows.groupby("event_id").size()
+    assert sorted(per_event.index) == sorted(ids_a + ids_c) and (per_event == N_SLOTS).all()
