@@ -46,10 +46,14 @@ def test_new_content_is_swapped_in_and_bad_content_refused_while_the_old_keeps_s
     assert number.current == 7 and number.refused.version == "seven" and "invalid literal" in number.refused.reason
     assert number.refusals == [number.refused] and number.swaps == [(0, 7)]
     assert sample(metrics, "shelfbandit_model_refused") == 1.0 and sample(metrics, "shelfbandit_model_refusals_total") == 1.0
+    refused = number.refused
     number.path.write_text("8")
     number.poll_once()
     assert (number.current, number.refused, number.swaps[-1]) == (8, None, (7, 8))
     assert sample(metrics, "shelfbandit_model_refused") == 0.0 and sample(metrics, "shelfbandit_model_refusals_total") == 1.0
+    number.show_refusal(refused)  # shown again, not counted or announced again
+    assert number.refused is refused and number.refusals == [refused] and number.current == 8
+    assert sample(metrics, "shelfbandit_model_refused") == 1.0 and sample(metrics, "shelfbandit_model_refusals_total") == 1.0
 
 
 def test_a_failing_poll_is_retried_by_the_supervised_poller_without_a_refusal(tmp_path):

@@ -68,8 +68,7 @@ class ActiveModel(Reloader[Served | None]):
                     break
                 refusal = refusal or self.refused
             if refusal is not None and self.current is not None:  # the previous one serves: the pointer's stays refused
-                self.refused = refusal
-                self._refused_gauge.set(1)
+                self.show_refusal(refusal)
         self.poller.start()
 
     # -- swapping ------------------------------------------------------------------------------

@@ -97,6 +97,12 @@ class Reloader(Generic[T]):
         self._refused_gauge.set(1)
         self.announce_refusal(self.refused)
 
+    def show_refusal(self, refusal: Refusal) -> None:
+        """Show a refusal again that a later swap cleared (it was counted and logged already),
+        e.g. the pointer's version while the one before it serves in its place."""
+        self.refused = refusal
+        self._refused_gauge.set(1)
+
     def clear_refusal(self) -> None:
         self.refused = None
         self._refused_gauge.set(0)
