@@ -34,3 +34,7 @@ class OraclePolicy(Policy):
 
     def save(self, path: str | Path) -> str:
         raise ShelfBanditError("the oracle cannot be saved: it reads the simulator's hidden truth")
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides) -> OraclePolicy:
+        raise ShelfBanditError("the oracle cannot be loaded: it is built from a world, never saved")
