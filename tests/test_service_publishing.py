@@ -5,6 +5,7 @@ challenger gate changing the champion's configuration on evidence."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -172,6 +173,45 @@ def test_a_snapshot_that_fails_a_check_is_refused_recorded_and_the_served_model_
     assert exposition.count('shelfbandit_training_publish_refusals_total{check="weights"} 3.0') == 1
     kept = read_meta(tmp_path / refused["model"])  # the refused snapshot is kept for a post-mortem
     assert kept["version"] == read_meta(model)["version"]
+
+
+def test_a_following_loop_whose_rounds_fail_says_so_retries_and_recovers(local_ray, tmp_path):
+    served_log(tmp_path, 5, 600, 300)
+    checkpoint = tmp_path / "joined" / "checkpoint.json"
+    good = checkpoint.read_bytes()
+    stop = threading.Event()
+
+    def status_until(condition, timeout_s=90.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = read_status(training_dir(tmp_path))
+            if status is not None and condition(status):
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"the trainer's status never changed as expected: {read_status(training_dir(tmp_path))}")
+
+    with TrainingLoop(tmp_path, [SQUARECB], publish=SLOW) as loop:
+        follower = threading.Thread(target=loop.run, args=(stop,), kwargs={"interval_s": 0.2})
+        follower.start()
+        try:
+            status_until(lambda s: s.get("champion_version") is not None)  # a good round went by
+            checkpoint.write_bytes(b"{not json")  # the joined log turns unreadable under the trainer
+            failing = status_until(lambda s: s.get("failing"))["failing"]
+            assert "joiner checkpoint is not valid JSON" in failing["error"]
+            [finding] = [f for f in diagnose(Settings(data_dir=tmp_path)) if f.check == "publishing"]
+            assert finding.status == "problem" and "the trainer's rounds fail" in finding.message
+            exposition = ServiceMetrics(training_dir(tmp_path)).exposition().decode()
+            assert "shelfbandit_training_rounds_failing 1.0" in exposition
+            assert follower.is_alive()  # it retries, it does not die
+            checkpoint.write_bytes(good)
+            recovered = status_until(lambda s: not s.get("failing"))
+            assert recovered["failures_total"] >= 1
+        finally:
+            stop.set()
+            follower.join(timeout=120)
+    assert not follower.is_alive()
+    exposition = ServiceMetrics(training_dir(tmp_path)).exposition().decode()
+    assert "shelfbandit_training_rounds_failing 0.0" in exposition
 
 
 def inverted(world: TinyWorld) -> TinyWorld:

@@ -258,6 +258,11 @@ def _check_publishing(data_dir: Path) -> list[Finding]:
     interval = float(status.get("interval_s") or 0.0)
     published = status.get("last_published") or {}
     refused = int(status.get("refusals_in_a_row") or 0)
+    failing = status.get("failing")
+    if failing:
+        return [Finding("publishing", PROBLEM, f"the trainer's rounds fail ({failing.get('in_a_row')} in a row since "
+            f"{now - float(failing.get('since') or now):.0f} s ago, the last: {failing.get('error')}); it retries with backoff, "
+            "see its log for the traceback")]
     if refused >= REFUSALS_PROBLEM:
         last = next((r for r in reversed(read_records(data_dir, PUBLISH_REFUSED))), {})
         return [Finding("publishing", PROBLEM, f"the champion's last {refused} snapshots were refused (the last by the "

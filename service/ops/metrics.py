@@ -167,6 +167,10 @@ PUBLISHING_GAUGES = {
     f"{PREFIX}_training_publish_paused": (
         "1 while an operator's pin pauses timed publishing", lambda s: float(bool(s.get("pinned")))),
     f"{PREFIX}_training_publish_interval_seconds": ("the trainer's publish interval", lambda s: s.get("interval_s")),
+    f"{PREFIX}_training_rounds_failing": (
+        "1 while the trainer's rounds fail (it retries with backoff)", lambda s: float(bool(s.get("failing")))),
+    f"{PREFIX}_training_round_failures": (
+        "rounds of the running trainer that failed", lambda s: s.get("failures_total")),
     f"{PREFIX}_training_status_timestamp_seconds": (
         "when the trainer last wrote its publishing state (every round)", lambda s: s.get("updated")),
 }

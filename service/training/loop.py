@@ -33,6 +33,7 @@ from service.experiments.arms import ACTIVE, BASELINES, ArmsFile
 from service.join.reader import JoinedLog, learnable_rows
 from service.layout import DataPaths
 from service.models.store import ActivePointer, ModelRefused, ModelStore, PointerPinned
+from service.supervisor import Supervised
 from service.training.candidates import DEFAULT_CANDIDATES, Candidate, check_candidates
 from service.training.judge import (
     BASELINE_COLUMNS,
@@ -45,7 +46,7 @@ from service.training.judge import (
     last_events,
     served_by,
 )
-from service.training.publishing import PublishSettings, SnapshotRefused, checked_snapshot, guardrail_refusal, write_status
+from service.training.publishing import PublishSettings, SnapshotRefused, checked_snapshot, guardrail_refusal, read_status, write_status
 from service.training.records import (
     GATE,
     PROMOTED,
@@ -64,6 +65,8 @@ MAX_DEATHS = 3  # rounds in a row a trainer may die (Ray restarts it; it resumes
 MAX_SERVED_VERSIONS = 1000  # recently published versions whose events the guardrail reads
 FOLLOW_INTERVAL_S = 1.0  # how often a following loop looks for new parts once caught up
 RESTART_WAIT_S = 60.0  # how long a restarting trainer may take to answer again
+TRAINER_TASK = "trainer"
+FAILED_ROUND_BASE_S, FAILED_ROUND_MAX_S = 1.0, 60.0  # backoff after failed rounds of a following loop
 _EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
 
 
@@ -189,6 +192,7 @@ class TrainingLoop:
         self._refusals: dict[str, int] = {}  # publish refusals by check, over the records
         self._current_at = 0.0  # when the active model was last seen to be the champion's latest
         self._waiting: dict[str, str] = {}
+        self._failures_total = 0  # rounds of this process that raised
         self._names = {c.name for c in self.candidates}
         self._deaths: dict[str, int] = {}
         self._lock_fd: int | None = None
@@ -359,13 +363,28 @@ class TrainingLoop:
 
     def run(self, stop: threading.Event, interval_s: float = FOLLOW_INTERVAL_S,
             on_round: Callable[[RoundReport], None] | None = None) -> None:
-        """Rounds until `stop` is set: back to back while parts wait, else one every `interval_s`."""
-        while not stop.is_set():
-            report = self.run_once()
+        """Rounds until `stop` is set: back to back while parts wait, else one every `interval_s`.
+
+        Supervised (service/supervisor.py): a round that raises is logged with its traceback,
+        counted, shown in `publishing.json` (`failing`, `failures_total`: the service's metrics
+        and `doctor` read it) and retried with capped backoff; the next good round clears it."""
+
+        def round_step() -> float:
+            try:
+                report = self.run_once()
+            except Exception as err:
+                self._failed_round(err)
+                raise
             if on_round is not None:
                 on_round(report)
-            if report.n_events == 0:
-                stop.wait(min(interval_s, self.publish.interval_s))
+            return 0.0 if report.n_events else min(interval_s, self.publish.interval_s)
+
+        task = Supervised(TRAINER_TASK, round_step, base_s=FAILED_ROUND_BASE_S, max_backoff_s=FAILED_ROUND_MAX_S).start()
+        try:
+            while not stop.wait(0.5) and task.running:
+                pass
+        finally:
+            task.stop(timeout_s=RESTART_WAIT_S * 10)  # the round under way ends first, as a round always did
 
     def backfill(self, on_round: Callable[[RoundReport], None] | None = None) -> list[RoundReport]:
         """Rounds until every candidate has trained every committed part; the last one publishes
@@ -585,7 +604,16 @@ class TrainingLoop:
             "refusals_by_check": self._refusals,
             "candidates": sorted(self._names),
             "waiting": self._waiting,
+            "failures_total": self._failures_total,
         })
+
+    def _failed_round(self, err: Exception) -> None:
+        """Say in the publishing state that rounds fail (the round could not write it)."""
+        self._failures_total += 1
+        status = read_status(training_dir(self.data_dir)) or {}
+        failing = status.get("failing") or {"since": time.time(), "in_a_row": 0}
+        failing = {**failing, "error": f"{type(err).__name__}: {err}", "in_a_row": failing["in_a_row"] + 1}
+        write_status(training_dir(self.data_dir), {**status, "failing": failing, "failures_total": self._failures_total})
 
     # -- Ray -----------------------------------------------------------------------------------
     def _get(self, refs: list) -> list:
