@@ -13,6 +13,10 @@ FeatureValue = str | bool | int | float
 MAX_FEATURES = 256
 MAX_NAME_LENGTH = 128
 MAX_VALUE_LENGTH = 512
+# a number is 0 or of a magnitude in [MIN_MAGNITUDE, MAX_MAGNITUDE]: VW's scores overflow beyond
+# (1e20 already, for a fresh model), and its text parser turns values like 1.9e-121 into nonsense;
+# no count, age or rate a feature carries comes near either bound
+MIN_MAGNITUDE, MAX_MAGNITUDE = 1e-12, 1e12
 
 
 class Features(Mapping[str, FeatureValue]):
@@ -93,5 +97,7 @@ def _check_value(value: object, field: str) -> FeatureValue:
             number = math.inf
         if not math.isfinite(number):
             raise ValidationError(field, "numeric values must be finite (no NaN or infinity)", value)
+        if number != 0.0 and not MIN_MAGNITUDE <= abs(number) <= MAX_MAGNITUDE:
+            raise ValidationError(field, f"numeric values must be 0 or of a magnitude in [{MIN_MAGNITUDE:g}, {MAX_MAGNITUDE:g}]", value)
         return number
     raise ValidationError(field, "values must be a string, a boolean or a finite number", type(value).__name__)

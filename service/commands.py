@@ -1,4 +1,4 @@
-"""`shelfbandit serve`, `shelfbandit join` and `shelfbandit doctor`."""
+"""`shelfbandit serve`, `shelfbandit join`, `shelfbandit doctor` and `shelfbandit openapi`."""
 
 from __future__ import annotations
 
@@ -161,3 +161,20 @@ def doctor(data_dir, replica_id, settings_file, as_json) -> None:
     click.echo(json.dumps(verdict))
     if not verdict["healthy"]:
         raise click.exceptions.Exit(1)
+
+
+@click.command()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the document here.  [default: stdout]")
+def openapi(out) -> None:
+    """Write the API document (OpenAPI 3.1, JSON) of the service with the default settings: the
+    one in docs/openapi.json, from which clients in other languages are generated."""
+    from service.http.app import create_app
+    from service.http.openapi import document_text
+    from service.settings import Settings
+
+    text = document_text(create_app(Settings()).openapi())
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"wrote {out}", err=True)

@@ -17,6 +17,7 @@ COMMANDS = {
     "serve": "service.commands:serve",
     "join": "service.commands:join",
     "doctor": "service.commands:doctor",
+    "openapi": "service.commands:openapi",
     "train": "service.training.commands:train",
     "arms": "service.experiments.commands:arms",
     "ab-report": "service.experiments.commands:ab_report",

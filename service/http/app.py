@@ -19,12 +19,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from bandit.errors import FieldError, ValidationError
 from service.errors import Forbidden, LateReward, NotReady, RepeatedEvent, Unauthenticated, UnknownEvent
 from service.eventlog.segments import LogWriteError
 from service.http.convert import ranking_json
 from service.http.keys import KEY_HEADER, ClientKeys, MissingKey
+from service.http.openapi import use_document
 from service.http.routes import arms, model, ops, rank, reward
 from service.logs import get_logger
 from service.models.store import ModelRefused, UnknownModelVersion
@@ -58,6 +60,7 @@ ERROR_STATUS = {
     MissingKey: 401,
     Forbidden: 403,
 }
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 DISCARD_BYTES, DISCARD_S = 64 * 2**20, 10.0  # how much of a refused body is read before the 413
 RETRY_AFTER = {"Retry-After": "1"}  # seconds: a failed log write is retried within 0.5 s, and probed meanwhile
 ERROR_HEADERS = {
@@ -100,6 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(ObserveAndLimit, max_body_bytes=settings.max_body_bytes, access_log=settings.access_log)
+    use_document(app, settings)
     return app
 
 
@@ -150,8 +154,21 @@ async def _request_validation_error(request: Request, err: RequestValidationErro
 
 
 async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-    """Starlette's own answers (no such route, method not allowed): no field to name."""
-    return problem(err.status_code, "", str(err.detail), headers=getattr(err, "headers", None))
+    """Starlette's own answers (no such route, method not allowed): no field to name. A 405's
+    `Allow` lists the methods of every route of the path (Starlette names only the first's)."""
+    headers = getattr(err, "headers", None)
+    if err.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+    return problem(err.status_code, "", str(err.detail), headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods the app's routes take at the request's path (asked of the routing itself)."""
+    scope = request.scope
+    return [
+        method for method in HTTP_METHODS
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in request.app.routes)
+    ]
 
 
 async def _unexpected_error(request: Request, err: Exception) -> JSONResponse:

@@ -8,11 +8,11 @@ from service.errors import NotReady
 from service.experiments.arms import APPRENTICE, ArmsConfig
 from service.experiments.live import LiveArms
 from service.http.deps import AdminDep, ServiceDep
-from service.http.schemas import ArmOut, ArmsIn, ArmsOut, ArmsRefusalOut, Problem
+from service.http.schemas import ArmOut, ArmsIn, ArmsOut, ArmsRefusalOut, problems
 from service.serving import Service
 
 router = APIRouter(prefix="/v1/arms", tags=["experiments"])
-ADMIN_ERRORS = {401: {"model": Problem}, 403: {"model": Problem}, 422: {"model": Problem}}
+
 
 
 def arms_out(service: Service, live: LiveArms) -> ArmsOut:
@@ -50,7 +50,7 @@ def arms(service: ServiceDep) -> ArmsOut:
     return arms_out(service, service.experiment.current)
 
 
-@router.put("", response_model=ArmsOut, dependencies=[AdminDep], responses=ADMIN_ERRORS)
+@router.put("", response_model=ArmsOut, dependencies=[AdminDep], responses=problems(400, 401, 403, 413, 422))
 def put_arms(body: ArmsIn, service: ServiceDep) -> ArmsOut:
     """Replace the arms (admin). The configuration is checked and its pinned versions loaded and
     probed first (422 naming the field otherwise; nothing changes then), then written to
@@ -59,7 +59,7 @@ def put_arms(body: ArmsIn, service: ServiceDep) -> ArmsOut:
     return arms_out(service, service.experiment.apply(config))
 
 
-@router.delete("", response_model=ArmsOut, dependencies=[AdminDep], responses=ADMIN_ERRORS)
+@router.delete("", response_model=ArmsOut, dependencies=[AdminDep], responses=problems(401, 403))
 def delete_arms(service: ServiceDep) -> ArmsOut:
     """End the experiment (admin): remove `arms.json`, back to the single `main` arm."""
     return arms_out(service, service.experiment.clear())

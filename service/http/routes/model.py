@@ -7,13 +7,13 @@ from fastapi import APIRouter
 
 from service.errors import NotReady
 from service.http.deps import AdminDep, ServiceDep
-from service.http.schemas import ActivateRequest, ActivateResponse, ModelOut, ModelRefusalOut, Problem, ResumeResponse
+from service.http.schemas import ActivateRequest, ActivateResponse, ModelOut, ModelRefusalOut, ResumeResponse, problems
 from service.models.store import ModelRefused
 
 router = APIRouter(prefix="/v1/model", tags=["model"])
 
 
-@router.get("", response_model=ModelOut, responses={503: {"model": Problem}})
+@router.get("", response_model=ModelOut, responses=problems(503))
 def model(service: ServiceDep) -> ModelOut:
     """The version this worker serves, what the active pointer says, and any refused version."""
     served = service.model.current
@@ -41,7 +41,7 @@ def model(service: ServiceDep) -> ModelOut:
     "/activate",
     response_model=ActivateResponse,
     dependencies=[AdminDep],
-    responses={401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Problem}},
+    responses=problems(400, 401, 403, 404, 409, 413, 422),
 )
 def activate(body: ActivateRequest, service: ServiceDep) -> ActivateResponse:
     """Activate a stored version (rollback = activate an older one) and pin it: the trainer's
@@ -53,7 +53,7 @@ def activate(body: ActivateRequest, service: ServiceDep) -> ActivateResponse:
 
 
 @router.post("/resume", response_model=ResumeResponse, dependencies=[AdminDep],
-             responses={401: {"model": Problem}, 403: {"model": Problem}, 503: {"model": Problem}})
+             responses=problems(401, 403, 503))
 def resume(service: ServiceDep) -> ResumeResponse:
     """Unpin the active version: the trainer's timed publishing replaces it again at its next
     publication. Harmless when nothing is pinned."""

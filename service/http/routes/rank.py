@@ -6,12 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from service.http.convert import rank_inputs, ranking_json
 from service.http.deps import KeyIdDep, ServiceDep
-from service.http.schemas import (
-    Problem,
-    RankRequest,
-    RankResponse,
-    RepeatedEventProblem,
-)
+from service.http.schemas import RankRequest, RankResponse, RepeatedEventProblem, problems
 
 router = APIRouter(prefix="/v1", tags=["decisions"])
 
@@ -19,7 +14,7 @@ router = APIRouter(prefix="/v1", tags=["decisions"])
 @router.post(
     "/rank",
     response_model=RankResponse,
-    responses={409: {"model": RepeatedEventProblem}, 413: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+    responses={**problems(400, 401, 403, 413, 422, 503), 409: {"model": RepeatedEventProblem}},
 )
 async def rank(body: RankRequest, service: ServiceDep, key_id: KeyIdDep, request: Request) -> Response:
     """Rank `shelves` into `slots` slots. The decision is logged durably before the answer.
@@ -27,6 +22,13 @@ async def rank(body: RankRequest, service: ServiceDep, key_id: KeyIdDep, request
     `probability` is P(this shelf at this slot | the shelves above it) under the policy of the
     arm that served (`arm`; the listener id decides it, see docs/experiments.md). Ranking runs
     on the service's ranking thread, so the event loop is never blocked by it.
+
+    Rules beyond the schema (422 naming the field): shelf ids are unique, `slots` is at most
+    the number of shelves, and every `baseline` id is a candidate's. 401/403: a client key is
+    configured and `X-Shelfbandit-Key` is missing or unknown. 409: the event id was served
+    already (`served`: the answer it got, for the key that asked). 413: the body is larger
+    than the service's `max_body_bytes`. 503 (`Retry-After`): the decision could not be logged
+    durably, or no model can serve.
     """
     context, shelves, baseline = rank_inputs(body, service.settings)
     decision, served_by = await service.rank(context, shelves, body.slots, body.event_id, baseline, key_id)
