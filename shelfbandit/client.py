@@ -21,6 +21,8 @@ What the client guarantees:
   (`sent=False`), so no policy is credited with a ranking it did not make. Without a fallback
   the call raises `ServiceUnavailable`.
 - One connection pool per client (`max_connections`); share one client between requests.
+- `key`: the client key the service gave this backend (sent as `X-Shelfbandit-Key` with every
+  call); a service with keys configured answers 401/403 without a known one (`InvalidRequest`).
 
 It depends on httpx, orjson and `bandit.errors` only (the import rules check it), so the
 simulator's HTTP driver uses it too.
@@ -48,6 +50,7 @@ log = logging.getLogger("shelfbandit.client")
 FALLBACK_PREFIX = "fallback:"
 RETRY_STATUSES = frozenset({502, 503, 504})
 _USER_AGENT = "shelfbandit-client/1"
+KEY_HEADER = "X-Shelfbandit-Key"
 _JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -430,6 +433,7 @@ class _Base:
         max_connections: int,
         headers: Mapping[str, str] | None,
         rng: random.Random | None,
+        key: str | None,
     ) -> None:
         if not timeout_s > 0:
             raise ValidationError("timeout_s", "must be > 0", timeout_s)
@@ -446,7 +450,7 @@ class _Base:
         self._rng = rng or random.Random()
         self._http_options = {
             "base_url": base_url,
-            "headers": {"user-agent": _USER_AGENT, **(headers or {})},
+            "headers": {"user-agent": _USER_AGENT, **({KEY_HEADER: key} if key is not None else {}), **(headers or {})},
             "timeout": httpx.Timeout(timeout_s),
             "limits": httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         }
@@ -510,10 +514,11 @@ class DecisionClient(_Base):
         max_connections: int = 32,
         headers: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
+        key: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(base_url, timeout_s=timeout_s, deadline_s=deadline_s, retry=retry, fallback=fallback,
-                         max_connections=max_connections, headers=headers, rng=rng)
+                         max_connections=max_connections, headers=headers, rng=rng, key=key)
         self._http = httpx.Client(**self._http_options, transport=transport)
 
     def rank(
@@ -589,10 +594,11 @@ class AsyncDecisionClient(_Base):
         max_connections: int = 32,
         headers: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
+        key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(base_url, timeout_s=timeout_s, deadline_s=deadline_s, retry=retry, fallback=fallback,
-                         max_connections=max_connections, headers=headers, rng=rng)
+                         max_connections=max_connections, headers=headers, rng=rng, key=key)
         self._http = httpx.AsyncClient(**self._http_options, transport=transport)
 
     async def rank(

@@ -16,6 +16,7 @@ from service.commands import is_loopback, serve
 from service.eventlog.lines import decision_line
 from service.layout import DECISION_KIND
 from service.settings import Settings
+from shelfbandit.client import DecisionClient, InvalidRequest
 from tests.service_support import ADMIN_TOKEN, catalogue, logged_decisions, rank_body, running_service, write_segment
 
 HOME_1, HOME_2, PODS = "home-secret-0001-aaaa", "home-secret-0002-bbbb", "pods-secret-0001-cccc"
@@ -95,6 +96,28 @@ def test_only_the_key_that_asked_may_reward(keyed):
     assert not any(secret.encode() in logged for secret in (HOME_1, HOME_2, PODS))
     rewards = [json.loads(line) for p in (keyed.data_dir / "rewards").glob("*.jsonl") for line in p.read_bytes().splitlines()]
     assert [(r["event_id"], r["slot"]) for r in rewards if r["event_id"] == "ev-home-1"] == [("ev-home-1", 1)]
+
+
+def test_a_repeated_event_id_gets_its_answer_only_with_its_key(keyed):
+    with keyed.client() as http:
+        first = http.post("/v1/rank", json=rank_body(event_id="ev-home-2"), headers={KEY: HOME_1})
+        again = http.post("/v1/rank", json=rank_body(event_id="ev-home-2"), headers={KEY: HOME_2})
+        other = http.post("/v1/rank", json=rank_body(event_id="ev-home-2"), headers={KEY: PODS})
+    assert first.status_code == 200 and again.status_code == other.status_code == 409
+    assert again.json()["served"] == first.json()
+    assert other.json()["served"] is None
+
+
+def test_the_client_library_sends_its_key(keyed):
+    with DecisionClient(keyed.url, key=HOME_1, timeout_s=10.0) as client:
+        ranking = client.rank(catalogue(5), 2)
+        assert client.reward(ranking, 1.0, slot=0).status == "accepted"
+    with DecisionClient(keyed.url, key=PODS, timeout_s=10.0) as other, pytest.raises(InvalidRequest) as refused:
+        other.reward(ranking, 1.0, slot=1)
+    assert refused.value.status == 403 and refused.value.field == "event_id"
+    with DecisionClient(keyed.url, timeout_s=10.0) as keyless, pytest.raises(InvalidRequest) as missing:
+        keyless.rank(catalogue(5), 2)
+    assert missing.value.status == 401 and missing.value.field == "x-shelfbandit-key"
 
 
 def test_a_reward_reaching_another_worker_is_checked_against_the_key_in_its_log(keyed):
