@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bandit.policy import Policy
 from bandit.types import Context, Shelf
 from service.logs import get_logger
 from service.models.reloader import Refusal, Reloader
 from service.models.store import ModelRefused, ModelStore, ModelVersion, UnknownModelVersion
-from service.ops.metrics import ServiceMetrics
+
+if TYPE_CHECKING:
+    from service.ops.metrics import ServiceMetrics
 
 PROBE_SHELVES = (Shelf("probe-a", {"kind": "probe"}), Shelf("probe-b", {"kind": "probe"}))
 
