@@ -11,10 +11,14 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from bandit.config import RankerConfig
 from bandit.errors import ValidationError
+from bandit.vw.ranker import VWShelfRanker
 from service.commands import is_loopback, serve
 from service.eventlog.lines import decision_line
-from service.layout import DECISION_KIND
+from service.join.joiner import JoinConfig, Joiner
+from service.join.reader import JoinedLog
+from service.layout import DECISION_KIND, DataPaths
 from service.settings import Settings
 from shelfbandit.client import DecisionClient, InvalidRequest
 from tests.service_support import ADMIN_TOKEN, catalogue, logged_decisions, rank_body, running_service, write_segment
@@ -202,3 +206,17 @@ def test_serve_warns_when_open_endpoints_bind_a_public_interface(tmp_path, monke
     assert ("client endpoints open on a public interface" in result.stderr) is warned
     local = CliRunner().invoke(serve, ["--host", "127.0.0.1", "--data-dir", str(tmp_path / "d"), "--settings", str(settings_file)])
     assert "WARNING" not in local.stderr
+
+
+def test_vw_trains_on_joined_lines_that_name_their_key(tmp_path):
+    """`_key_id` is one more field VW's own DSJSON reader ignores."""
+    _, _, decisions, shelves = logged_decisions(3, start=1_700_000_000.0, spacing=1.0)
+    lines = [decision_line(context, shelves, decision, timestamp=1_700_000_000.0 + i, baseline=(), key_id="home")
+             for i, (context, decision) in enumerate(decisions)]
+    paths = DataPaths(tmp_path)
+    write_segment(paths.decisions, DECISION_KIND, lines, 1)
+    with Joiner(tmp_path, JoinConfig(60.0, grace_s=0.0)) as joiner:
+        assert joiner.run_once().n_events == 3
+    [part] = JoinedLog(tmp_path).parts()
+    assert all(json.loads(line)["_key_id"] == "home" for line in part.jsonl.read_bytes().splitlines())
+    assert VWShelfRanker(RankerConfig()).learn_file(part.jsonl) == 3
