@@ -133,21 +133,22 @@ class Settings(BaseModel):
         return settings
 
     @property
+    def admin_secret(self) -> str | None:
+        return self.admin_token.get_secret_value() if self.admin_token is not None else None
+
+    @property
     def keys_open(self) -> bool:
         """No client key is configured now (in the settings or the keys file): /v1/rank and /v1/reward are open."""
-        admin = self.admin_token.get_secret_value() if self.admin_token is not None else None
-        return not self.key_table() and not (self.client_keys_file and read_keys_file(self.client_keys_file, admin))
+        return not self.key_table() and not (self.client_keys_file and read_keys_file(self.client_keys_file, self.admin_secret))
 
     def key_table(self) -> dict[str, tuple[str, ...]]:
         """The settings' client keys, checked: key name -> its secrets."""
-        admin = self.admin_token.get_secret_value() if self.admin_token is not None else None
-        return client_key_table(self.client_keys, "settings.client_keys", admin_token=admin)
+        return client_key_table(self.client_keys, "settings.client_keys", admin_token=self.admin_secret)
 
     def to_env(self) -> str:
         """Serialise for worker processes (secrets included: the variable stays in-process)."""
         data = self.model_dump(mode="json")
-        if self.admin_token is not None:
-            data["admin_token"] = self.admin_token.get_secret_value()
+        data["admin_token"] = self.admin_secret
         data["client_keys"] = {name: list(secrets) for name, secrets in self.key_table().items()}
         return json.dumps(data)
 

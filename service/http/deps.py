@@ -51,7 +51,7 @@ async def require_admin(
     """401 without a bearer token, 403 with a wrong one (or when no admin token is configured)."""
     if credentials is None:
         raise Unauthenticated("authorization", "an admin bearer token is required")
-    expected = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
+    expected = settings.admin_secret
     if expected is None:
         raise Forbidden("authorization", "admin endpoints are disabled (no admin token is configured)")
     if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):

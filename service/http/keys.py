@@ -64,7 +64,7 @@ class ClientKeys:
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics | None = None) -> None:
         self._fixed = settings.key_table()
-        self._admin = settings.admin_token.get_secret_value() if settings.admin_token is not None else None
+        self._admin = settings.admin_secret
         self._file = settings.client_keys_file
         self._stamp: tuple[int, int, int] | None = _UNREAD
         self._entries = digests(self._fixed)
