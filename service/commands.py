@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from bandit.durable import try_lock
 from service.eventlog.segments import DURABILITY_MODES
 from service.layout import DEFAULT_DATA_DIR, DataPaths
 
@@ -62,6 +63,7 @@ def serve(data_dir, host, port, workers, replica_id, durability, reward_window_s
         reward_window_s=reward_window_s, run_joiner=False if no_joiner else None, log_level=log_level,
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _hold_replica(DataPaths(settings.data_dir, settings.replica_id))
     os.environ[SETTINGS_ENV] = settings.to_env()
     if settings.workers > 1:
         # every worker writes its metric values here; /metrics sums them (set before workers import prometheus_client)
@@ -86,6 +88,18 @@ def serve(data_dir, host, port, workers, replica_id, durability, reward_window_s
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+def _hold_replica(paths: DataPaths) -> None:
+    """Take a replica's lock until this process exits (its descriptor is never closed; nothing
+    without a replica id): a second replica started with the same id is refused, since its
+    segments could collide with the first one's."""
+    if paths.replica_id is None:
+        return
+    paths.logs.root.mkdir(parents=True, exist_ok=True)
+    if try_lock(paths.logs.lock) is None:
+        raise click.UsageError(f"--replica-id {paths.replica_id}: another replica with this id is serving "
+                               f"(it holds {paths.logs.lock}); every replica needs an id of its own")
 
 
 @click.command()

@@ -41,6 +41,11 @@ class LogDir:
     def run(self) -> Path:
         return self.root / "run"
 
+    @property
+    def lock(self) -> Path:
+        """Held by the replica's `shelfbandit serve` while it runs: one replica per id."""
+        return self.root / ".lock"
+
     def segment_key(self, segment: Path) -> str:
         """A segment's name in the joiner's checkpoint: its file name, prefixed by the replica id
         for a replica's logs (segment names are unique in one directory, not across hosts)."""

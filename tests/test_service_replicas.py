@@ -14,6 +14,7 @@ from service.join.joiner import JoinConfig, Joiner
 from service.join.parts import Checkpoint, read_checkpoint
 from service.join.reader import JoinedLog
 from service.layout import DataPaths
+from service.local import free_port
 from service.models.store import ModelStore
 from tests.faults_support import SHELFBANDIT
 from tests.service_support import logged_decisions, rank_body, reward, running_service, write_segment
@@ -88,6 +89,8 @@ def test_two_replicas_one_joiner_every_decision_once_every_reward_once_and_one_m
             assert len(list(logs.decisions.glob("decisions-*.jsonl"))) == 1
             assert list(logs.rewards.glob("rewards-*.jsonl"))
         assert not DataPaths(data_dir).decisions.exists()
+        twin = shelfbandit("serve", "--data-dir", str(data_dir), "--replica-id", "a", "--port", str(free_port()), timeout_s=60.0)
+        assert twin.returncode == 2 and "another replica with this id is serving" in twin.stderr, twin.stderr
 
         # a model published to the shared store: both replicas swap to it
         new_version = ModelStore(DataPaths(data_dir).models).publish(VWShelfRanker(RankerConfig(epsilon=0.4, seed=9)), activate=True)
