@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import anyio
 import httpx
@@ -572,7 +572,7 @@ class DecisionClient(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> DecisionClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -653,7 +653,7 @@ class AsyncDecisionClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> AsyncDecisionClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
