@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from service.join.parts import Checkpoint, JoinedPart, read_checkpoint
@@ -22,6 +23,11 @@ def learnable_rows(rows: pd.DataFrame) -> np.ndarray:
     """Rows of events a trainer learns (not those of logging-only arms): `learn` true, or every
     row of a part written before that column existed. Shape (n,) bool."""
     return rows["learn"].to_numpy(dtype=bool) if "learn" in rows else np.ones(len(rows), dtype=bool)
+
+
+def slate_columns(part: JoinedPart, columns: Sequence[str]) -> pa.Table:
+    """A committed part's slate `columns` as Arrow, for readers that stay columnar (the trainer)."""
+    return pq.read_table(part.slates, columns=list(columns))
 
 
 class JoinedLog:

@@ -22,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from bandit.errors import ShelfBanditError
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.readers import read_dsjson
 from offline_eval.scoring import logged_scores
 from service.join.parts import JoinedPart
-from service.join.reader import JoinedLog
+from service.join.reader import JoinedLog, slate_columns
 from service.training.candidates import Candidate
 from service.training.state import StepRecord, TrainerState, candidate_dir, model_name
 
@@ -60,7 +59,7 @@ class PartEvents:
         ends = np.cumsum([len(line) + 1 for line in lines]) if lines else np.zeros(0, dtype=np.int64)
         learn = np.ones(len(lines), dtype=bool)
         learn[np.searchsorted(ends, [m.start() for m in _NOT_LEARNED.finditer(text)], side="right")] = False
-        table = pq.read_table(part.slates, columns=["event_id", "slot", "action"])
+        table = slate_columns(part, ["event_id", "slot", "action"])
         slot = table.column("slot").to_numpy()
         starts = np.flatnonzero(slot == 0)
         event_ids = table.column("event_id").to_numpy(zero_copy_only=False)[starts].astype(str)
