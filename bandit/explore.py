@@ -7,18 +7,64 @@ cb_explore_adf explorers of the same name (greedy, softmax, squarecb), so one VW
 scores every shelf for every slot is enough to sample a whole ordering in numpy.
 
 `explorer.slot_model(costs (K, N), gamma)` is the SlotModel of one decision; it prepares what
-the explorer needs once per decision (cost ranks, softmax weights) so each slot costs only a
-few array operations. `explorer.slot_model(costs (K, E, N), gamma (E,))` is the model of E
-decisions at once, whose `probs` takes the decision of each row (`event`).
+the explorer needs once per decision (cost ranks, softmax weights; on first use) so each slot
+costs only a few array operations. `explorer.slot_model(costs (K, E, N), gamma (E,))` is the
+model of E decisions at once, whose `probs` takes the decision of each row (`event`).
+
+`kernel_spec()` describes a slot model to the compiled kernel of `bandit.sampling`, which
+samples, conditions and marginalises a whole request in one call; `probs` stays the reference.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from bandit.errors import ValidationError
+
+# the explorer kinds of bandit.sampling_kernel (kept here so the kernel is imported only when used)
+KERNEL_GREEDY, KERNEL_SOFTMAX_PREPARED, KERNEL_SOFTMAX, KERNEL_SQUARECB = 0, 1, 2, 3
+
+
+class KernelSpec(NamedTuple):
+    """A slot model as the compiled kernel reads it (see `bandit.sampling_kernel.sample`): costs
+    and prepared softmax weights (K, E, N) C-contiguous float64, gamma (E,), epsilon, lambda and
+    the uniform share."""
+
+    kind: int
+    costs: np.ndarray
+    weights: np.ndarray
+    gamma: np.ndarray
+    epsilon: float
+    lam: float
+    share: float
+
+
+def softmax_exps(lam: float, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For costs (K, E, N): each slot's shelves in ascending cost order (K, E, N) and, for its K
+    cheapest (at most k < K are taken above slot k, so the cheapest available one is among its
+    first k + 1), the weights Softmax.probs computes when the cheapest available cost is theirs,
+    exp(-lam max(c - c_cheapest, 0)) (K, E, K, N): the same numpy expression."""
+    n_slots = costs.shape[0]
+    order = np.argsort(costs, axis=-1, kind="stable")
+    lowest = np.take_along_axis(costs, order[..., :n_slots], axis=-1)
+    exps = np.exp(-lam * np.maximum(costs[:, :, None, :] - lowest[..., None], 0.0))
+    return np.ascontiguousarray(order), exps
+
+
+def _per_event(table: np.ndarray) -> np.ndarray:
+    """A per-decision table (K, N) or (K, E, N) as (K, E, N) contiguous float64."""
+    table = np.asarray(table, dtype=np.float64)
+    return np.ascontiguousarray(table[:, None, :] if table.ndim == 2 else table)
+
+
+def _gammas(gamma, costs: np.ndarray) -> np.ndarray:
+    """gamma (a float, or one per decision) as (E,) float64."""
+    if isinstance(gamma, (int, float)):
+        return np.full(costs.shape[1], float(gamma))
+    return np.ascontiguousarray(gamma, dtype=np.float64).reshape(costs.shape[1])
 
 
 def _masked(costs: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +176,20 @@ class _ExplorerSlots:
         gamma = self.gamma if event is None or np.ndim(self.gamma) == 0 else self.gamma[event][:, None]
         return self.explorer.probs(self._rows(self.costs, slot, event), available, self.n_shelves - slot, gamma)
 
+    def kernel_spec(self) -> KernelSpec | None:
+        """What the compiled kernel needs to reproduce `probs`, or None where it cannot."""
+        costs = _per_event(self.costs)
+        explorer = self.explorer
+        if isinstance(explorer, EpsilonGreedy):
+            kind, epsilon, lam = KERNEL_GREEDY, explorer.epsilon, 0.0
+        elif isinstance(explorer, Softmax):
+            kind, epsilon, lam = KERNEL_SOFTMAX, explorer.epsilon, explorer.lam
+        elif isinstance(explorer, SquareCB):
+            kind, epsilon, lam = KERNEL_SQUARECB, 0.0, 0.0
+        else:
+            return None
+        return KernelSpec(kind, costs, costs, _gammas(self.gamma, costs), float(epsilon), float(lam), 0.0)
+
 
 class UniformShare:
     """SlotModel: (1 - share) * the base model's probabilities + share spread evenly over the
@@ -146,18 +206,39 @@ class UniformShare:
         base = self.base.probs(slot, available, event)
         return (1.0 - self.share) * base + available * (self.share / (self.n_shelves - slot))
 
+    def kernel_spec(self) -> KernelSpec | None:
+        spec = getattr(self.base, "kernel_spec", lambda: None)()
+        if spec is None or spec.share or not self.share > 0.0:
+            return None
+        return spec._replace(share=float(self.share))
+
 
 class _GreedySlots(_ExplorerSlots):
     """Epsilon-greedy with each slot's cost ranks prepared: where a slot has no tied costs the
     best available shelf is the one of lowest rank, found in one pass over the masks."""
 
-    __slots__ = ("rank", "tied")
+    __slots__ = ("_rank", "_tied")
 
     def __init__(self, explorer: EpsilonGreedy, costs: np.ndarray) -> None:
         super().__init__(explorer, costs)
-        self.rank = np.argsort(np.argsort(costs, axis=-1, kind="stable"), axis=-1)
-        ordered = np.sort(costs, axis=-1)
-        self.tied = (ordered[..., 1:] == ordered[..., :-1]).any(axis=-1)
+        self._rank = self._tied = None
+
+    def _prepare(self) -> None:
+        self._rank = np.argsort(np.argsort(self.costs, axis=-1, kind="stable"), axis=-1)
+        ordered = np.sort(self.costs, axis=-1)
+        self._tied = (ordered[..., 1:] == ordered[..., :-1]).any(axis=-1)
+
+    @property
+    def rank(self) -> np.ndarray:
+        if self._rank is None:
+            self._prepare()
+        return self._rank
+
+    @property
+    def tied(self) -> np.ndarray:
+        if self._tied is None:
+            self._prepare()
+        return self._tied
 
     def probs(self, slot: int, available: np.ndarray, event: np.ndarray | None = None) -> np.ndarray:
         if self._rows(self.tied, slot, event).any():
@@ -173,18 +254,33 @@ class _SoftmaxSlots(_ExplorerSlots):
     """Softmax with each slot's weights exp(-lambda (c - min c)) prepared once; normalising over
     the available shelves gives the same distribution as VW's softmax over them."""
 
-    __slots__ = ("weights",)
+    __slots__ = ("_weights",)
 
     def __init__(self, explorer: Softmax, costs: np.ndarray) -> None:
         super().__init__(explorer, costs)
-        self.weights = np.exp(-explorer.lam * (costs - costs.min(axis=-1, keepdims=True)))
+        self._weights = None
+
+    @property
+    def weights(self) -> np.ndarray:
+        if self._weights is None:
+            self._weights = np.exp(-self.explorer.lam * (self.costs - self.costs.min(axis=-1, keepdims=True)))
+        return self._weights
 
     def probs(self, slot: int, available: np.ndarray, event: np.ndarray | None = None) -> np.ndarray:
+        if self.explorer.epsilon > 0.0:  # the floor: VW's rule over the available shelves
+            return super().probs(slot, available, event)
         p = available * self._rows(self.weights, slot, event)
         total = p.sum(axis=1, keepdims=True)
-        if self.explorer.epsilon > 0.0 or not total.all():  # floor, or weights that underflowed
+        if not total.all():  # weights that underflowed
             return super().probs(slot, available, event)
         return p / total
+
+    def kernel_spec(self) -> KernelSpec | None:
+        if self.explorer.epsilon > 0.0:
+            return super().kernel_spec()
+        costs = _per_event(self.costs)
+        return KernelSpec(KERNEL_SOFTMAX_PREPARED, costs, _per_event(self.weights), _gammas(0.0, costs), 0.0,
+                          float(self.explorer.lam), 0.0)
 
 
 def _enforce_minimum_probability(p: np.ndarray, available: np.ndarray, m: int, epsilon: float) -> np.ndarray:

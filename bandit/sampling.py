@@ -7,17 +7,28 @@ probability of each shelf at each slot) is derived from it in numpy. The same de
 for E decisions at once (`sample_rankings`, `logged_distributions_of`) on a model whose
 `probs(slot, available, event)` also takes the decision of each row; the one-decision
 functions are those with E = 1.
+
+That numpy code is the reference. A model that describes itself to the compiled kernel
+(`kernel_spec()`, the VW ranker's explorers) is sampled by `bandit.sampling_kernel` instead:
+the same draws, the same operations in the same order, in one call per request rather than a
+dozen numpy calls per slot. Without numba (or with SHELFBANDIT_SAMPLING_KERNEL=0 in the
+environment) everything runs on the reference.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from numpy.random.bit_generator import ISeedSequence
 
 from bandit.errors import ValidationError
+from bandit.explore import KERNEL_SOFTMAX, softmax_exps
 
 
 class SlotModel(Protocol):
@@ -48,9 +59,28 @@ class Marginals:
 
 
 def event_rng(seed: int, event_id: str) -> np.random.Generator:
-    """A generator determined by (seed, event_id): the same pair always gives the same draws."""
+    """A generator determined by (seed, event_id): the same pair always gives the same draws.
+
+    numpy's Philox keyed by the pair's 128-bit hash, exactly `Philox(key=int.from_bytes(hash,
+    "little"))`; the key is handed over as the seed sequence's state, because `Philox(key=...)`
+    also draws a seed sequence from the operating system's entropy it then discards (two
+    thirds of its cost)."""
     key = hashlib.blake2b(f"{int(seed)}/{event_id}".encode("utf-8"), digest_size=16).digest()
-    return np.random.Generator(np.random.Philox(key=int.from_bytes(key, "little")))
+    return np.random.Generator(np.random.Philox(_PhiloxKey(np.frombuffer(key, dtype="<u8"))))
+
+
+class _PhiloxKey(ISeedSequence):
+    """A seed sequence whose state is a given Philox key (two little-endian 64-bit words)."""
+
+    __slots__ = ("words",)
+
+    def __init__(self, words: np.ndarray) -> None:
+        self.words = words
+
+    def generate_state(self, n_words: int, dtype=np.uint32) -> np.ndarray:
+        if n_words != 2 or np.dtype(dtype) != np.uint64:
+            raise ValueError("a Philox key is two 64-bit words")
+        return self.words
 
 
 def _draw(p: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -105,6 +135,17 @@ def sample_rankings(
     gives row b the distribution of decision event[b]; `uniforms` (E, K, max(draws, 1), 1).
     Returns the orderings (E, K), their slots' distributions (E, K, N) and the marginals (E, K, N)."""
     _check_draws(draws)
+    fast = _kernel_sample_rankings(model, uniforms, draws, exact_budget)
+    if fast is not None:
+        return fast
+    return sample_rankings_reference(model, uniforms, draws=draws, exact_budget=exact_budget)
+
+
+def sample_rankings_reference(
+    model, uniforms: np.ndarray, *, draws: int, exact_budget: int
+) -> tuple[np.ndarray, np.ndarray, Marginals]:
+    """`sample_rankings` in numpy, from `model.probs` alone: the reference of the compiled kernel."""
+    _check_draws(draws)
     n_events, n_slots, d, _ = uniforms.shape
     n = model.n_shelves
     event = np.repeat(np.arange(n_events), d)
@@ -139,6 +180,72 @@ def sample_rankings(
     mean[known] = exact[known]
     stderr[known] = 0.0
     return indices, distributions, Marginals(mean, stderr)
+
+
+_KERNEL_STATE: dict = {}
+_KERNEL_LOCK = threading.Lock()
+
+
+def sampling_kernel():
+    """The compiled `bandit.sampling_kernel` module, or None (numba missing or switched off)."""
+    try:
+        return _KERNEL_STATE["module"]
+    except KeyError:
+        pass
+    with _KERNEL_LOCK:
+        if "module" not in _KERNEL_STATE:
+            module = None
+            if os.environ.get("SHELFBANDIT_SAMPLING_KERNEL", "1") != "0":
+                try:
+                    from bandit import sampling_kernel as module
+                except ImportError:  # numba not installed: the numpy reference does it all
+                    module = None
+            _KERNEL_STATE["module"] = module
+    return _KERNEL_STATE["module"]
+
+
+KERNEL_CHUNK = 256  # decisions per kernel call (bounds the softmax tables of a large batch)
+_NO_ORDER = np.zeros((1, 1, 1), dtype=np.int64)
+_NO_EXPS = np.zeros((1, 1, 1, 1))
+
+
+def _kernel_sample_rankings(model, uniforms: np.ndarray, draws: int, exact_budget: int):
+    """`sample_rankings` by the compiled kernel, or None where the reference must do it."""
+    spec_of = getattr(model.model if isinstance(model, _One) else model, "kernel_spec", None)
+    if spec_of is None:
+        return None
+    spec = spec_of()
+    if spec is None:
+        return None
+    n_slots, n_events, n = spec.costs.shape
+    if uniforms.shape[:2] != (n_events, n_slots) or not np.isfinite(spec.costs).all():
+        return None  # the reference defines what non-finite costs give
+    kernel = sampling_kernel()
+    if kernel is None:
+        return None
+    indices = np.empty((n_events, n_slots), dtype=np.int64)
+    distributions = np.empty((n_events, n_slots, n))
+    values = np.empty((n_events, n_slots, n))
+    stderr = np.empty((n_events, n_slots, n))
+    uniforms = np.ascontiguousarray(uniforms[..., 0])
+    for start in range(0, n_events, KERNEL_CHUNK):  # decisions are independent: chunks give the same
+        part = slice(start, min(start + KERNEL_CHUNK, n_events))
+        costs, weights = spec.costs, spec.weights
+        if n_events > KERNEL_CHUNK:
+            costs, weights = np.ascontiguousarray(costs[:, part]), np.ascontiguousarray(weights[:, part])
+        order, exps = softmax_exps(spec.lam, costs) if spec.kind == KERNEL_SOFTMAX else (_NO_ORDER, _NO_EXPS)
+        try:
+            status = kernel.sample(
+                spec.kind, costs, weights, order, exps, spec.gamma[part], spec.epsilon, spec.share, uniforms[part],
+                int(draws), int(exact_budget), indices[part], distributions[part], values[part], stderr[part],
+            )
+        except Exception as err:  # numba could not compile it here: the reference from now on
+            _KERNEL_STATE["module"] = None
+            warnings.warn(f"bandit.sampling_kernel failed ({err!r}); sampling runs on the numpy reference", RuntimeWarning)
+            return None
+        if status != kernel.OK:
+            return None
+    return indices, distributions, Marginals(values, stderr)
 
 
 def _segment_sum(x: np.ndarray, owner: np.ndarray, n_events: int) -> np.ndarray:

@@ -244,3 +244,30 @@ def test_learning_a_joined_log_file_natively_equals_learning_the_events(tmp_path
     (tmp_path / "bad.json").write_text("{not json}\n")
     with pytest.raises(ValidationError, match="VW could not learn"):
         by_file.learn_file(tmp_path / "bad.json")
+
+
+def test_a_shelfs_cost_at_a_slot_is_not_its_slot_free_cost_plus_a_slot_term():
+    """Why the one-pass layout scores every shelf at every slot: VW's CCB adds the slot index to
+    every interaction (listener x shelf x slot), so even without an interaction on the slot
+    namespace a shelf's cost at slot k differs from its cost at slot 0 by a shelf-dependent
+    amount; no scoring of the shelves without slot features plus per-slot terms reproduces it."""
+    ranker = VWShelfRanker(RankerConfig(explorer="epsilon", epsilon=0.3, interactions=("listener*shelf",)))
+    shelves = catalogue(6)
+    train_toward(ranker, shelves, 3, good={0: 1, 1: 4, 2: 2}, steps=300)
+    costs, _ = ranker.score(context(1), shelves, 3)
+    step = costs - costs[0]  # each shelf's cost at slot k minus its cost at slot 0
+    assert np.ptp(step, axis=1).max() > 1e-2  # not one term per slot
+
+
+def test_learning_an_event_is_what_vw_learns_from_its_text_lines():
+    """`learn` parses and learns through pylibvw directly; the model is the one that
+    Workspace.learn makes of the same lines, weight for weight."""
+    shelves = catalogue(6)
+    events = _logged(VWShelfRanker(RankerConfig(explorer="squarecb", uniform_share=0.2)), shelves, 40, seed=3)
+    ranker, plain = VWShelfRanker(RankerConfig()), VWShelfRanker(RankerConfig())
+    for event in events:
+        batch = EventBatch.from_events([event])
+        ranker.learn(batch)
+        plain.workspace.learn(plain.event_lines(batch, 0, batch.event_rows(0)))
+    assert ranker.workspace.json_weights() == plain.workspace.json_weights()
+    assert ranker.workspace.get_weighted_examples() == plain.workspace.get_weighted_examples() == 40

@@ -14,7 +14,8 @@ ALLOWED_PROJECT = {
     "simulator": {"simulator", "bandit", "offline_eval"},
     "service": {"service", "bandit", "offline_eval"},
 }
-BANDIT_THIRD_PARTY = {"numpy", "vowpalwabbit", "pylibvw"}
+# numba: the compiled sampling kernel (bandit/sampling_kernel.py), imported only when first used
+BANDIT_THIRD_PARTY = {"numpy", "vowpalwabbit", "pylibvw", "numba"}
 # modules of another package that a package may import, beside the packages above: the
 # simulator's HTTP driver uses the client of the decision API, and nothing else of shelfbandit
 ALLOWED_MODULES = {"simulator": {"shelfbandit.client"}}

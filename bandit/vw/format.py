@@ -86,9 +86,37 @@ def encode_features(features: Features) -> dict[str, float]:
     return {key: 1.0 if value is None else value for key, value in _encoded(features)}
 
 
+_NAME_KEYS: dict[str, str] = {}  # feature name -> its escaped form (names come from a schema: few)
+_NAME_KEYS_SIZE = 100_000
+
+
+def _name_key(name: str) -> str:
+    key = _NAME_KEYS.get(name)
+    if key is None:
+        if len(_NAME_KEYS) >= _NAME_KEYS_SIZE:
+            _NAME_KEYS.clear()
+        key = _NAME_KEYS[name] = escape_name(name)
+    return key
+
+
 def features_text(features: Features) -> str:
-    """Feature map -> the features of one VW text namespace."""
-    return " ".join(key if value is None else f"{key}:{value!r}" for key, value in _encoded(features))
+    """Feature map -> the features of one VW text namespace (the text of `_encoded`, built in one
+    pass, names' escaped forms remembered: a listener line is encoded on every request)."""
+    items = features.items_sorted()
+    texts = [value for _, value in items if isinstance(value, str)]
+    plain_values = not texts or not _SPECIAL.search("/".join(texts))
+    parts = []
+    for name, value in items:
+        key = _NAME_KEYS.get(name) or _name_key(name)
+        if value.__class__ is float:
+            parts.append(f"{key}:{value!r}")
+        elif isinstance(value, str):
+            parts.append(f"{key}={value if plain_values else escape_value(value)}")
+        elif isinstance(value, bool):
+            parts.append(f"{key}={'true' if value else 'false'}")
+        else:
+            parts.append(f"{key}:{value!r}")
+    return " ".join(parts)
 
 
 def decode_features(encoded: Mapping[str, float], field: str) -> Features:

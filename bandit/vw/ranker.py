@@ -7,7 +7,8 @@ features and slot id exactly as it does for an ordinary CCB example, and a slot'
 depend on the shelves above it only through exclusion, so the project's explorer (a numpy
 copy of VW's) samples the ordering with the project's own seeded generator.
 
-Shelf examples are parsed once per (shelf, slot) and reused across requests.
+Shelf examples are parsed once per (shelf, slot) and reused across requests; the ordered list
+of a request's copies is kept per candidate set, so a page served again costs one look-up.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from bandit.vw.format import dsjson_action_texts, listener_line, shelf_from_json
 CCB = LabelType.CONDITIONAL_CONTEXTUAL_BANDIT
 SHELF_CACHE_SIZE = 50_000
 SLOT_CACHE_SIZE = 256
+LAYOUT_CACHE_SIZE = 256  # candidate sets whose one-pass list of shelf copies is kept
+_PARTIAL_PREDICTION = pylibvw.example.get_partial_prediction
 
 
 class _LRU(OrderedDict):
@@ -79,6 +82,8 @@ class VWShelfRanker(Policy):
         self._shelf_examples = _LRU(SHELF_CACHE_SIZE)
         self._slot_examples = _LRU(SLOT_CACHE_SIZE)
         self._shelf_lines = _LRU(SHELF_CACHE_SIZE)
+        self._layouts = _LRU(LAYOUT_CACHE_SIZE)  # (shelves, n_slots) -> the one-pass copies, slot-major
+        self._shelf_line_sets = _LRU(LAYOUT_CACHE_SIZE)  # shelves -> their text lines
         self._line_shelves: dict[str, tuple[str, list[Example]]] = {}  # a DSJSON shelf's text -> id, copies
 
     @property
@@ -122,12 +127,10 @@ class VWShelfRanker(Policy):
         n = len(shelves)
         with self._lock:
             vw = self.workspace
-            shared = Example(vw, listener_line(context), CCB)
-            copies = [self._shelf_examples_for(shelf, n_slots) for shelf in shelves]
-            actions = [copy[k] for k in range(n_slots) for copy in copies]
-            slots = self._slot_examples.get_or_make((n, n_slots), lambda: self._make_slot_examples(n, n_slots))
+            shared = pylibvw.example(vw, CCB.value, listener_line(context))
+            actions, slots = self._layout(tuple(shelves), n_slots)
             pylibvw.vw.predict_multi(vw, [shared, *actions, *slots])
-            costs = np.fromiter((e.get_partial_prediction() for e in actions), dtype=np.float64, count=n * n_slots)
+            costs = np.fromiter(map(_PARTIAL_PREDICTION, actions), dtype=np.float64, count=n * n_slots)
             slot0 = shared.get_decision_scores()[0] if isinstance(self._explorer, SquareCB) else None
         if slot0 is None:
             return costs.reshape(n_slots, n), None
@@ -135,6 +138,18 @@ class VWShelfRanker(Policy):
         for action, prob in slot0:
             pdf[action] = prob
         return costs.reshape(n_slots, n), pdf
+
+    def _layout(self, shelves: tuple[Shelf, ...], n_slots: int) -> tuple[list[Example], list[Example]]:
+        """The one-pass layout's examples: every shelf's copy for slot 0, then for slot 1, ...,
+        and the slots' examples whose include lists name their own copies."""
+        return self._layouts.get_or_make((shelves, n_slots), lambda: self._make_layout(shelves, n_slots))
+
+    def _make_layout(self, shelves: tuple[Shelf, ...], n_slots: int) -> tuple[list[Example], list[Example]]:
+        n = len(shelves)
+        copies = [self._shelf_examples_for(shelf, n_slots) for shelf in shelves]
+        actions = [copy[k] for k in range(n_slots) for copy in copies]
+        slots = self._slot_examples.get_or_make((n, n_slots), lambda: self._make_slot_examples(n, n_slots))
+        return actions, slots
 
     def _shelf_examples_for(self, shelf: Shelf, n_slots: int) -> list[Example]:
         """At least n_slots parsed copies of the shelf's example (one per slot; never shared in a pass)."""
@@ -155,8 +170,13 @@ class VWShelfRanker(Policy):
         with self._lock:
             vw = self.workspace
             for i in range(batch.n_events):
-                rows = batch.event_rows(i)
-                vw.learn(self.event_lines(batch, i, rows))
+                # what Workspace.learn does with text lines, without wrapping each parsed example
+                # in a Python object first
+                parsed = pylibvw.vw._parse(vw, "\n".join(self.event_lines(batch, i, batch.event_rows(i))))
+                try:
+                    pylibvw.vw.learn_multi(vw, parsed)
+                finally:
+                    pylibvw.vw._finish_example_multi_ex(vw, parsed)
             self.n_learned_events += batch.n_events
             self._learned_since_save += batch.n_events
 
@@ -277,7 +297,8 @@ class VWShelfRanker(Policy):
     def event_lines(self, batch: EventBatch, i: int, rows: slice) -> list[str]:
         """The VW text lines of logged event i (shared, shelves, labelled slots)."""
         lines = [listener_line(batch.contexts[i])]
-        lines.extend(self._shelf_line(s) for s in batch.shelves[i])
+        shelves = tuple(batch.shelves[i])
+        lines.extend(self._shelf_line_sets.get_or_make(shelves, lambda: [self._shelf_line(s) for s in shelves]))
         labels = zip(batch.action_index[rows].tolist(), batch.reward[rows].tolist(), batch.logging_prob[rows].tolist())
         lines.extend(slot_line(k, label=label) for k, label in enumerate(labels))
         return lines
