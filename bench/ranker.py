@@ -12,7 +12,7 @@ Timing: rounds of interleaved blocks (bare, ranker, ranker, bare) of --calls cal
 round gives a ratio (the bare loop's time over the ranker's, for the same calls), and the figure
 is the median over rounds, so load that drifts during the run cancels out. The ratio is given
 by the wall clock (the target's measure) and by this thread's CPU time, which other processes
-on a shared machine disturb much less. Targets (issue 10): rank >= 0.8x the bare predict loop
+on a shared machine disturb much less. Targets: rank >= 0.8x the bare predict loop
 (aim 1.0x), learn >= 0.9x.
 
 The breakdown times one decision's parts in CPU time, interleaved the same way: VW's one-pass
