@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/shelfbandit demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -159,7 +159,7 @@ class _ExplorerSlots:
     (K, E, N), gamma (E,)): the explorer applied to slot k's costs. With E decisions, `event` (B,)
     names the decision each row of `available` (B, N) belongs to."""
 
-    __slots__ = ("explorer", "costs", "gamma", "n_shelves")
+    __slots__ = ("costs", "explorer", "gamma", "n_shelves")
 
     def __init__(self, explorer: Explorer, costs: np.ndarray, gamma: float | np.ndarray = 0.0) -> None:
         self.explorer = explorer
@@ -195,7 +195,7 @@ class UniformShare:
     """SlotModel: (1 - share) * the base model's probabilities + share spread evenly over the
     shelves available: every available shelf keeps at least share / m."""
 
-    __slots__ = ("base", "share", "n_shelves")
+    __slots__ = ("base", "n_shelves", "share")
 
     def __init__(self, base, share: float) -> None:
         self.base = base

@@ -65,7 +65,7 @@ def event_rng(seed: int, event_id: str) -> np.random.Generator:
     "little"))`; the key is handed over as the seed sequence's state, because `Philox(key=...)`
     also draws a seed sequence from the operating system's entropy it then discards (two
     thirds of its cost)."""
-    key = hashlib.blake2b(f"{int(seed)}/{event_id}".encode("utf-8"), digest_size=16).digest()
+    key = hashlib.blake2b(f"{int(seed)}/{event_id}".encode(), digest_size=16).digest()
     return np.random.Generator(np.random.Philox(_PhiloxKey(np.frombuffer(key, dtype="<u8"))))
 
 
@@ -241,7 +241,7 @@ def _kernel_sample_rankings(model, uniforms: np.ndarray, draws: int, exact_budge
             )
         except Exception as err:  # numba could not compile it here: the reference from now on
             _KERNEL_STATE["module"] = None
-            warnings.warn(f"bandit.sampling_kernel failed ({err!r}); sampling runs on the numpy reference", RuntimeWarning)
+            warnings.warn(f"bandit.sampling_kernel failed ({err!r}); sampling runs on the numpy reference", RuntimeWarning, stacklevel=2)
             return None
         if status != kernel.OK:
             return None

@@ -110,7 +110,7 @@ def per_minute_p99(samples: list, started: float, seconds: float) -> list[tuple[
     counts with the one before it unless it is at least half a minute long)."""
     times = np.array([t for t, _ in samples]) - started
     latencies = np.array([s for _, s in samples]) * 1e3
-    n_minutes = max(1, int(round(seconds / 60)))
+    n_minutes = max(1, round(seconds / 60))
     minutes = np.minimum((times // 60).astype(int), n_minutes - 1)
     return [(m, int((minutes == m).sum()), float(np.percentile(latencies[minutes == m], 99)))
             for m in np.unique(minutes)]

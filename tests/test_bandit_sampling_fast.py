@@ -16,7 +16,6 @@ from bandit.config import RankerConfig
 from bandit.explore import EpsilonGreedy, Softmax, SquareCB, UniformShare, _ExplorerSlots
 from bandit.sampling import _One, event_rng, marginals, sample_ranking, sample_rankings, sample_rankings_reference
 from bandit.vw.ranker import VWShelfRanker
-
 from tests.bandit_fixtures import catalogue, context, train_toward
 
 pytest.importorskip("numba")
@@ -67,10 +66,7 @@ def test_the_kernel_gives_the_reference_results_on_the_same_draws(name):
     for n, k, n_events, kind, draws, budget in cases:
         costs, gamma = _case(rng, n, k, n_events, kind)
         uniforms = rng.random((n_events, k, max(draws, 1), 1))
-        if n_events == 1:
-            model = _One(MODELS[name](costs[:, 0], float(gamma[0])))
-        else:
-            model = MODELS[name](costs, gamma)
+        model = _One(MODELS[name](costs[:, 0], float(gamma[0]))) if n_events == 1 else MODELS[name](costs, gamma)
         ref = sample_rankings_reference(model, uniforms, draws=draws, exact_budget=budget)
         _assert_same(ref, sample_rankings(model, uniforms, draws=draws, exact_budget=budget))
         if kind != "flat" and name != "softmax-underflow":  # not handed back to the reference
@@ -128,7 +124,7 @@ def test_a_trained_rankers_decisions_are_the_references(config, monkeypatch):
 
 def test_event_rng_is_philox_keyed_by_the_hash_of_seed_and_event_id():
     for seed, event_id in [(0, "a"), (7, "event-ü-42"), (123456789, "x" * 300)]:
-        digest = hashlib.blake2b(f"{seed}/{event_id}".encode("utf-8"), digest_size=16).digest()
+        digest = hashlib.blake2b(f"{seed}/{event_id}".encode(), digest_size=16).digest()
         expected = np.random.Generator(np.random.Philox(key=int.from_bytes(digest, "little")))
         rng = event_rng(seed, event_id)
         np.testing.assert_array_equal(rng.random((8, 32, 1)), expected.random((8, 32, 1)))

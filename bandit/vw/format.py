@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bandit.errors import ValidationError
 from bandit.features import Features, FeatureValue
@@ -173,7 +173,7 @@ def slot_line(slot: int, *, include: Iterable[int] = (), label: tuple[int, float
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def epoch_seconds(text: str) -> float:
