@@ -1,7 +1,8 @@
 """Off-policy estimators of a shelf ordering's value, vectorised over (n, K) arrays.
 
 Notation: event i, slot k (0 = top), n events, K slots. r_ik reward; mu / pi the logging /
-target policy; rho_ik = pi(a_ik | x_i, a_i<k) / mu(a_ik | x_i, a_i<k) the conditional ratio;
+target policy (the pseudoinverse estimator, short name "pi", is PseudoInverse here);
+rho_ik = pi(a_ik | x_i, a_i<k) / mu(a_ik | x_i, a_i<k) the conditional ratio;
 w_i = prod_k rho_ik the whole-ordering weight; W_ik = prod_{j<=k} rho_ij the prefix weight;
 v_ik = pi(a_ik at k | x_i) / mu(a_ik at k | x_i) the marginal (item-position) ratio.
 q_k(x, a) the cross-fitted reward model, Q_k the cascade Q-function (see reward_model).
@@ -14,7 +15,7 @@ expected sum over slots of the per-slot reward; every estimator also gives per-s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -22,6 +23,11 @@ import numpy as np
 from bandit.errors import ValidationError
 from offline_eval.intervals import Parts, Ratio
 from offline_eval.slate import SlateLog, TargetProbs
+
+# The pseudoinverse estimator's public short name (the CLI, JSON keys, the gate's list), as in
+# Swaminathan et al. 2017; it is a contract. In this module's formulas pi is the target policy:
+# the code calls the estimator PseudoInverse and its name PSEUDOINVERSE, never pi.
+PSEUDOINVERSE = "pi"
 
 # what an estimator may need, and how to say it is missing
 NEEDS = {
@@ -41,6 +47,51 @@ class ModelPredictions:
     logged: np.ndarray
     expected: np.ndarray
 
+    def rows(self, events: slice) -> ModelPredictions:
+        return ModelPredictions(self.logged[events], self.expected[events])
+
+
+@dataclass(frozen=True, slots=True)
+class LoggerStructure:
+    """How the logger filled the slots, as far as a log shows it (see `logging_structure`).
+    Every flag is a property of each event, so the structure of a log split into parts is the
+    `merged` structure of the parts."""
+
+    known: bool  # the log carries logging_prob (without it nothing can be checked)
+    independent: bool  # logging_prob equals logging_marginal at every slot
+    uniform: bool  # marginals 1/m at every slot and logging_prob 1/(m - k)
+    deterministic: int  # (event, slot) pairs where the logger is deterministic
+
+    def merged(self, other: LoggerStructure) -> LoggerStructure:
+        return LoggerStructure(
+            self.known and other.known, self.independent and other.independent, self.uniform and other.uniform,
+            self.deterministic + other.deterministic,
+        )
+
+    @property
+    def kind(self) -> str:
+        """'independent', 'uniform', 'other' or 'unknown'."""
+        if not self.known:
+            return "unknown"
+        return "independent" if self.independent else "uniform" if self.uniform else "other"
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        notes = []
+        if self.deterministic:
+            notes.append(
+                f"degenerate: the logger is deterministic at {self.deterministic} (event, slot) pairs; "
+                "Gamma has nothing to invert there"
+            )
+        notes.append({
+            "unknown": "unchecked: without logging_prob the log cannot show how the logger filled the slots",
+            "independent": "checked: logging_prob equals logging_marginal at every slot (slots filled independently): exact",
+            "uniform": "checked: the logger is uniform over orderings (P = 1/(m - k), marginals 1/m)",
+            "other": "warning: the logger's slots are dependent and not uniform over orderings; the product-form "
+                     "pseudoinverse weight is then an approximation and may be biased even under a linear reward",
+        }[self.kind])
+        return tuple(notes)
+
 
 @dataclass(frozen=True, slots=True)
 class EstimatorInputs:
@@ -52,6 +103,31 @@ class EstimatorInputs:
     target: TargetProbs
     rewards: ModelPredictions | None = None
     q_values: ModelPredictions | None = None
+    logger: LoggerStructure | None = None  # the whole log's, when the events are a chunk of it
+    # shared weights computed once for every estimator on these events (a chunk's inputs have one;
+    # memoised arrays are read-only, so no estimator can change another's)
+    memo: dict | None = field(default=None, compare=False, repr=False)
+
+    def rows(self, events: slice) -> EstimatorInputs:
+        """The inputs on a slice of events (views), keeping the whole log's logger structure, with a
+        memo of their own for the weights the estimators share."""
+        return EstimatorInputs(
+            self.log.rows(events), self.target.rows(events),
+            None if self.rewards is None else self.rewards.rows(events),
+            None if self.q_values is None else self.q_values.rows(events),
+            self.logger,
+            {},
+        )
+
+    def _memoised(self, key: object, compute) -> np.ndarray:
+        if self.memo is None:
+            return compute()
+        value = self.memo.get(key)
+        if value is None:
+            value = compute()
+            value.flags.writeable = False
+            self.memo[key] = value
+        return value
 
     def has(self, need: str) -> bool:
         log, target = self.log, self.target
@@ -73,11 +149,19 @@ class EstimatorInputs:
         return self.target.prob / self.log.logging_prob
 
     def slate_weight(self) -> np.ndarray:
-        """w_i = prod_k pi / prod_k mu, (n, 1) (two reductions; no (n, K) temporary)."""
-        return self.target.prob.prod(axis=1, keepdims=True) / self.log.logging_prob.prod(axis=1, keepdims=True)
+        """w_i = prod_k pi / prod_k mu, (n, 1) (running products over the slot columns; no (n, K) temporary)."""
+        return self._memoised("slate", self._slate_weight)
+
+    def _slate_weight(self) -> np.ndarray:
+        weight = _over_slots(np.multiply, self.target.prob)
+        weight /= _over_slots(np.multiply, self.log.logging_prob)
+        return weight
 
     def prefix_weight(self) -> np.ndarray:
         """W_ik, (n, K): a running product over the slot columns (np.cumprod along slots is slower)."""
+        return self._memoised("prefix", self._prefix_weight)
+
+    def _prefix_weight(self) -> np.ndarray:
         weights = self.ratio()
         for k in range(1, weights.shape[1]):
             np.multiply(weights[:, k - 1], weights[:, k], out=weights[:, k])
@@ -85,15 +169,34 @@ class EstimatorInputs:
 
     def marginal_weight(self) -> np.ndarray:
         """v_ik, (n, K); 0 where a slot is not observed."""
+        return self._memoised("marginal", self._marginal_weight)
+
+    def _marginal_weight(self) -> np.ndarray:
         v = self.target.marginal / self.log.logging_marginal
         return v if self.log.complete else np.where(self.log.observed, v, 0.0)
 
     def reward(self) -> np.ndarray:
         return self.log.reward if self.log.complete else np.where(self.log.observed, self.log.reward, 0.0)
 
+    def weighted_reward(self, weights: np.ndarray) -> np.ndarray:
+        """weights * reward, (n, K): memoised for a memoised weight array (an estimator and its
+        self-normalised form share it)."""
+        if self.memo is None or weights.flags.writeable:
+            return weights * self.reward()
+        return self._memoised(("weighted", id(weights)), lambda: weights * self.reward())
+
     def mean(self, numerator: np.ndarray) -> Ratio:
         """(1/n_k) sum_i numerator_ik over the n_k events that observe slot k."""
         return Ratio(numerator, None if self.log.complete else self.log.observed.astype(np.float64))
+
+
+def _over_slots(ufunc: np.ufunc, values: np.ndarray) -> np.ndarray:
+    """(n, 1) reduction of an (n, K) array over its slot columns, column by column (a reduction
+    along axis 1 of a column-major array is a slow strided loop)."""
+    out = values[:, :1].copy()
+    for k in range(1, values.shape[1]):
+        ufunc(out, values[:, k : k + 1], out=out)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +241,7 @@ class IPS(Estimator):
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
         w = inputs.slate_weight()
-        return Terms((inputs.mean(w * inputs.reward()),), w)
+        return Terms((inputs.mean(inputs.weighted_reward(w)),), w)
 
 
 @dataclass(frozen=True)
@@ -188,7 +291,7 @@ class IIPS(Estimator):
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
         v = inputs.marginal_weight()
-        return Terms((inputs.mean(v * inputs.reward()),), v)
+        return Terms((inputs.mean(inputs.weighted_reward(v)),), v)
 
 
 class SNIIPS(IIPS):
@@ -212,7 +315,7 @@ class RIPS(Estimator):
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
         big_w = inputs.prefix_weight()
-        return Terms((inputs.mean(big_w * inputs.reward()),), big_w)
+        return Terms((inputs.mean(inputs.weighted_reward(big_w)),), big_w)
 
 
 class SNRIPS(RIPS):
@@ -235,7 +338,7 @@ class PseudoInverse(Estimator):
     ((m - 1) sum_k q_k(s_k) + 2 - m when K = m). Other loggers get the first form, flagged.
     """
 
-    name = "pi"
+    name = PSEUDOINVERSE
     title = "pseudoinverse estimator"
     assumption = (
         "linear reward: E[sum_k r_k | x, ordering] = sum_k phi_x(k, shelf at k) (Swaminathan et al. 2017); "
@@ -245,18 +348,25 @@ class PseudoInverse(Estimator):
     needs = ("complete", "marginal")
 
     def terms(self, inputs: EstimatorInputs) -> Terms:
-        logger, notes = logging_structure(inputs.log)
-        if logger == "uniform" and inputs.has("marginal_distribution"):
+        structure = inputs.logger or logging_structure(inputs.log)
+        exact_uniform = structure.kind == "uniform" and inputs.has("marginal_distribution")
+        if exact_uniform:
             weight = _uniform_pseudoinverse_weight(inputs)
-            notes += ("exact: closed-form pseudoinverse of a logger uniform over orderings",)
         else:
-            weight = inputs.marginal_weight().sum(axis=1, keepdims=True) - (inputs.log.n_slots - 1)
-            if logger == "uniform":
-                notes += (
+            weight = _over_slots(np.add, inputs.marginal_weight())
+            weight -= inputs.log.n_slots - 1
+        return Terms((inputs.mean(weight * inputs.reward()),), weight, self.notes(structure, exact_uniform))
+
+    @staticmethod
+    def notes(structure: LoggerStructure, exact_uniform: bool) -> tuple[str, ...]:
+        """What the checks of the logger's structure found, and which weight that chose."""
+        if exact_uniform:
+            return (*structure.notes, "exact: closed-form pseudoinverse of a logger uniform over orderings")
+        if structure.kind == "uniform":
+            return (*structure.notes,
                     "warning: the exact weight for a uniform logger needs the target's marginals over every "
-                    "candidate (score a policy on an event log); the product form used here is biased for it",
-                )
-        return Terms((inputs.mean(weight * inputs.reward()),), weight, notes)
+                    "candidate (score a policy on an event log); the product form used here is biased for it")
+        return structure.notes
 
 
 def _uniform_pseudoinverse_weight(inputs: EstimatorInputs) -> np.ndarray:
@@ -277,34 +387,19 @@ def _all_close(a: np.ndarray, b: np.ndarray, head: int = 4096) -> bool:
     return all(np.allclose(a[rows], b[rows], rtol=1e-6, atol=1e-9) for rows in (slice(None, head), slice(head, None)))
 
 
-def logging_structure(log: SlateLog) -> tuple[str, tuple[str, ...]]:
-    """How the logger filled the slots, as far as the log shows: 'independent', 'uniform', 'other'
-    or 'unknown', with notes for the output."""
+def logging_structure(log: SlateLog) -> LoggerStructure:
+    """How the logger filled the slots, as far as the log shows (see LoggerStructure)."""
     marginal, conditional = log.logging_marginal, log.logging_prob
-    notes = []
     deterministic = int((marginal >= 1.0 - 1e-9).sum()) if marginal.max() >= 1.0 - 1e-9 else 0
-    if deterministic:
-        notes.append(
-            f"degenerate: the logger is deterministic at {deterministic} (event, slot) pairs; "
-            "Gamma has nothing to invert there"
-        )
     if conditional is None:
-        notes.append("unchecked: without logging_prob the log cannot show how the logger filled the slots")
-        return "unknown", tuple(notes)
-    if _all_close(conditional, marginal):
-        notes.append("checked: logging_prob equals logging_marginal at every slot (slots filled independently): exact")
-        return "independent", tuple(notes)
+        return LoggerStructure(False, False, False, deterministic)
+    independent = _all_close(conditional, marginal)
     m = 1.0 / marginal[:, :1]
-    if _all_close(marginal, np.broadcast_to(marginal[:, :1], marginal.shape)) and _all_close(
-        conditional, 1.0 / (m - np.arange(log.n_slots))
-    ):
-        notes.append("checked: the logger is uniform over orderings (P = 1/(m - k), marginals 1/m)")
-        return "uniform", tuple(notes)
-    notes.append(
-        "warning: the logger's slots are dependent and not uniform over orderings; the product-form "
-        "pseudoinverse weight is then an approximation and may be biased even under a linear reward"
-    )
-    return "other", tuple(notes)
+    with np.errstate(divide="ignore"):
+        uniform = _all_close(marginal, np.broadcast_to(marginal[:, :1], marginal.shape)) and _all_close(
+            conditional, 1.0 / (m - np.arange(log.n_slots))
+        )
+    return LoggerStructure(True, independent, uniform, deterministic)
 
 
 class DirectMethod(Estimator):

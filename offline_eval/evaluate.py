@@ -1,9 +1,16 @@
-"""Evaluate a target policy on a log: estimates with intervals and diagnostics."""
+"""Evaluate a target policy on a log: estimates with intervals and diagnostics.
+
+`evaluate` makes one pass over the log in chunks of events (`CHUNK_EVENTS`): every estimator
+runs on each chunk and leaves only sufficient statistics (intervals.EventSums for the value and
+the interval, `WeightSums` for the diagnostics), which add up over chunks; normal and bernstein
+intervals take a second pass at the values found. Shards of a log evaluated elsewhere
+(offline_eval.sharded) leave the same statistics, merged the same way.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -15,13 +22,28 @@ from offline_eval.estimators import (
     ClippedIPS,
     Estimator,
     EstimatorInputs,
+    PseudoInverse,
     SwitchDR,
     Terms,
+    logging_structure,
 )
-from offline_eval.intervals import Interval, Intervals, column_sums, finite_or_none, slot_values
+from offline_eval.intervals import (
+    MAX_BLOCKS,
+    EventSums,
+    InfluenceSums,
+    Interval,
+    Intervals,
+    column_sums,
+    event_sums,
+    finite_or_none,
+    influence_sums,
+    slot_values,
+)
 from offline_eval.reward_model import RewardModel, cross_fitted
 from offline_eval.slate import SlateLog, TargetProbs, check_target, unsupported_share
 
+# events per chunk of a pass: a chunk's arrays (a few (m, K) float columns each) stay in cache
+CHUNK_EVENTS = 1 << 14
 
 # importance weights average 1 over a log that covers the target; a mean outside
 # [1/WEIGHT_BAND, WEIGHT_BAND] says the target lives where the log rarely goes
@@ -64,12 +86,17 @@ def parse_names(text: str | Sequence[str]) -> tuple[str, ...]:
 def supported(log: SlateLog, target: TargetProbs, options: EstimatorOptions | None = None) -> tuple[str, ...]:
     """Short names of the estimators the log and target allow (aliases left out)."""
     inputs = EstimatorInputs(log, target)
+    return supported_by(inputs.has, options)
+
+
+def supported_by(has, options: EstimatorOptions | None = None) -> tuple[str, ...]:
+    """Short names of the estimators whose needs `has(need)` grants (aliases left out)."""
     options = options or EstimatorOptions()
-    return tuple(name for name in ESTIMATOR_CLASSES if all(inputs.has(need) for need in make_estimator(name, options).needs))
+    return tuple(name for name in ESTIMATOR_CLASSES if all(has(need) for need in make_estimator(name, options).needs))
 
 
 @dataclass(frozen=True, slots=True)
-class Estimate:
+class EstimatorResult:
     """One estimator's value with its interval, per-slot values and diagnostics.
 
     ess: effective sample size (sum w)^2 / sum w^2 of the weights on the worst slot (n for the
@@ -121,7 +148,7 @@ class Evaluation:
     n_slots: int
     ci: str
     level: float
-    estimates: dict[str, Estimate]
+    estimates: dict[str, EstimatorResult]
 
     def to_dict(self) -> dict:
         return {
@@ -158,36 +185,161 @@ def prepare(
     return EstimatorInputs(log, target, rewards, q_values)
 
 
-def diagnostics(terms: Terms, log: SlateLog) -> tuple[float, tuple[float, ...], float | None, float | None]:
-    """ESS (worst slot), ESS per slot, max and mean weight over observed (event, slot) pairs.
-    Weights are (n, K), or (n, 1) when one weight applies to every slot of an event."""
+@dataclass(frozen=True, slots=True)
+class WeightSums:
+    """Sufficient statistics of an estimator's weights over a set of events (`+` merges two
+    disjoint sets): per slot the sum and sum of squares of the weights on observed (event, slot)
+    pairs, their maximum and count, and the observed events per slot. `total` is None for an
+    estimator without weights (the direct method)."""
+
+    total: np.ndarray | None
+    squares: np.ndarray | None
+    high: float
+    count: int
+    observed: np.ndarray
+
+    def __add__(self, other: WeightSums) -> WeightSums:
+        if self.total is None:
+            return WeightSums(None, None, self.high, self.count + other.count, self.observed + other.observed)
+        return WeightSums(self.total + other.total, self.squares + other.squares, max(self.high, other.high),
+                          self.count + other.count, self.observed + other.observed)
+
+    def diagnostics(self) -> tuple[float, tuple[float, ...], float | None, float | None]:
+        """ESS (worst slot), ESS per slot, max and mean weight over observed (event, slot) pairs."""
+        if self.total is None:
+            per_slot = self.observed.astype(float)
+            return float(per_slot.min()), tuple(per_slot.tolist()), None, None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_slot = np.where(self.squares > 0.0, self.total * self.total / self.squares, 0.0)
+            mean = float(self.total.sum() / self.count)
+        return float(per_slot.min()), tuple(per_slot.tolist()), float(self.high), mean
+
+
+def weight_sums(terms: Terms, log: SlateLog, cache: dict | None = None) -> WeightSums:
+    """WeightSums of the terms' weights ((n, K), or (n, 1) when one weight serves every slot);
+    `cache` (one per set of events) shares them between estimators with the same weights."""
+    if cache is None or terms.weights is None:
+        return _weight_sums(terms, log)
+    key = ("weights", id(terms.weights))
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = (terms.weights, _weight_sums(terms, log))
+    return hit[1]
+
+
+def _weight_sums(terms: Terms, log: SlateLog) -> WeightSums:
+    n_slots = log.n_slots
+    observed = np.full(n_slots, log.n_events) if log.complete else log.observed.sum(axis=0)
+    count = int(observed.sum())
     if terms.weights is None:
-        per_slot = log.observed.sum(axis=0).astype(float)
-        return float(per_slot.min()), tuple(per_slot.tolist()), None, None
+        return WeightSums(None, None, -np.inf, count, observed)
     weights = terms.weights
     if not log.complete:
         weights = np.where(log.observed, weights, 0.0)
-    total = column_sums(weights)
-    squares = np.einsum("ik,ik->k", weights, weights)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_slot = np.broadcast_to(np.where(squares > 0.0, total * total / squares, 0.0), (log.n_slots,))
-    if log.complete:
-        max_weight, mean_weight = float(weights.max()), float(total.sum() / weights.size)
+    if weights.shape[1] == 1 or weights.strides[1] == 0:
+        column = weights[:, 0]
+        total = np.full(n_slots, column.sum())
+        squares = np.full(n_slots, np.einsum("i,i->", column, column))
+    else:  # einsum, not BLAS: BLAS threads cost more than they save on a chunk
+        total = column_sums(weights)
+        squares = np.einsum("ik,ik->k", weights, weights)
+    if not len(weights):
+        high = -np.inf
+    elif log.complete:
+        high = float(weights.max())
     else:
-        observed = weights[log.observed]
-        max_weight, mean_weight = float(observed.max()), float(observed.mean())
-    return float(per_slot.min()), tuple(per_slot.tolist()), max_weight, mean_weight
+        observed_weights = np.broadcast_to(weights, log.observed.shape)[log.observed]
+        high = float(observed_weights.max()) if len(observed_weights) else -np.inf
+    return WeightSums(total, squares, high, count, observed)
+
+
+def diagnostics(terms: Terms, log: SlateLog) -> tuple[float, tuple[float, ...], float | None, float | None]:
+    """ESS (worst slot), ESS per slot, max and mean weight over observed (event, slot) pairs.
+    Weights are (n, K), or (n, 1) when one weight applies to every slot of an event."""
+    return weight_sums(terms, log).diagnostics()
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatorSums:
+    """One estimator's sufficient statistics over a set of events; `+` merges two disjoint sets."""
+
+    events: EventSums
+    weights: WeightSums
+    notes: tuple[str, ...] = ()
+
+    def __add__(self, other: EstimatorSums) -> EstimatorSums:
+        return EstimatorSums(self.events + other.events, self.weights + other.weights, self.notes)
+
+
+def event_chunks(n_events: int, size: int = CHUNK_EVENTS) -> Iterator[slice]:
+    """Consecutive slices of at most `size` events covering 0..n-1."""
+    return (slice(start, min(start + size, n_events)) for start in range(0, n_events, size))
+
+
+def _whole_log_inputs(inputs: EstimatorInputs, estimators: Sequence[Estimator]) -> EstimatorInputs:
+    """The inputs with what an estimator must see of the whole log, not of one chunk (the logger's
+    structure, for the pseudoinverse)."""
+    if inputs.logger is None and any(isinstance(e, PseudoInverse) for e in estimators):
+        return replace(inputs, logger=logging_structure(inputs.log))
+    return inputs
+
+
+def estimator_sums(
+    inputs: EstimatorInputs,
+    estimators: Sequence[Estimator],
+    *,
+    block_of: np.ndarray | None = None,
+    keep_rows: bool = False,
+    max_blocks: int = MAX_BLOCKS,
+    chunk_events: int = CHUNK_EVENTS,
+) -> list[EstimatorSums]:
+    """Every estimator's sufficient statistics, in one pass over the events in chunks: each chunk's
+    inputs are read once for all estimators. `block_of` gives each event's bootstrap block;
+    `keep_rows` keeps per-event values (the bootstrap of a log of at most max_blocks events)."""
+    inputs = _whole_log_inputs(inputs, estimators)
+    n_events = inputs.log.n_events
+    totals: list[EstimatorSums | None] = [None] * len(estimators)
+    for rows in event_chunks(n_events, chunk_events):
+        chunk = inputs if rows == slice(0, n_events) else inputs.rows(rows)
+        blocks = None if block_of is None else block_of[rows]
+        for i, (estimator, total) in enumerate(zip(estimators, totals)):
+            terms = estimator.terms(chunk)
+            events = event_sums(terms.parts, block_of=blocks, keep_rows=keep_rows, max_blocks=max_blocks,
+                                cache=chunk.memo, into=None if total is None else total.events)
+            weights = weight_sums(terms, chunk.log, chunk.memo)
+            totals[i] = EstimatorSums(events, weights if total is None else total.weights + weights, terms.notes)
+    return totals
+
+
+def estimator_influence(
+    inputs: EstimatorInputs,
+    estimators: Sequence[Estimator],
+    centres: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    chunk_events: int = CHUNK_EVENTS,
+) -> list[InfluenceSums]:
+    """Every estimator's InfluenceSums at its centre (EventSums.centre of the whole log), in one
+    more pass over the events in chunks."""
+    inputs = _whole_log_inputs(inputs, estimators)
+    n_events = inputs.log.n_events
+    totals: list[InfluenceSums | None] = [None] * len(estimators)
+    for rows in event_chunks(n_events, chunk_events):
+        chunk = inputs if rows == slice(0, n_events) else inputs.rows(rows)
+        for i, (estimator, centre) in enumerate(zip(estimators, centres)):
+            sums = influence_sums(estimator.terms(chunk).parts, centre)
+            totals[i] = sums if totals[i] is None else totals[i] + sums
+    return totals
 
 
 def summarise(
-    name: str, estimator: Estimator, terms: Terms, interval: Interval, log: SlateLog, unsupported: float | None
-) -> Estimate:
-    ess, ess_per_slot, max_weight, mean_weight = diagnostics(terms, log)
-    notes = terms.notes
+    name: str, estimator: Estimator, notes: tuple[str, ...], weights: WeightSums, interval: Interval,
+    unsupported: float | None,
+) -> EstimatorResult:
+    ess, ess_per_slot, max_weight, mean_weight = weights.diagnostics()
     if mean_weight is not None and not 1.0 / WEIGHT_BAND <= mean_weight <= WEIGHT_BAND and name != "clipped_ips":
         notes = (*notes, f"warning: the mean importance weight is {mean_weight:.3g}, not near 1: the target puts "
                  "much of its mass on what this log rarely or never shows, and the interval understates the uncertainty")
-    return Estimate(
+    return EstimatorResult(
         name=name,
         value=interval.value,
         lower=interval.lower,
@@ -205,6 +357,14 @@ def summarise(
     )
 
 
+def resolve_names(estimators: str | Sequence[str] | None, default: Sequence[str]) -> tuple[str, ...]:
+    """The named estimators, or `default` (those the inputs support) when none are named."""
+    names = parse_names(estimators) if estimators is not None else tuple(default)
+    if not names:
+        raise ValidationError("estimators", "the log and target support no estimator (see the needs in --help)")
+    return names
+
+
 def evaluate(
     log: SlateLog,
     target: TargetProbs,
@@ -219,17 +379,19 @@ def evaluate(
     """Estimate the target's value on the log with every named estimator (default: all it supports).
     `rng` drives cross-fitting folds and bootstrap resampling."""
     options = options or EstimatorOptions()
-    names = parse_names(estimators) if estimators is not None else supported(log, target, options)
-    if not names:
-        raise ValidationError("estimators", "the log and target support no estimator (see the needs in --help)")
+    names = resolve_names(estimators, () if estimators is not None else supported(log, target, options))
     chosen = [make_estimator(name, options) for name in names]
     inputs = prepare(log, target, chosen, options, rng)
-    intervals = Intervals(ci, level, log.n_events, rng, n_resamples=n_resamples)
+    intervals = Intervals(ci, level, log.n_events, rng, n_resamples=n_resamples, event_ids=log.event_ids)
     unsupported = unsupported_share(log, target)
-    estimates = {}
-    for name, estimator in zip(names, chosen):
-        terms = estimator.terms(inputs)
-        estimates[name] = summarise(name, estimator, terms, intervals(terms.parts), log, unsupported)
+    sums = estimator_sums(inputs, chosen, block_of=intervals.block_of(), keep_rows=intervals.keep_rows)
+    influence: list[InfluenceSums | None] = [None] * len(chosen)
+    if intervals.needs_influence:
+        influence = estimator_influence(inputs, chosen, [s.events.centre() for s in sums])
+    estimates = {
+        name: summarise(name, estimator, s.notes, s.weights, intervals.interval(s.events, psi), unsupported)
+        for name, estimator, s, psi in zip(names, chosen, sums, influence)
+    }
     return Evaluation(target.name, log.n_events, log.n_slots, ci, level, estimates)
 
 

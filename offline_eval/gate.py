@@ -26,16 +26,18 @@ from bandit.batch import EventBatch
 from bandit.errors import ValidationError
 from bandit.policy import Policy
 from bandit.types import LoggedEvent
+from offline_eval.estimators import PSEUDOINVERSE
 from offline_eval.evaluate import (
-    Estimate,
-    EstimatorOptions,
-    Evaluation,
     WEIGHT_BAND,
+    EstimatorOptions,
+    EstimatorResult,
+    Evaluation,
     make_estimator,
     parse_names,
     prepare,
     summarise,
     supported,
+    weight_sums,
 )
 from offline_eval.intervals import Interval, Intervals
 from offline_eval.readers import LoadedLog, batch_log, dsjson_log
@@ -43,7 +45,7 @@ from offline_eval.scoring import score_policy
 from offline_eval.slate import SlateLog, TargetProbs, unsupported_share
 
 SHIP, DO_NOT_SHIP, NOT_ENOUGH_DATA = "ship", "do not ship", "not enough data"
-GATE_ESTIMATORS = ("ips", "snips", "dr", "iips", "rips", "snips_rips", "cascade_dr", "pi")
+GATE_ESTIMATORS = ("ips", "snips", "dr", "iips", "rips", "snips_rips", "cascade_dr", PSEUDOINVERSE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,7 @@ class GateResult:
         }
 
 
-def verdict(rule: GateRule, candidate: Estimate, baseline: Estimate, difference: Interval) -> tuple[str, str]:
+def verdict(rule: GateRule, candidate: EstimatorResult, baseline: EstimatorResult, difference: Interval) -> tuple[str, str]:
     """Apply the gate rule to the primary estimator's results."""
     for who, estimate in (("candidate", candidate), ("baseline", baseline)):
         if not estimate.ess >= rule.min_ess:
@@ -181,16 +183,16 @@ def compare(
     primary = rule.primary
     names = names if primary in names else (primary, *names)
     chosen = [make_estimator(name, options) for name in names]
-    intervals = Intervals(ci, level, slate.n_events, rng, n_resamples=n_resamples)
+    intervals = Intervals(ci, level, slate.n_events, rng, n_resamples=n_resamples, event_ids=slate.event_ids)
     folds = rng.permutation(slate.n_events) % options.reward_model.n_folds
     inputs = {who: prepare(slate, t, chosen, options, rng, folds=folds) for who, t in targets.items()}
     shares = {who: unsupported_share(slate, t) for who, t in targets.items()}
-    estimates: dict[str, dict[str, Estimate]] = {"candidate": {}, "baseline": {}}
+    estimates: dict[str, dict[str, EstimatorResult]] = {"candidate": {}, "baseline": {}}
     difference = {}
     for name, estimator in zip(names, chosen):
         terms = {who: estimator.terms(inputs[who]) for who in targets}
         for who, t in terms.items():
-            estimates[who][name] = summarise(name, estimator, t, intervals(t.parts), slate, shares[who])
+            estimates[who][name] = summarise(name, estimator, t.notes, weight_sums(t, slate), intervals(t.parts), shares[who])
         difference[name] = intervals(terms["candidate"].parts + tuple(p.negated() for p in terms["baseline"].parts))
     decided, reason = verdict(rule, estimates["candidate"][primary], estimates["baseline"][primary], difference[primary])
     evaluations = {

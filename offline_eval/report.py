@@ -6,7 +6,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from offline_eval.evaluate import Estimate, Evaluation
+from offline_eval.evaluate import EstimatorResult, Evaluation
 from offline_eval.gate import GateResult
 
 PLOT_NAME = "estimates.png"
@@ -73,7 +73,7 @@ def _estimate_table(evaluation: Evaluation) -> list[str]:
     return lines
 
 
-def _notes(estimates: dict[str, Estimate]) -> list[str]:
+def _notes(estimates: dict[str, EstimatorResult]) -> list[str]:
     lines = []
     for name, e in estimates.items():
         lines.append(f"- **{name}**: {e.assumption}")

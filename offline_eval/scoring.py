@@ -20,8 +20,8 @@ from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
 from bandit.jsonfile import read_json_file
-from bandit.registry import load_policy
 from bandit.policy import Policy
+from bandit.registry import load_policy
 from bandit.sampling import event_uniforms, logged_distributions_of, sample_rankings
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.slate import TargetProbs
@@ -125,8 +125,11 @@ def progressive_scores(
 
 
 @dataclass(frozen=True, slots=True)
-class PolicySpec:
-    """How to get a target's probabilities: a fixed policy, or a learning one scored progressively."""
+class PolicyScorer:
+    """A policy named on the `evaluate` command line, resolved (`resolve_policy`), and how its
+    probabilities on a logged batch are had: a fixed policy scored once per event, or a learning
+    one scored progressively. (simulator.policies.PolicySpec is the other kind of policy name: a
+    declarative KIND:key=value spec built afresh for a simulated world and a seed.)"""
 
     label: str
     make: Callable[[], Policy]
@@ -140,23 +143,23 @@ class PolicySpec:
         return score_policy(self.make(), evaluated, name=name, progress=progress)
 
 
-def resolve_policy(spec: str) -> PolicySpec:
+def resolve_policy(spec: str) -> PolicyScorer:
     """'uniform' | 'editorial' (fixed baselines), 'popularity' (learns, progressive), a saved policy
     file, or 'vw:CONFIG.json' (a RankerConfig as JSON, trained progressively on the log)."""
     if spec in NAMED_BASELINES:
-        return PolicySpec(spec, NAMED_BASELINES[spec], progressive=False)
+        return PolicyScorer(spec, NAMED_BASELINES[spec], progressive=False)
     if spec in LEARNING_BASELINES:
-        return PolicySpec(spec, LEARNING_BASELINES[spec], progressive=True)
+        return PolicyScorer(spec, LEARNING_BASELINES[spec], progressive=True)
     if spec.startswith(PROGRESSIVE_PREFIX):
         path = Path(spec[len(PROGRESSIVE_PREFIX) :])
         data = read_json_file(path, "policy")
         if not isinstance(data, dict):
             raise ValidationError("policy", "configuration must be a JSON object of RankerConfig fields", str(path))
         config = RankerConfig.from_dict(data)
-        return PolicySpec(f"vw {config.config_id()} (progressive)", lambda: VWShelfRanker(config), progressive=True)
+        return PolicyScorer(f"vw {config.config_id()} (progressive)", lambda: VWShelfRanker(config), progressive=True)
     path = Path(spec)
     if not path.exists():
         known = ", ".join([*NAMED_BASELINES, *LEARNING_BASELINES])
         raise ValidationError("policy", f"not a saved policy file, {known}, or vw:CONFIG.json", spec)
     policy = load_policy(path)
-    return PolicySpec(f"{path.name} ({policy.model_version})", lambda: policy, progressive=False)
+    return PolicyScorer(f"{path.name} ({policy.model_version})", lambda: policy, progressive=False)

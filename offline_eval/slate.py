@@ -17,6 +17,12 @@ from bandit.errors import ValidationError
 
 def check_probabilities(name: str, values: np.ndarray, where: np.ndarray | None = None, *, allow_zero: bool) -> None:
     """Every value (where `where` holds) lies in (0, 1], or [0, 1] with `allow_zero`."""
+    if values.size and (where is None or where.all()):
+        # two reductions decide the common case (NaN fails both comparisons); the masks below only
+        # run to name the bad values
+        low, high = values.min(), values.max()
+        if (low >= 0.0 if allow_zero else low > 0.0) and high <= 1.0 + 1e-9:
+            return
     low_ok = values >= 0.0 if allow_zero else values > 0.0
     bad = ~(low_ok & (values <= 1.0 + 1e-9))
     if where is not None:
@@ -46,6 +52,18 @@ def _check_distribution(name: str, values: np.ndarray, candidates: np.ndarray, o
 def _rows_of(events: np.ndarray | slice):
     """A function taking an optional per-event array to its rows for `events`."""
     return lambda values: None if values is None else values[events]
+
+
+def _view(cls, source: object, events: slice, per_event: tuple[str, ...], **fields):
+    """An instance of a frozen slots dataclass holding `source`'s per-event arrays restricted to a
+    slice of events (views, not copies), without the checks of __post_init__ (`source` passed them)."""
+    view = object.__new__(cls)
+    for name in cls.__slots__:
+        value = getattr(source, name)
+        if name in per_event and value is not None:
+            value = value[events]
+        object.__setattr__(view, name, fields.get(name, value))
+    return view
 
 
 def _slot_columns_contiguous(obj: object, names: tuple[str, ...]) -> None:
@@ -93,7 +111,7 @@ class SlateLog:
         _check_shape("event_ids", self.event_ids, (n,))
         if self.context.ndim != 2 or self.context.shape[0] != n:
             raise ValidationError("context", f"must have shape ({n}, n_features)", self.context.shape)
-        if not np.isfinite(self.reward[self.observed]).all():
+        if not _all_finite(self.reward if self.observed.all() else self.reward[self.observed]):
             raise ValidationError("reward", "rewards must be finite numbers")
         for name in ("logging_prob", "logging_marginal"):
             values = getattr(self, name)
@@ -121,6 +139,10 @@ class SlateLog:
     @property
     def n_actions(self) -> int:
         return len(self.action_ids)
+
+    def rows(self, events: slice) -> SlateLog:
+        """The log's events in a slice, as views and without re-checking (for chunked passes)."""
+        return _view(SlateLog, self, events, _LOG_PER_EVENT)
 
     def subset(self, events: np.ndarray | slice) -> SlateLog:
         """The log restricted to some events (an index array or slice over events)."""
@@ -163,6 +185,10 @@ class TargetProbs:
             if values is not None:
                 check_probabilities(f"{self.name}.{name}", values, allow_zero=True)
 
+    def rows(self, events: slice) -> TargetProbs:
+        """The target on a slice of events, as views and without re-checking (for chunked passes)."""
+        return _view(TargetProbs, self, events, _TARGET_PER_EVENT)
+
     def subset(self, events: np.ndarray | slice) -> TargetProbs:
         pick = _rows_of(events)
         return TargetProbs(
@@ -172,6 +198,31 @@ class TargetProbs:
             marginal_distribution=pick(self.marginal_distribution),
             name=self.name,
         )
+
+
+def unchecked(cls, **fields):
+    """A SlateLog or TargetProbs without the checks of __post_init__, for a reader that has made
+    them already (readers.table_log checks every column from its bounds, taken while converting)."""
+    instance = object.__new__(cls)
+    for name in cls.__slots__:
+        object.__setattr__(instance, name, fields.get(name))
+    if cls is SlateLog:
+        object.__setattr__(instance, "complete", bool(instance.observed.all()))
+    if cls is TargetProbs and instance.name is None:
+        object.__setattr__(instance, "name", "target")
+    return instance
+
+
+_LOG_PER_EVENT = (
+    "event_ids", "action", "reward", "logging_prob", "logging_marginal", "observed", "context", "candidates",
+    "action_position", "logging_distribution",
+)
+_TARGET_PER_EVENT = ("prob", "marginal", "conditional_distribution", "marginal_distribution")
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    """No NaN or infinity: the min and max (which propagate NaN) decide it without a mask."""
+    return values.size == 0 or bool(np.isfinite(values.min()) and np.isfinite(values.max()))
 
 
 def check_target(log: SlateLog, target: TargetProbs) -> None:

@@ -13,7 +13,7 @@ from bandit.errors import ShelfBanditError
 COMMANDS = {
     "rank": "shelfbandit.commands:rank",
     "demo": "shelfbandit.demo:demo",
-    "evaluate": "offline_eval.cli:evaluate",
+    "evaluate": "offline_eval.commands:evaluate",
     "serve": "service.commands:serve",
     "join": "service.commands:join",
     "doctor": "service.commands:doctor",

@@ -1,6 +1,12 @@
 """Policy specs: which policy to run, written `KIND[:key=value,...]` on the command line or as a
 mapping in a sweep grid. Kinds: vw (RankerConfig fields as options), uniform, editorial,
-popularity, oracle, model (a saved policy: `model:path=FILE`)."""
+popularity, oracle, model (a saved policy: `model:path=FILE`).
+
+`shelfbandit evaluate --candidate` names policies another way (offline_eval.scoring.resolve_policy
+-> PolicyScorer: a saved file, uniform, editorial, popularity, vw:CONFIG.json), and the two stay
+apart on purpose: a spec here is declarative and built afresh for a simulated world and a seed
+(the oracle and the editorial order need the world; options sit inline so a sweep grid can vary
+them), while evaluation resolves one policy and scores it on logged events."""
 
 from __future__ import annotations
 
@@ -11,8 +17,8 @@ from dataclasses import dataclass, fields
 from bandit.baselines import EditorialPolicy, PopularityPolicy, UniformRandomPolicy
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
-from bandit.registry import load_policy
 from bandit.policy import Policy
+from bandit.registry import load_policy
 from bandit.vw.ranker import VWShelfRanker
 from simulator.oracle import OraclePolicy
 from simulator.world import World
@@ -52,7 +58,8 @@ def parse_options(text: str, field: str) -> dict[str, object]:
 
 @dataclass(frozen=True, slots=True)
 class PolicySpec:
-    """A policy to run: a label for tables and plots, its kind and its options."""
+    """A policy to run in the simulated world: a label for tables and plots, its kind and its options
+    (`build(world, seed)` makes it)."""
 
     label: str
     kind: str

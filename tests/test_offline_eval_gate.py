@@ -15,7 +15,7 @@ from bandit.config import RankerConfig
 from bandit.vw.format import event_line
 from bandit.vw.ranker import VWShelfRanker
 from offline_eval.estimators import SHORT_NAMES
-from offline_eval.evaluate import Estimate
+from offline_eval.evaluate import EstimatorResult
 from offline_eval.gate import DO_NOT_SHIP, NOT_ENOUGH_DATA, SHIP, GateRule, compare, verdict
 from offline_eval.intervals import Interval
 from offline_eval.readers import slate_table
@@ -86,8 +86,8 @@ def difference(value, lower, upper) -> Interval:
     return Interval(value, lower, upper, np.array([value]), np.array([lower]), np.array([upper]))
 
 
-def estimate(ess=500.0, unsupported=0.0, mean_weight=1.0) -> Estimate:
-    return Estimate("x", 1.0, 0.9, 1.1, (1.0,), (0.9,), (1.1,), ess, (ess,), 2.0, mean_weight, unsupported, "")
+def estimate(ess=500.0, unsupported=0.0, mean_weight=1.0) -> EstimatorResult:
+    return EstimatorResult("x", 1.0, 0.9, 1.1, (1.0,), (0.9,), (1.1,), ess, (ess,), 2.0, mean_weight, unsupported, "")
 
 
 RULES = [

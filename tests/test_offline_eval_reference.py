@@ -168,7 +168,7 @@ def test_bootstrap_of_a_mean_has_the_plug_in_standard_error():
     # for (0.8, 0.4, 0.2, 0.0): population variance 0.35/4, so sd sqrt(0.35/16) = 0.1479
     intervals = Intervals("bootstrap", 0.95, 4, np.random.default_rng(1), n_resamples=20000)
     intervals(ips_parts())
-    counts, _ = intervals._resampling()
+    counts = intervals.resampling.counts(4)
     replicates = counts @ np.array([0.8, 0.4, 0.2, 0.0]) / 4
     # the sd of a sample sd from 20000 draws is about sd / sqrt(2 * 20000): 5 of those is the tolerance
     assert replicates.std() == pytest.approx(math.sqrt(0.35 / 16), abs=5 * math.sqrt(0.35 / 16) / math.sqrt(40000))

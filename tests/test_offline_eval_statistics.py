@@ -100,3 +100,22 @@ def test_empirical_bernstein_bound_is_valid_and_conservative(coverage_runs):
     # a high-probability bound: at least the nominal level (it is not meant to be tight)
     for name, share in coverage_runs["bernstein"].items():
         assert share >= 0.95, f"bernstein {name}: covered only {share:.1%}"
+
+
+def test_the_bootstrap_of_a_large_log_resamples_blocks_as_widely_as_events_vary():
+    # above MAX_BLOCKS events the bootstrap resamples 4096 blocks keyed by event id (sizes vary
+    # around n / 4096); its intervals must be as wide as the normal ones, which see every event
+    world, pol = small_world("independent"), policies()
+    ratios = {name: [] for name in ("ips", "snips", "iips", "rips", "snips_rips")}
+    for seed in np.random.SeedSequence(77).spawn(6):
+        rng = np.random.default_rng(seed)
+        log, target = draw_log(world, pol["logger"], pol["target"], 20_000, rng)
+        widths = {}
+        for method in ("bootstrap", "normal"):
+            evaluation = evaluate(log, target, tuple(ratios), rng=rng, ci=method, n_resamples=400)
+            widths[method] = {name: e.upper - e.lower for name, e in evaluation.estimates.items()}
+        for name in ratios:
+            ratios[name].append(widths["bootstrap"][name] / widths["normal"][name])
+    for name, values in ratios.items():
+        # 400 resamples: a percentile interval's width is within about 7% of its limit (1 sd)
+        assert 0.9 <= np.mean(values) <= 1.1, f"{name}: bootstrap / normal width {np.mean(values):.3f}"

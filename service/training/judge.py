@@ -23,7 +23,7 @@ import pandas as pd
 
 from bandit.errors import ValidationError
 from offline_eval.estimators import ESTIMATOR_CLASSES
-from offline_eval.evaluate import Estimate
+from offline_eval.evaluate import EstimatorResult
 from offline_eval.gate import GateResult, GateRule, compare
 from offline_eval.intervals import METHODS, Interval
 from offline_eval.readers import table_log
@@ -170,7 +170,7 @@ def judge(rows: pd.DataFrame, settings: GateSettings, rng: np.random.Generator) 
                    level=settings.level, n_resamples=settings.n_resamples)
 
 
-def _interval(estimate: Estimate | Interval) -> dict:
+def _interval(estimate: EstimatorResult | Interval) -> dict:
     return {"value": estimate.value, "lower": estimate.lower, "upper": estimate.upper}
 
 

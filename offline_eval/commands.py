@@ -64,8 +64,9 @@ def _print_gate(result: GateResult) -> None:
 
 
 @click.command(epilog=EPILOG)
-@click.option("--log", "log_path", required=True, type=click.Path(dir_okay=False),
-              help="Slate table (.parquet, .csv) or joined DSJSON decision log (.jsonl, .json, .dsjson).")
+@click.option("--log", "log_path", required=True, type=click.Path(),
+              help="Slate table (.parquet, .csv), a directory (or s3://... prefix) of slate-table Parquet parts, "
+                   "or a joined DSJSON decision log (.jsonl, .json, .dsjson).")
 @click.option("--estimators", default=None, help="Comma-separated short names (default: all the inputs support).")
 @click.option("--ci", type=click.Choice(METHODS), default="bootstrap", show_default=True, help="Interval method.")
 @click.option("--level", type=float, default=0.95, show_default=True, help="Interval level.")
@@ -87,22 +88,33 @@ def _print_gate(result: GateResult) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of cross-fitting folds and bootstrap.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Directory for report.md and estimates.png.")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="Evaluate a directory of Parquet parts on this Ray cluster, one task per part (same results).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Evaluate a directory of Parquet parts on a local Ray with this many CPUs (same results).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 def evaluate(log_path: str, estimators: str | None, ci: str, level: float, resamples: int, candidate: str | None,
              baseline: str | None, warmup: int, primary: str, min_lift: float, min_ess: float, max_unsupported: float,
-             weight_band: float, clip: float, switch_threshold: float, seed: int, out_dir: str | None, as_json: bool) -> None:
+             weight_band: float, clip: float, switch_threshold: float, seed: int, out_dir: str | None,
+             ray_address: str | None, workers: int | None, as_json: bool) -> None:
     """Estimate a policy's value from a log with confidence intervals, or run the launch gate
     (--candidate C --baseline B): is C better than B, and how sure are we?
 
-    On a slate table with target_prob/target_marginal columns, evaluates that target. On a
-    joined DSJSON log, scores --candidate (and --baseline) on the logged events first. The
-    value is the expected reward summed over the slots; per-slot values are reported too.
+    On a slate table with target_prob/target_marginal columns, evaluates that target; a directory
+    of slate-table Parquet parts is read as one dataset, or with --workers N / --ray-address
+    evaluated part by part on Ray tasks, with the same estimates and, for a seed, the same
+    intervals. On a joined DSJSON log, scores --candidate (and --baseline) on the logged events
+    first. The value is the expected reward summed over the slots; per-slot values are reported too.
     """
     rng = np.random.default_rng(seed)
     options = EstimatorOptions(clip=clip, switch_threshold=switch_threshold)
     interval_args = {"ci": ci, "level": level, "n_resamples": resamples, "options": options}
     if baseline is not None and candidate is None:
         raise ValidationError("--baseline", "needs --candidate (the gate compares a candidate with a baseline)")
+    if ray_address is not None or workers is not None:
+        result = _evaluate_on_ray(log_path, estimators, rng, interval_args, candidate, warmup, ray_address, workers)
+        _finish(result, out_dir, log_path, {"target": "the log's target columns"}, as_json)
+        return
     loaded = read_log(log_path, progress=not as_json)
     if candidate is None:
         if warmup:
@@ -129,6 +141,28 @@ def evaluate(log_path: str, estimators: str | None, ci: str, level: float, resam
                             weight_band=weight_band)
             result = compare(evaluated, targets["candidate"], targets["baseline"], rng=rng, estimators=estimators,
                              rule=rule, **interval_args)
+    _finish(result, out_dir, log_path, labels, as_json)
+
+
+def _evaluate_on_ray(log_path: str, estimators: str | None, rng: np.random.Generator, interval_args: dict,
+                     candidate: str | None, warmup: int, ray_address: str | None, workers: int | None) -> Evaluation:
+    """The target columns of a directory of Parquet parts, shard by shard on Ray."""
+    from offline_eval.sharded import evaluate_parts, ray_session  # Ray loads only when asked for
+
+    flag = "--ray-address" if ray_address is not None else "--workers"
+    if ray_address is not None and workers is not None:
+        raise ValidationError("--workers", "starts a local Ray; on a cluster (--ray-address) its CPUs are the workers")
+    if candidate is not None or warmup:
+        raise ValidationError(flag, "evaluates a slate table's target columns; scoring a policy (--candidate) runs in one process")
+    if "://" not in log_path and not Path(log_path).is_dir():
+        if not Path(log_path).exists():
+            raise ValidationError("log", "file does not exist", log_path)
+        raise ValidationError(flag, "needs a directory of slate-table Parquet parts (one Ray task per part)", log_path)
+    with ray_session(ray_address, workers):
+        return evaluate_parts(log_path, estimators, rng=rng, **interval_args)
+
+
+def _finish(result: GateResult | Evaluation, out_dir: str | None, log_path: str, labels: dict[str, str], as_json: bool) -> None:
     report = None
     if out_dir is not None:
         from offline_eval.report import write_report  # matplotlib loads only when a report is asked for
