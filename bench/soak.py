@@ -4,7 +4,7 @@ trainer (`shelfbandit train --follow`, short publish interval) running beside it
 Reports the service's resident memory at start, middle and end (its event index must level
 off once it holds `event_memory_s` of decisions), the error count (every answer must be 200)
 and the p99 latency of /v1/rank per minute, the first minute being the baseline. Load: a
-closed loop of `--concurrency` clients (httpx, keep-alive) in this process, bounded in time
+closed loop of `--concurrency` clients (shelfbandit.client, keep-alive) in this process, bounded in time
 and count; each rank is followed by one reward for one of its slots with probability 1/2.
 
     python bench/soak.py [--seconds 120] [--concurrency 4] [--event-memory 20]
@@ -27,15 +27,14 @@ import httpx
 import numpy as np
 
 from service.local import LocalService, stop_group
+from shelfbandit.client import AsyncDecisionClient, ClientError, RetryPolicy
 
 MAX_REQUESTS = 1_000_000  # on top of the time bound
 SAMPLE_EVERY_S = 5.0
 
 
-def rank_body(n_shelves: int, n_slots: int, listener: int) -> dict:
-    shelves = [{"id": f"shelf-{i}", "features": {"kind": f"kind-{i % 6}", "age_days": i % 9}} for i in range(n_shelves)]
-    user = {"listener_id": f"listener-{listener}", "country": "SE", "platform": "ios", "hour": listener % 24}
-    return {"user": user, "shelves": shelves, "slots": n_slots}
+def candidates(n_shelves: int) -> list[dict]:
+    return [{"id": f"shelf-{i}", "features": {"kind": f"kind-{i % 6}", "age_days": i % 9}} for i in range(n_shelves)]
 
 
 def group_rss_bytes(pgid: int) -> int:
@@ -60,30 +59,27 @@ def group_rss_bytes(pgid: int) -> int:
 
 async def client_loop(url: str, deadline: float, samples: list, errors: list, seed: int, n_shelves: int, n_slots: int,
                       budget: list[int]) -> None:
+    """One closed-loop backend: rank, and reward half of the decisions, through the client library
+    (no retries and no fallback, so every failure is counted as an error)."""
     rng = random.Random(seed)
-    async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+    shelves = candidates(n_shelves)
+    async with AsyncDecisionClient(url, timeout_s=10.0, retry=RetryPolicy(max_attempts=1)) as client:
         while time.monotonic() < deadline and budget[0] > 0:
             budget[0] -= 1
+            listener = rng.randrange(10_000)
             started = time.perf_counter()
             try:
-                answer = await client.post("/v1/rank", json=rank_body(n_shelves, n_slots, rng.randrange(10_000)))
-            except httpx.HTTPError as err:
+                decision = await client.rank(shelves, n_slots, user={"country": "SE", "platform": "ios", "hour": listener % 24},
+                                             listener_id=f"listener-{listener}")
+            except ClientError as err:
                 errors.append(("rank", type(err).__name__))
                 continue
             samples.append((time.monotonic(), time.perf_counter() - started))
-            if answer.status_code != 200:
-                errors.append(("rank", answer.status_code))
-                continue
             if rng.random() < 0.5:
-                decision = answer.json()
-                reward = {"event_id": decision["event_id"], "slot": rng.randrange(n_slots), "value": 1.0}
                 try:
-                    rewarded = await client.post("/v1/reward", json=reward)
-                except httpx.HTTPError as err:
+                    await client.reward(decision, 1.0, slot=rng.randrange(n_slots))
+                except ClientError as err:
                     errors.append(("reward", type(err).__name__))
-                    continue
-                if rewarded.status_code != 200:
-                    errors.append(("reward", rewarded.status_code))
 
 
 async def sample_memory(pgid: int, deadline: float, curve: list) -> None:
