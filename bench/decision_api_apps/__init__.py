@@ -21,7 +21,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
 from fastapi import FastAPI, Response  # noqa: E402
 
-from bandit.model_file import load_policy  # noqa: E402
+from bandit.registry import load_policy  # noqa: E402
 from bandit.types import Context, Shelf  # noqa: E402
 from bandit.vw.format import listener_line, shelf_line, slot_line  # noqa: E402
 from service.http.schemas import RankRequest  # noqa: E402
