@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,18 +140,6 @@ class FaultHooks:
 
     def step_clock(self, seconds: float) -> None:
         self.offset_file.write_text(repr(float(seconds)))
-
-
-def wait_until(condition, timeout_s: float, what: str, every_s: float = 0.1):
-    """Poll `condition()` until it returns a true value (returned), failing after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout_s} s: {what}")
-        time.sleep(every_s)
 
 
 def logged_events(data_dir: Path) -> Counter:

@@ -3,10 +3,15 @@ on 127.0.0.1 (a free port chosen at run time, always stopped)."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import uvicorn
 
 from bandit.config import RankerConfig
 from bandit.types import Context, Shelf
@@ -77,3 +82,31 @@ def running_service(data_dir: Path, workers: int = 1, **settings):
         yield server
     finally:
         server.stop()
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float = 20.0, what: str = "the condition", every_s: float = 0.05):
+    """Poll `condition()` until it returns a true value (returned); fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(every_s)
+
+
+@contextmanager
+def served_in_thread(app) -> Iterator[str]:
+    """An ASGI app on a real uvicorn in a thread, on a free port of 127.0.0.1; yields its URL."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 10.0, "the stand-in server to start", every_s=0.02)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -12,7 +12,6 @@ from typing import Self
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
@@ -31,7 +30,7 @@ from shelfbandit.client import (
     UnknownEvent,
     editorial_order,
 )
-from tests.service_support import running_service, shelves_json
+from tests.service_support import running_service, served_in_thread, shelves_json
 
 WINDOW = 2.0
 USER = {"country": "SE", "platform": "ios", "hour": 20}
@@ -174,18 +173,8 @@ class Stub:
 @pytest.fixture(scope="module")
 def stub():
     app = Stub()
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app.app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield app, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with served_in_thread(app.app) as url:
+        yield app, url
 
 
 def call(kind: str, url: str, method: str, *args, **kwargs):

@@ -19,9 +19,8 @@ from tests.faults_support import (
     metric,
     repair_ext4,
     tmpfs,
-    wait_until,
 )
-from tests.service_support import ServiceProcess, rank_body, running_service
+from tests.service_support import ServiceProcess, rank_body, running_service, wait_until
 
 FAST_JOIN = {"reward_window_s": 1.0, "join_grace_s": 0.2, "join_interval_s": 0.3, "background_max_backoff_s": 1.0}
 MAX_REQUESTS = 300  # every load loop below is bounded in count and in time

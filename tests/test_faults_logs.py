@@ -15,8 +15,8 @@ import numpy as np
 
 from service.eventlog.segments import segment_paths
 from service.layout import DECISION_KIND, REWARD_KIND, DataPaths
-from tests.faults_support import SHELFBANDIT, FaultHooks, doctor, joined_events, logged_events, metric, wait_until
-from tests.service_support import logged_decisions, rank_body, reward, running_service, write_segment
+from tests.faults_support import SHELFBANDIT, FaultHooks, doctor, joined_events, logged_events, metric
+from tests.service_support import logged_decisions, rank_body, reward, running_service, wait_until, write_segment
 
 FAST_JOIN = {"reward_window_s": 2.0, "join_grace_s": 0.2, "join_interval_s": 0.3, "background_max_backoff_s": 1.0}
 

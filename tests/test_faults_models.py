@@ -14,8 +14,8 @@ from bandit.durable import write_atomic
 from bandit.vw.ranker import VWShelfRanker
 from service.layout import DataPaths
 from service.models.store import ModelStore
-from tests.faults_support import doctor, logged_events, metric, wait_until
-from tests.service_support import ADMIN_TOKEN, ServiceProcess, rank_body, running_service
+from tests.faults_support import doctor, logged_events, metric
+from tests.service_support import ADMIN_TOKEN, ServiceProcess, rank_body, running_service, wait_until
 
 MISSING = "vw-0123456789ab"
 

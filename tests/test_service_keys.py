@@ -21,7 +21,7 @@ from service.join.reader import JoinedLog
 from service.layout import DECISION_KIND, DataPaths
 from service.settings import Settings
 from shelfbandit.client import DecisionClient, InvalidRequest
-from tests.service_support import ADMIN_TOKEN, catalogue, logged_decisions, rank_body, running_service, write_segment
+from tests.service_support import ADMIN_TOKEN, catalogue, logged_decisions, rank_body, running_service, wait_until, write_segment
 
 HOME_1, HOME_2, PODS = "home-secret-0001-aaaa", "home-secret-0002-bbbb", "pods-secret-0001-cccc"
 KEY = "X-Shelfbandit-Key"
@@ -152,27 +152,21 @@ def test_keys_rotate_through_the_keys_file_without_a_restart(tmp_path):
         def rank(secret):
             return http.post("/v1/rank", json=rank_body(), headers={KEY: secret}).status_code
 
-        def wait_for(predicate, timeout_s=10.0):
-            deadline = time.monotonic() + timeout_s
-            while not predicate():
-                assert time.monotonic() < deadline, "the keys file change was not picked up"
-                time.sleep(0.1)
-
         assert rank(HOME_1) == 200 and rank(HOME_2) == 403
         keys_file.write_text(json.dumps({"home": [HOME_1, HOME_2]}))  # the new secret beside the old one
-        wait_for(lambda: rank(HOME_2) == 200)
+        wait_until(lambda: rank(HOME_2) == 200, 10.0, "the keys file change picked up")
         assert rank(HOME_1) == 200
         keys_file.write_text(json.dumps({"home": [HOME_2]}))  # the old one retired
-        wait_for(lambda: rank(HOME_1) == 403)
+        wait_until(lambda: rank(HOME_1) == 403, 10.0, "the keys file change picked up")
         keys_file.write_text('{"home": ')  # broken: readiness says so, the keys read before still work
-        wait_for(lambda: http.get("/readyz").status_code == 503)
+        wait_until(lambda: http.get("/readyz").status_code == 503, 10.0, "the keys file change picked up")
         assert "client-keys" in http.get("/readyz").json()["failing"]
         assert rank(HOME_2) == 200 and rank(HOME_1) == 403
         keys_file.write_text(json.dumps({"home": [HOME_2], "pods": PODS}))
-        wait_for(lambda: http.get("/readyz").status_code == 200)
+        wait_until(lambda: http.get("/readyz").status_code == 200, 10.0, "the keys file change picked up")
         assert rank(PODS) == 200
         keys_file.unlink()  # no file, no key: open again
-        wait_for(lambda: http.post("/v1/rank", json=rank_body()).status_code == 200)
+        wait_until(lambda: http.post("/v1/rank", json=rank_body()).status_code == 200, 10.0, "the keys file change picked up")
 
 
 def test_without_keys_the_endpoints_are_open_and_lines_name_no_key(tmp_path):

@@ -26,6 +26,7 @@ from service.training.loop import TrainingBusy, TrainingLoop
 from service.training.publishing import PublishSettings, SnapshotRefused, checked_snapshot, read_status
 from service.training.records import read_records
 from service.training.state import training_dir
+from tests.service_support import wait_until
 from tests.service_training_support import TinyWorld, log_and_join
 
 SQUARECB = Candidate("squarecb", RankerConfig(explorer="squarecb"))
@@ -181,22 +182,19 @@ def test_a_following_loop_whose_rounds_fail_says_so_retries_and_recovers(local_r
     good = checkpoint.read_bytes()
     stop = threading.Event()
 
-    def status_until(condition, timeout_s=90.0):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    def status_until(condition, what):
+        def matching():
             status = read_status(training_dir(tmp_path))
-            if status is not None and condition(status):
-                return status
-            time.sleep(0.1)
-        raise AssertionError(f"the trainer's status never changed as expected: {read_status(training_dir(tmp_path))}")
+            return status if status is not None and condition(status) else None
+        return wait_until(matching, 90.0, what)
 
     with TrainingLoop(tmp_path, [SQUARECB], publish=SLOW) as loop:
         follower = threading.Thread(target=loop.run, args=(stop,), kwargs={"interval_s": 0.2})
         follower.start()
         try:
-            status_until(lambda s: s.get("champion_version") is not None)  # a good round went by
+            status_until(lambda s: s.get("champion_version") is not None, "a good round")  # a good round went by
             checkpoint.write_bytes(b"{not json")  # the joined log turns unreadable under the trainer
-            failing = status_until(lambda s: s.get("failing"))["failing"]
+            failing = status_until(lambda s: s.get("failing"), "the failing round in the status")["failing"]
             assert "joiner checkpoint is not valid JSON" in failing["error"]
             [finding] = [f for f in diagnose(Settings(data_dir=tmp_path)) if f.check == "publishing"]
             assert finding.status == "problem" and "the trainer's rounds fail" in finding.message
@@ -204,7 +202,7 @@ def test_a_following_loop_whose_rounds_fail_says_so_retries_and_recovers(local_r
             assert "shelfbandit_training_rounds_failing 1.0" in exposition
             assert follower.is_alive()  # it retries, it does not die
             checkpoint.write_bytes(good)
-            recovered = status_until(lambda s: not s.get("failing"))
+            recovered = status_until(lambda s: not s.get("failing"), "the recovery in the status")
             assert recovered["failures_total"] >= 1
         finally:
             stop.set()

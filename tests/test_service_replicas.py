@@ -17,7 +17,7 @@ from service.layout import DataPaths
 from service.local import free_port
 from service.models.store import ModelStore
 from tests.faults_support import SHELFBANDIT
-from tests.service_support import logged_decisions, rank_body, reward, running_service, write_segment
+from tests.service_support import logged_decisions, rank_body, reward, running_service, wait_until, write_segment
 
 T0 = 1_800_000_000.0
 WINDOW_S = 3.0
@@ -47,16 +47,6 @@ def test_segments_of_the_same_name_on_two_replicas_are_joined_once_each_with_rew
     assert sorted(rows["event_id"].unique()) == sorted(ids_a + ids_b) and len(rows) == 8 * N_SLOTS
     credited = rows[~rows["defaulted"]].set_index(["event_id", "slot"])["reward"].to_dict()
     assert credited == {(ids_a[0], 0): 1.0, (ids_b[1], 2): 0.5}
-
-
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def shelfbandit(*args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess:
@@ -95,7 +85,7 @@ def test_two_replicas_one_joiner_every_decision_once_every_reward_once_and_one_m
         # a model published to the shared store: both replicas swap to it
         new_version = ModelStore(DataPaths(data_dir).models).publish(VWShelfRanker(RankerConfig(epsilon=0.4, seed=9)), activate=True)
         for replica in replicas:
-            wait_for(lambda r=replica: r.get("/v1/model").json()["version"] == new_version, 30.0, "the published model")
+            wait_until(lambda r=replica: r.get("/v1/model").json()["version"] == new_version, 30.0, "the published model")
             answer = replica.post("/v1/rank", json=rank_body(n_slots=N_SLOTS)).json()  # a generated id, no reward
             assert answer["model_version"] == new_version
             decided.append(answer["event_id"])

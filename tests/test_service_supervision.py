@@ -17,18 +17,8 @@ from service.settings import Settings
 from service.supervisor import Supervised
 from service.training.publishing import write_status
 from service.training.state import training_dir
-from tests.service_support import logged_decisions, rank_body, running_service, write_segment
+from tests.service_support import logged_decisions, rank_body, running_service, wait_until, write_segment
 from tests.test_service_http import wait_joined
-
-
-def wait_until(condition, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s} s")
 
 
 def failures(metrics: ServiceMetrics, task: str) -> float:

@@ -4,12 +4,10 @@ decision API contract of DESIGN.md (POST /v1/rank, POST /v1/reward)."""
 import asyncio
 import json
 import socket
-import threading
 import time
 
 import numpy as np
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from fastapi import FastAPI, HTTPException, Request
 
@@ -17,6 +15,7 @@ from bandit.errors import ShelfBanditError
 from shelfbandit.cli import cli
 from simulator.http_driver import DriverConfig, drive
 from simulator.world import World, WorldConfig
+from tests.service_support import served_in_thread
 
 
 class ContractApp:
@@ -69,21 +68,8 @@ class ContractApp:
 def server():
     """The contract app on a real uvicorn, on a free port of 127.0.0.1, in a thread."""
     contract = ContractApp()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(contract.app, log_level="warning", lifespan="off")
-    uvicorn_server = uvicorn.Server(config)
-    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uvicorn_server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert uvicorn_server.started
-    yield contract, f"http://127.0.0.1:{port}"
-    uvicorn_server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with served_in_thread(contract.app) as url:
+        yield contract, url
 
 
 @pytest.fixture(scope="module")
