@@ -144,26 +144,24 @@ def build_decision(
     marginal_stderr: np.ndarray,
 ) -> Decision:
     """A Decision from a sampled ranking and the (K, N) marginals."""
-    n_slots = len(ranking.indices)
-    slots = np.arange(n_slots)
     shelf_ids = [s.shelf_id for s in shelves]
-    # each slot's shelves with positive probability, the chosen one moved to the front
-    rows = ranking.distributions
-    order = np.argsort(rows <= 0.0, axis=1, kind="stable")
-    at = np.argmax(order == ranking.indices[:, None], axis=1)
-    order[slots, at] = order[slots, 0]
-    order[slots, 0] = ranking.indices
-    counts = (rows > 0.0).sum(axis=1).tolist()
-    probs = np.take_along_axis(rows, order, axis=1).tolist()
-    distributions = [
-        tuple(zip([shelf_ids[i] for i in picked[:m]], p[:m])) for picked, p, m in zip(order.tolist(), probs, counts)
-    ]
+    chosen = ranking.indices.tolist()
+    slots = range(len(chosen))
+    # each slot's shelves with positive probability in candidate order, the chosen one swapped
+    # with the first (plain lists: for the K x N of a page, cheaper than numpy's per-call overhead)
+    distributions = []
+    for c, row in zip(chosen, ranking.distributions.tolist()):
+        listed = [(shelf_ids[i], p) for i, p in enumerate(row) if p > 0.0]
+        at = sum(p > 0.0 for p in row[:c])  # the chosen one's place among them
+        listed[0], listed[at] = listed[at], listed[0]
+        distributions.append(tuple(listed))
+    values, stderr = marginal_values.tolist(), marginal_stderr.tolist()
     return Decision(
         event_id=event_id,
         model_version=model_version,
-        shelf_ids=tuple(shelf_ids[i] for i in ranking.indices.tolist()),
+        shelf_ids=tuple(shelf_ids[c] for c in chosen),
         slot_probs=tuple(ranking.slot_probs.tolist()),
-        slot_marginals=tuple(marginal_values[slots, ranking.indices].tolist()),
-        marginal_stderr=tuple(marginal_stderr[slots, ranking.indices].tolist()),
+        slot_marginals=tuple(values[k][c] for k, c in zip(slots, chosen)),
+        marginal_stderr=tuple(stderr[k][c] for k, c in zip(slots, chosen)),
         slot_distributions=tuple(distributions),
     )

@@ -31,6 +31,7 @@ from service.experiments.live import Experiment, compare_with_model
 from service.join.joiner import JoinConfig, Joiner, JoinReport
 from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.logs import get_logger
+from service.loop_bridge import LoopBridge
 from service.models.active import ActiveModel
 from service.models.store import ModelStore
 from service.ops.metrics import ServiceMetrics
@@ -92,6 +93,7 @@ class Service:
         # ranking is CPU-bound and holds the GIL: one thread does it, off the event loop
         # (more threads would only contend for the GIL and VW's lock)
         self._ranking_thread = ThreadPoolExecutor(1, thread_name_prefix="ranking")
+        self._bridge: LoopBridge | None = None  # settles the requests' futures from the ranking and log threads
         self._joiner: Joiner | None = None
         self.joiner_task: Supervised | None = None
 
@@ -203,10 +205,17 @@ class Service:
         serving = self.experiment.serving_policy(live, arm)
         learner = self.experiment.policy_of(live, arm) if arm.mode == APPRENTICE else None
         loop = asyncio.get_running_loop()
-        decision, decided_at, logged, served_by = await loop.run_in_executor(
-            self._ranking_thread, self._decide, arm, serving, learner, context, shelves, n_slots, event_id, baseline, key_id
+        if self._bridge is None or self._bridge.loop is not loop:
+            self._bridge = LoopBridge(loop)
+        logged = loop.create_future()
+        self._ranking_thread.submit(
+            self._decide, logged, arm, serving, learner, context, shelves, n_slots, event_id, baseline, key_id
         )
-        await self._durable(asyncio.wrap_future(logged), "decisions")
+        try:
+            decision, decided_at, served_by = await logged
+        except LogWriteError:
+            self.metrics.child(self.metrics.log_errors, "decisions").inc()
+            raise
         self.events.add(event_id, decided_at, decision.shelf_ids, key_id)
         self._served[event_id] = ServedAnswer(event_id, decision.model_version, served_by.arm, decision.shelf_ids, decision.slot_probs)
         if len(self._served) > SERVED_KEPT:
@@ -218,6 +227,7 @@ class Service:
 
     def _decide(
         self,
+        logged: asyncio.Future,
         arm: Arm,
         serving: Policy,
         learner: Policy | None,
@@ -227,17 +237,31 @@ class Service:
         event_id: str,
         baseline: tuple[str, ...],
         key_id: str | None,
-    ) -> tuple[Decision, float, Future, ServedBy]:
+    ) -> None:
         """On the ranking thread: rank, compare an apprentice's model with the editorial order,
-        encode the log line and hand it to the decision log."""
-        decision = serving.rank(context, shelves, n_slots, event_id=event_id, baseline=baseline)
-        served_by = ServedBy(arm.name, arm.mode, arm.learn)
-        if learner is not None:
-            agreement = compare_with_model(learner, context, shelves, decision, baseline)
-            served_by = ServedBy(arm.name, arm.mode, arm.learn, agreement, learner.model_version)
-        now = self.clock()
-        line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline, served_by=served_by, key_id=key_id)
-        return decision, now, self.decisions.submit(line), served_by
+        encode the log line and hand it to the decision log. `logged` gets (decision, decision
+        time, served by) once the line is durable, or the error that stopped it."""
+        try:
+            decision = serving.rank(context, shelves, n_slots, event_id=event_id, baseline=baseline)
+            served_by = ServedBy(arm.name, arm.mode, arm.learn)
+            if learner is not None:
+                agreement = compare_with_model(learner, context, shelves, decision, baseline)
+                served_by = ServedBy(arm.name, arm.mode, arm.learn, agreement, learner.model_version)
+            now = self.clock()
+            line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline, served_by=served_by, key_id=key_id)
+            submitted = time.perf_counter()
+            durable = self.decisions.submit(line)
+        except BaseException as err:
+            self._bridge.settle(logged, error=err)
+            return
+
+        def settle(done: Future) -> None:  # on the committer's thread (or this one, if already done)
+            error = done.exception()
+            if error is None:
+                self.metrics.child(self.metrics.log_commit, "decisions").observe(time.perf_counter() - submitted)
+            self._bridge.settle(logged, (decision, now, served_by), error)
+
+        durable.add_done_callback(settle)
 
     def reward(
         self, event_id: str, slot: int | None, shelf_id: str | None, value: float, reward_id: str | None,
@@ -283,16 +307,7 @@ class Service:
         except LogWriteError:
             self.metrics.log_errors.labels(name).inc()
             raise
-        self.metrics.log_commit.labels(name).observe(time.perf_counter() - started)
-
-    async def _durable(self, logged: asyncio.Future, name: str) -> None:
-        started = time.perf_counter()
-        try:
-            await logged
-        except LogWriteError:
-            self.metrics.log_errors.labels(name).inc()
-            raise
-        self.metrics.log_commit.labels(name).observe(time.perf_counter() - started)
+        self.metrics.child(self.metrics.log_commit, name).observe(time.perf_counter() - started)
 
     # -- joiner --------------------------------------------------------------------------------
     def _join_step(self) -> float:

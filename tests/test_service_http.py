@@ -10,6 +10,7 @@ import pytest
 
 from bandit.vw.format import SHELF_NS, epoch_seconds
 from service.eventlog.segments import segment_paths
+from service.http.body import is_json
 from service.join.reader import JoinedLog
 from service.layout import DataPaths
 from service.models.store import ModelStore
@@ -182,6 +183,9 @@ BAD_RANK_REQUESTS = [
     ("event id with a space", _with(event_id="a b"), 422, "event_id"),
     ("user not an object", _with(user=["SE"]), 422, "user"),
     ("not JSON", _raw("{'user': 1"), 422, "body"),
+    ("an empty body", _raw(""), 422, "body"),
+    ("JSON sent as text/plain", {"content": json.dumps(rank_body(3, 2)), "headers": {"content-type": "text/plain"}}, 422, "body"),
+    ("JSON sent without a content type", {"content": json.dumps(rank_body(3, 2)), "headers": {"content-type": ""}}, 422, "body"),
     ("JSON but not an object", _raw("[1, 2, 3]"), 422, "body"),
     ("body over the size limit", _with(user={"blob": "x" * 500, **{f"k{i}": "y" * 500 for i in range(15)}},
                                        shelves=[{"id": f"s{i}", "features": {"t": "z" * 500}} for i in range(200)]), 413, "body"),
@@ -342,3 +346,12 @@ def test_hot_swap_under_concurrent_load_fails_no_request(tmp_path):
                 thread.join(timeout=30)
         assert failures == []
         assert {first, second} <= set(seen)
+
+
+@pytest.mark.parametrize("content_type, json_body", [
+    ("application/json", True), ("application/json; charset=utf-8", True), ("Application/JSON", True),
+    ("application/problem+json", True), ("text/plain", False), ("application/x-www-form-urlencoded", False),
+    ("", False), (None, False), ("text/json", False),
+])
+def test_the_rank_body_is_read_as_json_for_json_content_types_only(content_type, json_body):
+    assert is_json(content_type) is json_body

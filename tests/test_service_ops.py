@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import promql_parser
 import pytest
 import yaml
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from service.join.joiner import JoinConfig, Joiner
 from service.layout import DataPaths
 from service.models.store import ModelStore
-from service.ops.metrics import BACKLOG_GAUGES, PUBLISH_REFUSALS, PUBLISHING_GAUGES, ServiceMetrics
+from service.ops.metrics import BACKLOG_GAUGES, MIN_PROB_WINDOW, PUBLISH_REFUSALS, PUBLISHING_GAUGES, ServiceMetrics, WindowMin
 from shelfbandit.cli import cli
 from tests.service_support import logged_decisions, reward, write_segment
 from tests.test_service_model_store import trained_ranker
@@ -196,3 +197,24 @@ def test_serve_refuses_bad_settings_before_starting(tmp_path, settings, message)
     file.write_text(json.dumps({"data_dir": str(tmp_path / "data"), **settings}))
     result = subprocess.run([str(BIN), "serve", "--settings", str(file)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 1000])
+def test_the_window_minimum_is_the_minimum_of_the_last_values(size):
+    rng = np.random.default_rng(size)
+    window, pushed = WindowMin(size), []
+    for value in rng.choice([0.25, 0.5, 1.0, *rng.random(5)], size=3 * size + 50):  # repeats and new minima
+        pushed.append(float(value))
+        assert window.push(float(value)) == min(pushed[-size:])
+
+
+def test_min_logged_probability_follows_the_last_decisions():
+    metrics = ServiceMetrics()
+    first = (("a", 0.2), ("b", 0.8))
+    metrics.observe_decision((first,), (0.2,), "main", "online")
+    for _ in range(MIN_PROB_WINDOW - 1):
+        metrics.observe_decision(((("b", 0.9), ("a", 0.1)),), (0.9,), "main", "online")
+    assert metrics.min_probability._value.get() == 0.2
+    metrics.observe_decision(((("b", 0.9), ("a", 0.1)),), (0.9,), "main", "online")  # the 0.2 leaves the window
+    assert metrics.min_probability._value.get() == 0.9
+    assert metrics.explored._value.get() == 1  # only the first decision showed a shelf other than its most probable

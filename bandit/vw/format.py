@@ -149,6 +149,13 @@ def shelf_features(shelf: Shelf) -> dict[str, float]:
     return dict(_shelf_features(shelf))
 
 
+@functools.lru_cache(maxsize=65_536)
+def _shelf_entry(shelf: Shelf) -> dict:
+    """The shelf's `_multi` entry of a decision record, built once per shelf and shared by the
+    records of every decision that lists it (records are serialised, never changed)."""
+    return {"_tag": shelf.shelf_id, SHELF_NS: shelf_features(shelf)}
+
+
 def slot_features(slot: int) -> dict[str, float]:
     """The slot's VW features: its index."""
     return {f"{SLOT_FEATURE}={slot}": 1.0}
@@ -207,7 +214,7 @@ def decision_record(
         "Version": DSJSON_VERSION,
         "c": {
             LISTENER_NS: encode_features(context.features),
-            "_multi": [{"_tag": s.shelf_id, SHELF_NS: shelf_features(s)} for s in shelves],
+            "_multi": [_shelf_entry(s) for s in shelves],
             "_slots": [{"_id": str(k), SLOT_NS: slot_features(k)} for k in range(decision.n_slots)],
         },
         "_outcomes": outcomes,

@@ -241,8 +241,9 @@ class ObserveAndLimit:
         service = getattr(getattr(app, "state", None), "service", None)
         if service is not None:
             label = str(status)
-            service.metrics.requests.labels(endpoint, label).inc()
-            service.metrics.latency.labels(endpoint, label).observe(seconds)
+            metrics = service.metrics
+            metrics.child(metrics.requests, endpoint, label).inc()
+            metrics.child(metrics.latency, endpoint, label).observe(seconds)
         if self.access_log:
             fields = {"endpoint": endpoint, "method": scope["method"], "status": status, "ms": round(seconds * 1e3, 3)}
             event_id = scope.get("state", {}).get("event_id")

@@ -11,8 +11,10 @@ from bandit.errors import ValidationError
 from bandit.features import Features
 from bandit.types import Context, Decision, Shelf
 from bandit.vw.format import SHELF_ID_FEATURE
-from service.http.schemas import RankRequest, RewardRequest
+from service.http.schemas import RankRequest, RewardRequest, ShelfIn
 from service.settings import Settings
+
+SHELVES_KEPT = 65_536  # validated shelves a worker keeps (a catalogue's candidates recur on every page)
 
 
 def rank_inputs(body: RankRequest, limits: Settings) -> tuple[Context, tuple[Shelf, ...], tuple[str, ...]]:
@@ -42,10 +44,31 @@ def rank_inputs(body: RankRequest, limits: Settings) -> tuple[Context, tuple[She
     if len(set(baseline)) != len(baseline):
         raise ValidationError("baseline", "must not list a shelf twice")
     context = Context(Features(body.user, field="user"), body.listener_id)
-    shelves = tuple(
-        Shelf(shelf.id, Features(shelf.features, field=f"shelves[{i}].features")) for i, shelf in enumerate(body.shelves)
-    )
+    shelves = tuple(_shelf(shelf, i) for i, shelf in enumerate(body.shelves))
     return context, shelves, baseline
+
+
+_shelves: dict[tuple, Shelf] = {}  # (id, feature items, their types) -> the shelf validated from them
+
+
+def _shelf(shelf: ShelfIn, i: int) -> Shelf:
+    """The validated Shelf of a request's shelf, validated once for every page that lists it
+    (the same object each time). The key holds each value's type: 1, 1.0 and True are equal
+    keys in Python but distinct features; a value that cannot be a key is validated (and refused)."""
+    features = shelf.features
+    key = (shelf.id, tuple(features.items()), tuple(map(type, features.values())))
+    try:
+        return _shelves[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable value (a list, an object): refused by the validation below
+        key = None
+    made = Shelf(shelf.id, Features(features, field=f"shelves[{i}].features"))
+    if key is not None:
+        if len(_shelves) >= SHELVES_KEPT:
+            _shelves.clear()
+        _shelves[key] = made
+    return made
 
 
 def reward_target(body: RewardRequest) -> tuple[int | None, str | None]:

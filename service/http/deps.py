@@ -20,9 +20,13 @@ client_key = APIKeyHeader(
 )
 
 
+def service_of(request: Request) -> Service:
+    return request.app.state.service
+
+
 # async: FastAPI runs sync dependencies in its threadpool, an extra hop on every request
 async def get_service(request: Request) -> Service:
-    return request.app.state.service
+    return service_of(request)
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
@@ -35,11 +39,16 @@ async def get_settings(service: ServiceDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def client_key_id(request: Request, presented: Annotated[str | None, Depends(client_key)]) -> str | None:
-    """The name of the caller's client key (401 without one, 403 with an unknown one), or None
-    while no client key is configured."""
+def caller_key_id(request: Request, presented: str | None) -> str | None:
+    """The name of the caller's client key `presented` (401 without one, 403 with an unknown
+    one), or None while no client key is configured."""
     keys: ClientKeys = request.app.state.keys
     return keys.identify(presented)
+
+
+async def client_key_id(request: Request, presented: Annotated[str | None, Depends(client_key)]) -> str | None:
+    """`caller_key_id` as a dependency (the OpenAPI document lists the header as its security scheme)."""
+    return caller_key_id(request, presented)
 
 
 KeyIdDep = Annotated[str | None, Depends(client_key_id)]

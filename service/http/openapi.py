@@ -12,7 +12,10 @@ import json
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service.http.body import DOCUMENTED_BODIES
 from service.settings import Settings
+
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 DESCRIPTION = """\
 Orders a home page's shelves with a contextual bandit (`POST /v1/rank`), logs what it showed
@@ -33,6 +36,11 @@ def openapi_document(app: FastAPI, settings: Settings) -> dict:
         title=app.title, version=app.version, summary=app.summary, description=DESCRIPTION, routes=app.routes
     )
     schemas = document["components"]["schemas"]
+    for name, model in DOCUMENTED_BODIES.items():  # bodies read by service.http.body, not by FastAPI
+        schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+    document["components"]["schemas"] = dict(sorted(schemas.items()))
     rank = schemas["RankRequest"]["properties"]
     rank["slots"]["maximum"] = settings.max_slots
     rank["shelves"]["maxItems"] = settings.max_shelves

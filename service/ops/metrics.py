@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterator
+from operator import itemgetter
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -25,6 +26,7 @@ PREFIX = "shelfbandit"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5)
 MIN_PROB_WINDOW = 1000
+_PROBABILITY = itemgetter(1)
 
 
 def multiprocess_enabled() -> bool:
@@ -118,17 +120,26 @@ class ServiceMetrics:
             f"{PREFIX}_apprentice_agreed_slots_total", "apprentice slots where the model's top choice was the editorial one",
             ["arm"], registry=r,
         )
-        self._recent_min_probs: deque[float] = deque(maxlen=MIN_PROB_WINDOW)
+        self._recent_min_prob = WindowMin(MIN_PROB_WINDOW)
+        self._children: dict[tuple, object] = {}
         self._served_version: str | None = None
+
+    def child(self, metric, *labels: str):
+        """`metric.labels(*labels)`, remembered (prometheus_client looks it up under a lock each time)."""
+        key = (metric, labels)
+        try:
+            return self._children[key]
+        except KeyError:
+            made = self._children[key] = metric.labels(*labels)
+            return made
 
     def observe_decision(self, slot_distributions: tuple, slot_probs: tuple, arm: str, mode: str) -> None:
         """Count a decision (and its arm), whether it explored, and its smallest logged probability."""
         self.decisions.inc()
-        self.arm_decisions.labels(arm, mode).inc()
-        if any(distribution[0][1] < max(p for _, p in distribution) for distribution in slot_distributions):
+        self.child(self.arm_decisions, arm, mode).inc()
+        if any(distribution[0][1] < max(map(_PROBABILITY, distribution)) for distribution in slot_distributions):
             self.explored.inc()
-        self._recent_min_probs.append(min(slot_probs))
-        self.min_probability.set(min(self._recent_min_probs))
+        self.min_probability.set(self._recent_min_prob.push(min(slot_probs)))
 
     def observe_agreement(self, arm: str, n_slots: int, n_agreed: int) -> None:
         self.apprentice_slots.labels(arm).inc(n_slots)
@@ -186,6 +197,27 @@ BACKLOG_GAUGES = {
         "since when a candidate has had a part to train and committed no step (absent when none waits)",
         lambda b: b.waiting_since),
 }
+
+
+class WindowMin:
+    """The minimum of the last `size` values pushed, in amortised O(1) a push: a deque of the
+    values that may still become the minimum (each smaller than those after it), oldest first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._pushed = 0
+        self._candidates: deque[tuple[int, float]] = deque()  # (push number, value)
+
+    def push(self, value: float) -> float:
+        """Add `value`; return the minimum of the last `size` values."""
+        candidates = self._candidates
+        while candidates and candidates[-1][1] >= value:
+            candidates.pop()
+        candidates.append((self._pushed, value))
+        self._pushed += 1
+        if candidates[0][0] < self._pushed - self.size:
+            candidates.popleft()
+        return candidates[0][1]
 
 
 class PublishingCollector:
