@@ -55,7 +55,9 @@ class Settings(BaseModel):
         "a crash of the process, not of the machine). In every mode a line is written before the answer.",
     )
     group_commit_ms: float = Field(
-        2.0, ge=0.0, le=100.0, description="how long the committer gathers lines before each write + fsync"
+        0.0, ge=0.0, le=100.0,
+        description="how long the committer gathers lines before each write + fsync; 0: none (the lines that queue "
+        "during one write + fsync form the next group)",
     )
     segment_max_bytes: int = Field(64 * 2**20, ge=4096)
     segment_max_seconds: float = Field(3600.0, gt=0.0)

@@ -97,10 +97,10 @@ def wait_until(condition: Callable[[], object], timeout_s: float = 20.0, what: s
 
 
 @contextmanager
-def served_in_thread(app) -> Iterator[str]:
+def served_in_thread(app, lifespan: str = "off") -> Iterator[str]:
     """An ASGI app on a real uvicorn in a thread, on a free port of 127.0.0.1; yields its URL."""
     sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -10,11 +10,14 @@ import pytest
 
 from bandit.vw.format import SHELF_NS, epoch_seconds
 from service.eventlog.segments import segment_paths
+from service.http.app import create_app
 from service.http.body import is_json
 from service.join.reader import JoinedLog
 from service.layout import DataPaths
 from service.models.store import ModelStore
-from tests.service_support import ADMIN_TOKEN, catalogue, rank_body, running_service, shelves_json
+from service.serving import Service
+from service.settings import Settings
+from tests.service_support import ADMIN_TOKEN, catalogue, rank_body, running_service, served_in_thread, shelves_json
 from tests.test_service_model_store import trained_ranker
 
 WINDOW = 3.0
@@ -355,3 +358,48 @@ def test_hot_swap_under_concurrent_load_fails_no_request(tmp_path):
 ])
 def test_the_rank_body_is_read_as_json_for_json_content_types_only(content_type, json_body):
     assert is_json(content_type) is json_body
+
+
+LANE_REQUESTS = [  # (json body or raw text, headers): a good request, and one per kind of refusal
+    ({**rank_body(6, 3, event_id="lane-1"), "listener_id": "l-1"}, {}),
+    (rank_body(3, 4), {}),
+    ({**rank_body(4, 2), "shelves": [{"id": "a"}, {"id": "a"}]}, {}),
+    ("{'user': 1", {"content-type": "application/json"}),
+    (json.dumps(rank_body(3, 2)), {"content-type": "text/plain"}),
+    ({**rank_body(4, 2), "user": {"blob": "x" * 9000}}, {}),
+]
+
+
+def _answers(app) -> list[tuple[int, dict]]:
+    with served_in_thread(app, lifespan="on") as url:
+        answers = []
+        for body, headers in LANE_REQUESTS:
+            kwargs = {"content": body} if isinstance(body, str) else {"json": body}
+            answers.append(httpx.post(f"{url}/v1/rank", headers=headers, timeout=10, **kwargs))
+        answers.append(httpx.get(f"{url}/v1/rank", timeout=10))
+        return [(a.status_code, a.headers.get("allow"), a.json()) for a in answers]
+
+
+def test_the_rank_lane_answers_exactly_as_fastapis_way(tmp_path):
+    def app(name: str, lane: bool):
+        made = create_app(Settings.checked({"data_dir": str(tmp_path / name), "max_body_bytes": 8192}))
+        if not lane:
+            made.lane = None
+        return made
+
+    through_lane, through_fastapi = _answers(app("lane", True)), _answers(app("fastapi", False))
+    assert through_lane == through_fastapi
+    assert [status for status, _, _ in through_lane] == [200, 422, 422, 422, 422, 413, 405]
+    assert through_lane[-1][1] == "POST"
+
+
+def test_the_rank_lane_answers_an_unexpected_error_as_a_500_problem(tmp_path, monkeypatch):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Service, "rank", broken)
+    with served_in_thread(create_app(Settings.checked({"data_dir": str(tmp_path / "data")})), lifespan="on") as url:
+        answer = httpx.post(f"{url}/v1/rank", json=rank_body(4, 2), timeout=10)
+    assert answer.status_code == 500
+    assert answer.json() == {"error": "internal error (logged by the service)",
+                             "detail": [{"field": "", "rule": "internal error (logged by the service)"}]}

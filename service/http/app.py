@@ -27,6 +27,7 @@ from service.eventlog.segments import LogWriteError
 from service.http.convert import ranking_json
 from service.http.keys import KEY_HEADER, ClientKeys, MissingKey
 from service.http.openapi import use_document
+from service.http.rank_lane import DecisionApp
 from service.http.routes import arms, model, ops, rank, reward
 from service.logs import get_logger
 from service.models.store import ModelRefused, UnknownModelVersion
@@ -88,7 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
             if multiprocess_enabled():
                 multiprocess.mark_process_dead(os.getpid())
 
-    app = FastAPI(
+    app = DecisionApp(
         title="shelf-bandit decision service",
         version="1",
         summary="Orders home-page shelves with a contextual bandit, logs what it showed, joins rewards.",
@@ -103,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(ObserveAndLimit, max_body_bytes=settings.max_body_bytes, access_log=settings.access_log)
+    app.lane = ObserveAndLimit(app.rank_lane, max_body_bytes=settings.max_body_bytes, access_log=settings.access_log)
     use_document(app, settings)
     return app
 
