@@ -166,14 +166,13 @@ def _check_probabilities(name: str, values: Sequence[float]) -> None:
 def _check_distribution(
     slot: int, distribution: Sequence[tuple[str, float]], shelf_ids: Sequence[str], slot_prob: float
 ) -> None:
-    field_name = f"slot_distributions[{slot}]"
     if not distribution or distribution[0][0] != shelf_ids[slot]:
-        raise ValidationError(field_name, "must list the chosen shelf first", distribution[:1])
+        raise ValidationError(f"slot_distributions[{slot}]", "must list the chosen shelf first", distribution[:1])
     if abs(distribution[0][1] - slot_prob) > PROBABILITY_TOLERANCE:
-        raise ValidationError(field_name, "the chosen shelf's probability must equal slot_probs", distribution[0][1])
+        raise ValidationError(f"slot_distributions[{slot}]", "the chosen shelf's probability must equal slot_probs", distribution[0][1])
     ids, probs = zip(*distribution)
     total = math.fsum(probs)
     if abs(total - 1.0) > 1e-4:
-        raise ValidationError(field_name, "probabilities over the slot's candidates must sum to 1", total)
+        raise ValidationError(f"slot_distributions[{slot}]", "probabilities over the slot's candidates must sum to 1", total)
     if slot and not set(shelf_ids[:slot]).isdisjoint(ids):
-        raise ValidationError(field_name, "must not list a shelf already placed above", distribution)
+        raise ValidationError(f"slot_distributions[{slot}]", "must not list a shelf already placed above", distribution)

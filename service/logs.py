@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 
+import orjson
+
 LOGGER = "shelfbandit.service"
 
 
@@ -26,7 +28,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[1] is not None:
             error = record.exc_info[1]
             entry["error"] = f"{type(error).__name__}: {error}"
-        return json.dumps(entry, default=str)
+        try:  # orjson: a fifth of json's cost, on every request's access line
+            return orjson.dumps(entry, default=str).decode()
+        except orjson.JSONEncodeError:  # what orjson refuses (an integer beyond 64 bits) json writes
+            return json.dumps(entry, default=str)
 
 
 def log_config(level: str) -> dict:
