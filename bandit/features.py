@@ -53,6 +53,10 @@ class Features(Mapping[str, FeatureValue]):
     def __hash__(self) -> int:
         return self._hash
 
+    def __reduce__(self):
+        # rebuilt, not copied: the hash of a string differs between processes (Ray's workers)
+        return (Features, (self._dict,))
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Features):
             return self._items == other._items

@@ -151,8 +151,9 @@ def build_decision(
     # with the first (plain lists: for the K x N of a page, cheaper than numpy's per-call overhead)
     distributions = []
     for c, row in zip(chosen, ranking.distributions.tolist()):
-        listed = [(shelf_ids[i], p) for i, p in enumerate(row) if p > 0.0]
-        at = sum(p > 0.0 for p in row[:c])  # the chosen one's place among them
+        positive = [i for i, p in enumerate(row) if p > 0.0]
+        listed = [(shelf_ids[i], row[i]) for i in positive]
+        at = positive.index(c)  # the chosen one's place among them (ValueError: a shelf of probability 0 was drawn)
         listed[0], listed[at] = listed[at], listed[0]
         distributions.append(tuple(listed))
     values, stderr = marginal_values.tolist(), marginal_stderr.tolist()

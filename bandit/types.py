@@ -19,11 +19,20 @@ class Shelf:
 
     shelf_id: str
     features: Features = field(default_factory=Features)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.shelf_id, str) or not self.shelf_id:
             raise ValidationError("shelf_id", "must be a non-empty string", self.shelf_id)
         object.__setattr__(self, "features", as_features(self.features, f"shelves[{self.shelf_id}].features"))
+        object.__setattr__(self, "_hash", hash((self.shelf_id, self.features)))
+
+    def __hash__(self) -> int:  # computed once: candidate sets of shelves are cache keys on every request
+        return self._hash
+
+    def __reduce__(self):
+        # rebuilt, not copied: the hash of a string differs between processes (Ray's workers)
+        return (Shelf, (self.shelf_id, self.features))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,10 @@
 """Domain types reject bad input with a message that names the field and the rule."""
 
 import math
+import os
+import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -83,3 +87,19 @@ def test_decision_prefix_and_slate_probability():
     d = _decision()
     assert d.n_slots == 2
     assert d.slate_prob == pytest.approx(0.5)
+
+
+def test_shelves_and_features_keep_their_equality_and_hash_across_processes(tmp_path):
+    """A pickled shelf (what Ray hands its workers) is rebuilt, not copied: a string's hash
+    differs between processes, so a copied hash would not find the equal shelf in a dict."""
+    pickled = tmp_path / "shelf.pkl"
+    pickled.write_bytes(pickle.dumps([Shelf("s-1", {"kind": "mix", "age_days": 3}), Features({"country": "SE"})]))
+    check = (
+        "import pickle, sys; from bandit.features import Features; from bandit.types import Shelf; "
+        f"shelf, features = pickle.loads(open({str(pickled)!r}, 'rb').read()); "
+        "fresh = Shelf('s-1', {'kind': 'mix', 'age_days': 3.0}); "
+        "sys.exit(0 if {fresh: 1}.get(shelf) == 1 and {Features({'country': 'SE'}): 1}.get(features) == 1 else 1)"
+    )
+    for seed in ("1", "2"):
+        done = subprocess.run([sys.executable, "-c", check], env={**os.environ, "PYTHONHASHSEED": seed}, timeout=60)
+        assert done.returncode == 0
