@@ -23,6 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
