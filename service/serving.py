@@ -250,7 +250,7 @@ class Service:
             now = self.clock()
             line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline, served_by=served_by, key_id=key_id)
             submitted = time.perf_counter()
-            durable = self.decisions.submit(line)
+            durable = self.decisions.submit(line, alone=len(self._in_flight) == 1)  # a lone request commits its own line
         except BaseException as err:
             self._bridge.settle(logged, error=err)
             return
