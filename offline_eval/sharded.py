@@ -168,32 +168,13 @@ class _Refused:
         raise ValidationError(self.field, self.rule, self.found)
 
 
-def _refusal(err: ValidationError) -> _Refused:
-    return _Refused(err.field, err.rule, err.found)
-
-
-def _sums_task(*args):
+def _shard_task(work, *args):
+    """`work(*args)` for one shard on a Ray worker: Arrow single-threaded, a refusal returned as a value."""
     _single_threaded_arrow()
     try:
-        return shard_sums(*args)
+        return work(*args)
     except ValidationError as err:
-        return _refusal(err), None
-
-
-def _influence_task(*args):
-    _single_threaded_arrow()
-    try:
-        return shard_influence(*args)
-    except ValidationError as err:
-        return _refusal(err)
-
-
-def _ids_task(*args):
-    _single_threaded_arrow()
-    try:
-        return shard_ids(*args)
-    except ValidationError as err:
-        return _refusal(err)
+        return _Refused(err.field, err.rule, err.found)
 
 
 _REMOTE: dict[str, object] = {}
@@ -218,22 +199,20 @@ def _raise_refusals(results: Sequence) -> list:
 class RayRunner:
     """One Ray task per shard, one CPU each (call inside `ray_session`)."""
 
-    def _run(self, task, calls: Sequence[tuple]) -> list:
+    def _run(self, work, calls: Sequence[tuple]) -> list:
         import ray
 
-        remote = _remote(task)
-        outputs = ray.get([remote.remote(*args) for args in calls])
-        return _raise_refusals([out[0] if isinstance(out, tuple) and isinstance(out[0], _Refused) else out
-                                for out in outputs])
+        remote = _remote(_shard_task)
+        return _raise_refusals(ray.get([remote.remote(work, *args) for args in calls]))
 
     def sums(self, calls: Sequence[tuple]) -> list[tuple[ShardSums, np.ndarray | None]]:
-        return self._run(_sums_task, calls)
+        return self._run(shard_sums, calls)
 
     def ids(self, calls: Sequence[tuple]) -> list[np.ndarray]:
-        return self._run(_ids_task, calls)
+        return self._run(shard_ids, calls)
 
     def influence(self, calls: Sequence[tuple]) -> list[list[InfluenceSums]]:
-        return self._run(_influence_task, calls)
+        return self._run(shard_influence, calls)
 
 
 @contextmanager

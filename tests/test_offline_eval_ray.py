@@ -164,3 +164,16 @@ def test_what_only_the_whole_log_shows_is_refused(local_ray, tmp_path, table):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValidationError, match="log: holds no Parquet parts"):
         on_ray(str(tmp_path / "empty"))
+
+
+def test_a_part_refused_on_a_ray_worker_is_refused_on_the_driver_as_in_one_process(local_ray, tmp_path, table):
+    """A shard's ValidationError crosses from the worker as a value and is raised as itself."""
+    broken = table.copy()
+    broken.loc[broken.index[N_SLOTS * 250], "logging_prob"] = 1.5
+    directory = write_parts(broken, tmp_path / "broken", [200])
+    with pytest.raises(ValidationError) as locally:
+        evaluate_parts(directory, ESTIMATORS, rng=np.random.default_rng(0), n_resamples=50, runner=LocalRunner())
+    with pytest.raises(ValidationError) as on_workers:
+        on_ray(directory)
+    assert (on_workers.value.field, on_workers.value.rule) == (locally.value.field, locally.value.rule)
+    assert "logging_prob" in str(on_workers.value)
