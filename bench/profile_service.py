@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--raw", type=Path, help="also keep py-spy's raw samples here")
     args = parser.parse_args()
-    py_spy = shutil.which("py-spy") or str(Path(os.sys.executable).with_name("py-spy"))
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: pip install -e '.[bench]'")
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:

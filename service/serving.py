@@ -305,7 +305,7 @@ class Service:
         try:
             writer.append(line)
         except LogWriteError:
-            self.metrics.log_errors.labels(name).inc()
+            self.metrics.child(self.metrics.log_errors, name).inc()
             raise
         self.metrics.child(self.metrics.log_commit, name).observe(time.perf_counter() - started)
 

@@ -214,7 +214,8 @@ def test_min_logged_probability_follows_the_last_decisions():
     metrics.observe_decision((first,), (0.2,), "main", "online")
     for _ in range(MIN_PROB_WINDOW - 1):
         metrics.observe_decision(((("b", 0.9), ("a", 0.1)),), (0.9,), "main", "online")
-    assert metrics.min_probability._value.get() == 0.2
+    sample = metrics.registry.get_sample_value
+    assert sample("shelfbandit_min_logged_probability") == 0.2
     metrics.observe_decision(((("b", 0.9), ("a", 0.1)),), (0.9,), "main", "online")  # the 0.2 leaves the window
-    assert metrics.min_probability._value.get() == 0.9
-    assert metrics.explored._value.get() == 1  # only the first decision showed a shelf other than its most probable
+    assert sample("shelfbandit_min_logged_probability") == 0.9
+    assert sample("shelfbandit_explored_decisions_total") == 1  # only the first showed a shelf other than its most probable

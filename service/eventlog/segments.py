@@ -315,19 +315,7 @@ class SegmentWriter:
                 time.sleep(self.group_commit_s)
             with self._lock:
                 batch, self._queue = self._queue, []
-            # only one thread writes at a time (`_writing`), so the write needs no lock and
-            # requests keep queueing the next group meanwhile
-            try:
-                self._write_now(b"".join(line for line, _ in batch), sync=True)
-            except BaseException as err:  # whatever went wrong, no line of the batch is acknowledged
-                failure = err if isinstance(err, LogWriteError) else LogWriteError(self.kind, f"log write failed: {type(err).__name__}: {err}")
-                for _, done in batch:
-                    done.set_exception(failure)
-                head = line_head(batch[0][0])
-                if head is not None:
-                    err.event_id = head[0]
-                raise
-            self._unacknowledged = False  # before another writer may start (and fail)
+            self._write_group(batch)
         finally:
             with self._lock:
                 self._writing = False
@@ -335,3 +323,19 @@ class SegmentWriter:
         for _, done in batch:
             done.set_result(None)
         return 0.0
+
+    def _write_group(self, batch: list[tuple[bytes, Future]]) -> None:
+        """Write and fsync a group's lines at once (`_writing` is the committer's, so no lock is
+        needed and requests keep queueing the next group meanwhile); if that fails, for whatever
+        reason, no line of the group is acknowledged."""
+        try:
+            self._write_now(b"".join(line for line, _ in batch), sync=True)
+        except BaseException as err:
+            failure = err if isinstance(err, LogWriteError) else LogWriteError(self.kind, f"log write failed: {type(err).__name__}: {err}")
+            for _, done in batch:
+                done.set_exception(failure)
+            head = line_head(batch[0][0])
+            if head is not None:
+                err.event_id = head[0]
+            raise
+        self._unacknowledged = False  # before another writer may start (and fail)
