@@ -11,7 +11,7 @@ import asyncio
 import gc
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -90,10 +90,7 @@ class Service:
         self.decisions: SegmentWriter | None = None
         self.rewards: SegmentWriter | None = None
         self.late_rewards: SegmentWriter | None = None
-        # ranking is CPU-bound and holds the GIL: one thread does it, off the event loop
-        # (more threads would only contend for the GIL and VW's lock)
-        self._ranking_thread = ThreadPoolExecutor(1, thread_name_prefix="ranking")
-        self._bridge: LoopBridge | None = None  # settles the requests' futures from the ranking and log threads
+        self._bridge: LoopBridge | None = None  # settles the requests' futures from the decision log's committer
         self._joiner: Joiner | None = None
         self.joiner_task: Supervised | None = None
 
@@ -134,7 +131,6 @@ class Service:
             self.joiner_task.stop(timeout_s=30.0)
             if not self.joiner_task.running:  # a pass still under way keeps the lock until the process ends
                 self._joiner.release()
-        self._ranking_thread.shutdown(wait=True)
         for writer in (self.decisions, self.rewards, self.late_rewards):
             if writer is not None:
                 writer.close()
@@ -179,8 +175,8 @@ class Service:
         key_id: str | None = None,
     ) -> tuple[Decision, ServedBy]:
         """Assign the request to an arm (by its listener id, else its event id), rank with the
-        arm's policy on the ranking thread, wait until the decision is durably logged (with the
-        name of the client key that asked, `key_id`), then return it and the arm that served it."""
+        arm's policy, wait until the decision is durably logged (with the name of the client key
+        that asked, `key_id`), then return it and the arm that served it."""
         if self.decisions is None:
             raise NotReady("decisions", "the decision log is not open")
         if event_id is None:
@@ -204,15 +200,10 @@ class Service:
         arm = live.choose(context.listener_id or event_id)
         serving = self.experiment.serving_policy(live, arm)
         learner = self.experiment.policy_of(live, arm) if arm.mode == APPRENTICE else None
-        loop = asyncio.get_running_loop()
-        if self._bridge is None or self._bridge.loop is not loop:
-            self._bridge = LoopBridge(loop)
-        logged = loop.create_future()
-        self._ranking_thread.submit(
-            self._decide, logged, arm, serving, learner, context, shelves, n_slots, event_id, baseline, key_id
-        )
         try:
-            decision, decided_at, served_by = await logged
+            decision, decided_at, served_by = await self._decide(
+                arm, serving, learner, context, shelves, n_slots, event_id, baseline, key_id
+            )
         except LogWriteError:
             self.metrics.child(self.metrics.log_errors, "decisions").inc()
             raise
@@ -227,7 +218,6 @@ class Service:
 
     def _decide(
         self,
-        logged: asyncio.Future,
         arm: Arm,
         serving: Policy,
         learner: Policy | None,
@@ -237,23 +227,26 @@ class Service:
         event_id: str,
         baseline: tuple[str, ...],
         key_id: str | None,
-    ) -> None:
-        """On the ranking thread: rank, compare an apprentice's model with the editorial order,
-        encode the log line and hand it to the decision log. `logged` gets (decision, decision
-        time, served by) once the line is durable, or the error that stopped it."""
-        try:
-            decision = serving.rank(context, shelves, n_slots, event_id=event_id, baseline=baseline)
-            served_by = ServedBy(arm.name, arm.mode, arm.learn)
-            if learner is not None:
-                agreement = compare_with_model(learner, context, shelves, decision, baseline)
-                served_by = ServedBy(arm.name, arm.mode, arm.learn, agreement, learner.model_version)
-            now = self.clock()
-            line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline, served_by=served_by, key_id=key_id)
-            submitted = time.perf_counter()
-            durable = self.decisions.submit(line, alone=len(self._in_flight) == 1)  # a lone request commits its own line
-        except BaseException as err:
-            self._bridge.settle(logged, error=err)
-            return
+    ) -> asyncio.Future:
+        """Rank, compare an apprentice's model with the editorial order, encode the log line and
+        hand it to the decision log: a future of (decision, decision time, served by) that the
+        log settles once the line is durable, or with the error that stopped it.
+
+        Ranking runs here, on the event loop: it holds the GIL throughout (VW's predict does not
+        release it), so a ranking thread would only add two hand-offs per request, while the
+        write and fsync, which release the GIL, run on the committer's thread."""
+        loop = asyncio.get_running_loop()
+        if self._bridge is None or self._bridge.loop is not loop:
+            self._bridge = LoopBridge(loop)
+        logged = loop.create_future()
+        decision = serving.rank(context, shelves, n_slots, event_id=event_id, baseline=baseline)
+        served_by = ServedBy(arm.name, arm.mode, arm.learn)
+        if learner is not None:
+            agreement = compare_with_model(learner, context, shelves, decision, baseline)
+            served_by = ServedBy(arm.name, arm.mode, arm.learn, agreement, learner.model_version)
+        now = self.clock()
+        line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline, served_by=served_by, key_id=key_id)
+        submitted = time.perf_counter()
 
         def settle(done: Future) -> None:  # on the committer's thread (or this one, if already done)
             error = done.exception()
@@ -261,7 +254,8 @@ class Service:
                 self.metrics.child(self.metrics.log_commit, "decisions").observe(time.perf_counter() - submitted)
             self._bridge.settle(logged, (decision, now, served_by), error)
 
-        durable.add_done_callback(settle)
+        self.decisions.submit(line).add_done_callback(settle)
+        return logged
 
     def reward(
         self, event_id: str, slot: int | None, shelf_id: str | None, value: float, reward_id: str | None,

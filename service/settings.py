@@ -51,7 +51,7 @@ class Settings(BaseModel):
     durability: Durability = Field(
         "group",
         description="group: a committer thread writes and fsyncs whatever requests queued, the requests "
-        "wait for it; fsync: write and fsync per request; write: write per request, no fsync (survives "
+        "wait for it; fsync: the committer writes and fsyncs each line on its own; write: write per request, no fsync (survives "
         "a crash of the process, not of the machine). In every mode a line is written before the answer.",
     )
     group_commit_ms: float = Field(

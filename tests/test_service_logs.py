@@ -53,21 +53,16 @@ def test_group_commit_makes_queued_lines_durable_together(tmp_path):
     assert all_lines(tmp_path) == [f"{i}\n".encode() for i in range(50)]
 
 
-def test_a_lone_line_is_durable_when_submit_returns_and_lines_in_company_wait_for_the_committer(tmp_path):
-    writer = SegmentWriter(tmp_path, "decisions", durability="group", group_commit_s=0.2)
+def test_fsync_durability_writes_and_fsyncs_each_line_on_its_own_in_order(tmp_path):
+    writer = SegmentWriter(tmp_path, "decisions", durability="fsync")
     try:
-        lone = writer.submit(b'{"n":1}\n', alone=True)
-        assert lone.done() and lone.exception() is None  # written and fsynced by this thread
-        assert writer.n_commits == 1
-        queued = writer.submit(b'{"n":2}\n')  # not alone: the committer gathers it
-        also_alone = writer.submit(b'{"n":3}\n', alone=True)  # the committer is busy: it joins the group
-        assert not queued.done() and not also_alone.done()
-        queued.result(timeout=5)
-        also_alone.result(timeout=5)
-        assert writer.n_commits == 2
+        futures = [writer.submit(f"{i}\n".encode()) for i in range(30)]  # queued faster than the committer writes
+        for future in futures:
+            future.result(timeout=5)
+        assert writer.n_commits == 30
     finally:
         writer.close()
-    assert b"".join(p.read_bytes() for p in segment_paths(tmp_path, "decisions")) == b'{"n":1}\n{"n":2}\n{"n":3}\n'
+    assert all_lines(tmp_path) == [f"{i}\n".encode() for i in range(30)]
 
 
 def test_segments_rotate_by_size_and_by_time_in_order(tmp_path):

@@ -123,28 +123,3 @@ def test_doctor_names_decisions_overdue_for_joining_and_a_stalled_trainer(tmp_pa
     stalled = [f for f in diagnose(settings) if f.check == "trainer" and f.status == PROBLEM]
     assert stalled == []  # the directory of a candidate the trainer no longer runs is no backlog
 
-
-def test_a_lone_line_that_fails_is_not_acknowledged_and_the_committer_probes_until_the_disk_is_back(tmp_path):
-    """The same real fault for a line its own thread writes (`alone`): refused, not logged, and
-    the committer's probe makes the failure visible until the directory is back."""
-    metrics = ServiceMetrics()
-    directory = tmp_path / "decisions"
-    writer = SegmentWriter(directory, "decisions", durability="group", max_bytes=1, metrics=metrics)
-    try:
-        assert writer.submit(b'{"ok":1}\n', alone=True).exception(timeout=5) is None
-        shutil.rmtree(directory)
-        directory.write_text("not a directory")
-        with pytest.raises(LogWriteError):
-            writer.submit(b'{"lost":1}\n', alone=True).result(timeout=5)
-        assert wait_until(lambda: writer.committer.failing).startswith("LogWriteError")
-        # while the failure lasts, lines go to the committer, which retries and refuses them
-        with pytest.raises(LogWriteError):
-            writer.submit(b'{"lost":2}\n', alone=True).result(timeout=5)
-        directory.unlink()
-        directory.mkdir()
-        wait_until(lambda: writer.submit(b'{"ok":2}\n', alone=True).exception(timeout=5) is None)
-        assert writer.committer.failing is None
-    finally:
-        writer.close()
-    logged = b"".join(p.read_bytes() for p in directory.glob("*.jsonl"))
-    assert b"lost" not in logged and b'{"ok":2}' in logged

@@ -10,15 +10,13 @@ line of it, complete or not, stays in the log: a client retrying the same event 
 503 finds it logged once.
 
 Durability (`Settings.durability`):
-- `fsync`: each line is written and fsynced by the request's own thread;
 - `group`: requests queue their lines and wait; one committer thread writes everything
-  queued and fsyncs once, so concurrent requests share an fsync. A line submitted `alone`
-  (no other on its way) while the committer is idle is written and fsynced by its own
-  thread, with the same guarantees, sparing a lone request the hand-off. The committer is supervised
+  queued and fsyncs once, so concurrent requests share an fsync. The committer is supervised
   (service/supervisor.py): a failed commit fails every request of its batch (none is
   acknowledged) and the next batch is tried after a backoff of at most 0.5 s; while no batch
   waits, the committer probes (writes and fsyncs a block beside the segments) at that backoff,
   so its failure ends, and readiness returns, once the disk takes writes again;
+- `fsync`: the same committer, writing and fsyncing each line on its own (one fsync per line);
 - `write`: each line is written (kernel page cache) but not fsynced: survives `kill -9`
   of the process, not a power cut.
 """
@@ -172,11 +170,10 @@ class SegmentWriter:
         self._queue: list[tuple[bytes, Future]] = []
         self._closing = False
         self._unacknowledged = False  # the last write failed (the committer probes until one succeeds)
-        self._writing = False  # a thread is writing to the segment (the committer, or a lone line's own thread)
         self._work = threading.Condition(self._lock)
         self.committer: Supervised | None = None
         self.directory.mkdir(parents=True, exist_ok=True)
-        if durability == "group":
+        if durability != "write":
             self.committer = Supervised(
                 f"{kind}-committer", self._commit_step, metrics, base_s=COMMIT_RETRY_S, max_backoff_s=COMMIT_MAX_BACKOFF_S
             ).start()
@@ -186,46 +183,23 @@ class SegmentWriter:
         """Append one line (must end with a newline) durably; return once it is."""
         self.submit(line).result()
 
-    def submit(self, line: bytes, *, alone: bool = False) -> Future:
+    def submit(self, line: bytes) -> Future:
         """Queue one line; the future completes once the line is durable (LogWriteError if it
-        cannot be made so). Under `fsync` and `write` the line is written before this returns.
-        `alone` (group mode): the caller knows of no other line on its way, so while the
-        committer is idle this thread writes and fsyncs the line itself (nothing to share the
-        fsync with, and a lone request would otherwise wait for the committer to wake)."""
+        cannot be made so). Under `write` the line is written before this returns."""
         done: Future = Future()
-        lead = False
         with self._lock:
             if self._closing:
                 done.set_exception(LogWriteError(f"{self.kind} log is closed"))
-            elif self.durability == "group":
-                if alone and not self._queue and not self._writing and not self._unacknowledged:
-                    self._writing = lead = True
-                else:
-                    self._queue.append((line, done))
-                    self._work.notify()
+            elif self.committer is not None:
+                self._queue.append((line, done))
+                self._work.notify()
             else:
                 try:
-                    self._write_now(line, sync=self.durability == "fsync")
+                    self._write_now(line, sync=False)
                     done.set_result(None)
                 except LogWriteError as err:
                     done.set_exception(err)
-        if lead:
-            self._commit_alone(line, done)
         return done
-
-    def _commit_alone(self, line: bytes, done: Future) -> None:
-        """Write and fsync one line as the group's only writer (`_writing` is ours); a failure fails
-        it alone and leaves the committer to probe the disk, as after a failed group."""
-        try:
-            self._write_now(line, sync=True)
-        except LogWriteError as err:
-            done.set_exception(err)
-        else:
-            done.set_result(None)
-        finally:
-            with self._lock:
-                self._writing = False
-                self._work.notify_all()  # the committer (queued lines, a disk to probe) and close()
 
     def close(self) -> None:
         """Flush what is queued, fsync and release the segment."""
@@ -235,8 +209,6 @@ class SegmentWriter:
         if self.committer is not None:
             self.committer.join(timeout_s=10.0)
         with self._lock:
-            while self._writing:  # a lone line being written by its own thread
-                self._work.wait()
             self._close_segment()
 
     # -- segment files -------------------------------------------------------------------------
@@ -259,7 +231,7 @@ class SegmentWriter:
 
     def _write_now(self, data: bytes, *, sync: bool) -> None:
         """Write `data` to the current segment (rotating first if due); the caller is the only writer
-        (it holds the lock, or `_writing` is its: the group committer's or a lone line's)."""
+        (it holds the lock, or it is the committer)."""
         try:
             if self._fd is not None and self._size > 0 and (
                 self._size + len(data) > self.max_bytes or self._clock() - self._opened_at >= self.max_seconds
@@ -296,9 +268,10 @@ class SegmentWriter:
 
     # -- group commit --------------------------------------------------------------------------
     def _commit_step(self) -> float | None:
-        """Write and fsync everything queued, then complete its futures (None once closed and empty)."""
+        """Write and fsync everything queued (`fsync`: its first line), then complete its futures
+        (None once closed and empty)."""
         with self._lock:
-            while self._writing or (not self._queue and not self._closing and not self._unacknowledged):
+            while not self._queue and not self._closing and not self._unacknowledged:
                 self._work.wait()
             if not self._queue and self._closing:
                 return None
@@ -309,25 +282,20 @@ class SegmentWriter:
                     raise LogWriteError(self.kind, f"log write failed: {err.strerror or err}") from None
                 self._unacknowledged = False
                 return 0.0
-            self._writing = True
-        try:
-            if self.group_commit_s > 0:
-                time.sleep(self.group_commit_s)
-            with self._lock:
-                batch, self._queue = self._queue, []
-            self._write_group(batch)
-        finally:
-            with self._lock:
-                self._writing = False
-                self._work.notify_all()
+        if self.group_commit_s > 0 and self.durability == "group":
+            time.sleep(self.group_commit_s)
+        with self._lock:
+            taken = len(self._queue) if self.durability == "group" else 1
+            batch, self._queue = self._queue[:taken], self._queue[taken:]
+        self._write_group(batch)
         for _, done in batch:
             done.set_result(None)
         return 0.0
 
     def _write_group(self, batch: list[tuple[bytes, Future]]) -> None:
-        """Write and fsync a group's lines at once (`_writing` is the committer's, so no lock is
-        needed and requests keep queueing the next group meanwhile); if that fails, for whatever
-        reason, no line of the group is acknowledged."""
+        """Write and fsync a group's lines at once (only the committer writes, so no lock is needed
+        and requests keep queueing the next group meanwhile); if that fails, for whatever reason,
+        no line of the group is acknowledged."""
         try:
             self._write_now(b"".join(line for line, _ in batch), sync=True)
         except BaseException as err:
@@ -338,4 +306,4 @@ class SegmentWriter:
             if head is not None:
                 err.event_id = head[0]
             raise
-        self._unacknowledged = False  # before another writer may start (and fail)
+        self._unacknowledged = False

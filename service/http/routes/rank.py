@@ -25,8 +25,9 @@ async def rank(request: Request) -> Response:
     """Rank `shelves` into `slots` slots. The decision is logged durably before the answer.
 
     `probability` is P(this shelf at this slot | the shelves above it) under the policy of the
-    arm that served (`arm`; the listener id decides it, see docs/experiments.md). Ranking runs
-    on the service's ranking thread, so the event loop is never blocked by it.
+    arm that served (`arm`; the listener id decides it, see docs/experiments.md). The log line's
+    write and fsync run on the decision log's committer thread, so the event loop never waits
+    for the disk.
 
     Rules beyond the schema (422 naming the field): shelf ids are unique, `slots` is at most
     the number of shelves, and every `baseline` id is a candidate's. 401/403: a client key is
