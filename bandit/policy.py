@@ -146,23 +146,23 @@ def build_decision(
     """A Decision from a sampled ranking and the (K, N) marginals."""
     shelf_ids = [s.shelf_id for s in shelves]
     chosen = ranking.indices.tolist()
-    slots = range(len(chosen))
     # each slot's shelves with positive probability in candidate order, the chosen one swapped
     # with the first (plain lists: for the K x N of a page, cheaper than numpy's per-call overhead)
     distributions = []
     for c, row in zip(chosen, ranking.distributions.tolist()):
-        positive = [i for i, p in enumerate(row) if p > 0.0]
-        listed = [(shelf_ids[i], row[i]) for i in positive]
-        at = positive.index(c)  # the chosen one's place among them (ValueError: a shelf of probability 0 was drawn)
+        if not row[c] > 0.0:
+            raise ValueError(f"a shelf of probability {row[c]} was drawn")
+        listed = [pair for pair in zip(shelf_ids, row) if pair[1] > 0.0]
+        at = len([p for p in row[:c] if p > 0.0])  # the chosen one's place among them
         listed[0], listed[at] = listed[at], listed[0]
         distributions.append(tuple(listed))
-    values, stderr = marginal_values.tolist(), marginal_stderr.tolist()
+    picked = (np.arange(len(chosen)), ranking.indices)
     return Decision(
         event_id=event_id,
         model_version=model_version,
         shelf_ids=tuple(shelf_ids[c] for c in chosen),
         slot_probs=tuple(ranking.slot_probs.tolist()),
-        slot_marginals=tuple(values[k][c] for k, c in zip(slots, chosen)),
-        marginal_stderr=tuple(stderr[k][c] for k, c in zip(slots, chosen)),
+        slot_marginals=tuple(marginal_values[picked].tolist()),
+        marginal_stderr=tuple(marginal_stderr[picked].tolist()),
         slot_distributions=tuple(distributions),
     )

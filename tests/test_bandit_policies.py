@@ -7,8 +7,9 @@ from bandit.baselines import EditorialPolicy, PopularityPolicy, UniformRandomPol
 from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.errors import ValidationError
+from bandit.policy import build_decision
 from bandit.registry import load_policy
-from bandit.sampling import _exact_marginals, marginals
+from bandit.sampling import SampledRanking, _exact_marginals, marginals
 from bandit.types import Context, LoggedEvent, Outcome, Shelf
 from bandit.vw.ranker import VWShelfRanker
 from tests.bandit_fixtures import catalogue, context, train_toward
@@ -195,3 +196,24 @@ def test_without_monte_carlo_deep_marginals_are_unknown_and_logged_as_null():
     assert back.slot_marginals[0] == d.slot_marginals[0] and np.isnan(back.slot_marginals[-1])
     with pytest.raises(ValidationError, match="marginal_draws"):
         RankerConfig(marginal_draws=1)
+
+
+def test_a_decision_lists_each_slots_possible_shelves_in_candidate_order_with_the_chosen_one_first():
+    shelves = catalogue(4)  # shelf-0 .. shelf-3
+    ranking = SampledRanking(
+        indices=np.array([2, 0]),
+        slot_probs=np.array([0.5, 0.6]),
+        distributions=np.array([[0.25, 0.0, 0.5, 0.25], [0.6, 0.0, 0.0, 0.4]]),
+    )
+    values, stderr = np.full((2, 4), 0.3), np.full((2, 4), 0.01)
+    values[0, 2], values[1, 0], stderr[1, 0] = 0.5, 0.45, 0.02
+    decision = build_decision("e-1", "v-1", shelves, ranking, values, stderr)
+    assert decision.shelf_ids == ("shelf-2", "shelf-0")
+    assert decision.slot_distributions == (
+        (("shelf-2", 0.5), ("shelf-0", 0.25), ("shelf-3", 0.25)),  # the chosen one swapped with the first
+        (("shelf-0", 0.6), ("shelf-3", 0.4)),
+    )
+    assert decision.slot_marginals == (0.5, 0.45) and decision.marginal_stderr == (0.01, 0.02)
+    drawn_impossible = SampledRanking(np.array([1]), np.array([0.0]), np.array([[0.5, 0.0, 0.5, 0.0]]))
+    with pytest.raises(ValueError, match=r"probability 0\.0 was drawn"):
+        build_decision("e-2", "v-1", shelves, drawn_impossible, values[:1], stderr[:1])
