@@ -106,7 +106,7 @@ class PopularityFeed:
         for shelf_id, shows, reward_sum in zip(totals.index.astype(str), totals["size"].tolist(), totals["sum"].tolist()):
             refitted.shows[shelf_id] = refitted.shows.get(shelf_id, 0.0) + shows
             refitted.reward_sums[shelf_id] = refitted.reward_sums.get(shelf_id, 0.0) + reward_sum
-        self.policy = refitted  # one reference assignment: the ranking thread sees old or new
+        self.policy = refitted  # one reference assignment: a ranking sees old or new
         self.next_part = committed
         return refitted
 
