@@ -43,6 +43,29 @@ def test_concurrent_appends_land_whole_in_every_mode(tmp_path, durability):
     assert sorted(all_lines(tmp_path)) == sorted(expected)
 
 
+@pytest.mark.parametrize("durability", ["group", "fsync"])
+def test_the_caller_never_waits_for_the_disk_its_committer_writes_and_fsyncs(tmp_path, monkeypatch, durability):
+    """The service submits decision lines from its event loop: in the durable modes only the
+    committer thread writes and fsyncs (the real fsync, observed)."""
+    fsync, writers = os.fsync, []
+
+    def observed_fsync(fd):
+        writers.append(threading.current_thread().name)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", observed_fsync)
+    writer = SegmentWriter(tmp_path, "decisions", durability=durability)
+    try:
+        futures = [writer.submit(f"{i}\n".encode()) for i in range(10)]
+        for future in futures:
+            future.result(timeout=5)
+    finally:
+        writer.close()
+    committed = writers[:-1]  # the last is close()'s own fsync, on this thread once the committer has stopped
+    assert committed and set(committed) == {"decisions-committer"}, writers
+    assert all_lines(tmp_path) == [f"{i}\n".encode() for i in range(10)]
+
+
 def test_group_commit_makes_queued_lines_durable_together(tmp_path):
     writer = SegmentWriter(tmp_path, "decisions", durability="group", group_commit_s=0.05)
     futures = [writer.submit(f"{i}\n".encode()) for i in range(50)]
