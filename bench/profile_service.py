@@ -41,7 +41,7 @@ PARTS = (
     ("log writes and fsyncs (committer)", ("SegmentWriter._commit_step", "SegmentWriter._write_now")),
     ("body parse (pydantic)", ("parsed_body",)),
     ("conversion to bandit types", ("rank_inputs",)),
-    ("A/B arm assignment", ("LiveArms.choose",)),
+    ("A/B arm assignment", ("LiveArms.choose", "ArmsConfig.arm_index", "hash_unit")),
     ("access log line", ("logging/__init__.py", "service/logs.py")),
     ("metrics (prometheus_client)", ("ServiceMetrics.", "prometheus_client/")),
     ("event index and kept answers", ("EventIndex.", "_served")),

@@ -140,6 +140,9 @@ class ArmsConfig:
     def arm_index(self, key: str) -> int:
         """The arm of a listener (or event) id: the first arm whose cumulative share exceeds
         u = SHA-256(salt NUL key) / 2^64 (its first 8 bytes); arms of share 0 get nobody."""
+        open_arms = [i for i, arm in enumerate(self.arms) if arm.share > 0.0]
+        if len(open_arms) == 1:  # everybody's arm, whatever u is: no hash to compute
+            return open_arms[0]
         u = hash_unit(self.salt, key)
         cumulative = 0.0
         last_open = 0
