@@ -235,10 +235,6 @@ class Service:
         Ranking runs here, on the event loop: it holds the GIL throughout (VW's predict does not
         release it), so a ranking thread would only add two hand-offs per request, while the
         write and fsync, which release the GIL, run on the committer's thread."""
-        loop = asyncio.get_running_loop()
-        if self._bridge is None or self._bridge.loop is not loop:
-            self._bridge = LoopBridge(loop)
-        logged = loop.create_future()
         decision = serving.rank(context, shelves, n_slots, event_id=event_id, baseline=baseline)
         served_by = ServedBy(arm.name, arm.mode, arm.learn)
         if learner is not None:
@@ -246,6 +242,10 @@ class Service:
             served_by = ServedBy(arm.name, arm.mode, arm.learn, agreement, learner.model_version)
         now = self.clock()
         line = decision_line(context, shelves, decision, timestamp=now, baseline=baseline, served_by=served_by, key_id=key_id)
+        loop = asyncio.get_running_loop()
+        if self._bridge is None or self._bridge.loop is not loop:
+            self._bridge = LoopBridge(loop)
+        logged = loop.create_future()
         submitted = time.perf_counter()
 
         def settle(done: Future) -> None:  # on the committer's thread (or this one, if already done)
