@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from bandit.errors import ValidationError
 from bandit.features import Features, as_features
@@ -176,12 +177,17 @@ def _check_distribution(
     slot: int, distribution: Sequence[tuple[str, float]], shelf_ids: Sequence[str], slot_prob: float
 ) -> None:
     if not distribution or distribution[0][0] != shelf_ids[slot]:
-        raise ValidationError(f"slot_distributions[{slot}]", "must list the chosen shelf first", distribution[:1])
+        _refuse_distribution(slot, "must list the chosen shelf first", distribution[:1])
     if abs(distribution[0][1] - slot_prob) > PROBABILITY_TOLERANCE:
-        raise ValidationError(f"slot_distributions[{slot}]", "the chosen shelf's probability must equal slot_probs", distribution[0][1])
+        _refuse_distribution(slot, "the chosen shelf's probability must equal slot_probs", distribution[0][1])
     ids, probs = zip(*distribution)
     total = math.fsum(probs)
     if abs(total - 1.0) > 1e-4:
-        raise ValidationError(f"slot_distributions[{slot}]", "probabilities over the slot's candidates must sum to 1", total)
+        _refuse_distribution(slot, "probabilities over the slot's candidates must sum to 1", total)
     if slot and not set(shelf_ids[:slot]).isdisjoint(ids):
-        raise ValidationError(f"slot_distributions[{slot}]", "must not list a shelf already placed above", distribution)
+        _refuse_distribution(slot, "must not list a shelf already placed above", distribution)
+
+
+def _refuse_distribution(slot: int, rule: str, found: object) -> NoReturn:
+    # the field name is built only here: distributions are checked on every decision
+    raise ValidationError(f"slot_distributions[{slot}]", rule, found)
