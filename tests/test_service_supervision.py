@@ -122,4 +122,3 @@ def test_doctor_names_decisions_overdue_for_joining_and_a_stalled_trainer(tmp_pa
     write_status(training_dir(tmp_path), {"candidates": ["renamed"], "interval_s": 60.0, "started": now})
     stalled = [f for f in diagnose(settings) if f.check == "trainer" and f.status == PROBLEM]
     assert stalled == []  # the directory of a candidate the trainer no longer runs is no backlog
-
