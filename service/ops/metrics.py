@@ -142,8 +142,8 @@ class ServiceMetrics:
         self.min_probability.set(self._recent_min_prob.push(min(slot_probs)))
 
     def observe_agreement(self, arm: str, n_slots: int, n_agreed: int) -> None:
-        self.apprentice_slots.labels(arm).inc(n_slots)
-        self.apprentice_agreed.labels(arm).inc(n_agreed)
+        self.child(self.apprentice_slots, arm).inc(n_slots)
+        self.child(self.apprentice_agreed, arm).inc(n_agreed)
 
     def serve_model(self, version: str, created: float) -> None:
         if self._served_version is not None:
