@@ -1,5 +1,8 @@
 """Benchmark: POST /v1/rank (20 shelves x 8 slots, durable decision log on) against two floors.
 
+The page is the one the serving targets are set for: 30 listener features and 8 features per
+shelf (`request_fields`); the floor apps predict on the lines of the very body the load sends.
+
 Three apps are served the same way (uvicorn, same worker count, same body):
   service     the decision service (`shelfbandit serve`, default settings: group-commit log,
               metrics, JSON access log)
@@ -44,11 +47,22 @@ from shelfbandit.client import AsyncDecisionClient, ClientError, RetryPolicy
 HERE = Path(__file__).resolve().parent
 APPS = ("service", "parse", "vw_predict")
 MAX_REQUESTS = 200_000  # per measurement, on top of the time bound
+FLOOR_BODY = "BENCH_BODY"  # the environment variable that gives the floor apps the body the load sends
 
 
 def request_fields(n_shelves: int, n_slots: int) -> dict:
-    shelves = [{"id": f"shelf-{i}", "features": {"kind": f"kind-{i % 8}", "age_days": i}} for i in range(n_shelves)]
-    return {"user": {"country": "SE", "platform": "ios", "hour": 20}, "shelves": shelves, "slots": n_slots}
+    """A home page of the size the serving targets are set for: 30 listener features (24 taste
+    scores; country, platform, hour, day, tenure, premium) and 8 features per shelf."""
+    user = {**{f"taste_{j}": round((j * 37 % 100 + 1) / 101, 4) for j in range(24)},
+            "country": "SE", "platform": "ios", "hour": "h20", "day": "d3", "tenure_years": 4.0, "premium": True}
+    shelves = [
+        {"id": f"shelf-{i}", "features": {
+            "kind": f"kind{i % 7}", "source": f"src{i % 3}", "mood": f"mood{i % 5}", "lang": f"l{i % 4}",
+            "age_days": float(i % 9), "length": 10.0 + i, "popularity": round((i * 53 % 100 + 1) / 101, 4), "fresh": i % 2 == 0,
+        }}
+        for i in range(n_shelves)
+    ]
+    return {"user": user, "shelves": shelves, "slots": n_slots}
 
 
 def request_body(n_shelves: int, n_slots: int) -> bytes:
@@ -322,7 +336,7 @@ def main() -> None:
     results: dict[int, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
         data_dir = Path(tmp) / "data"
-        env = {**os.environ, "SHELFBANDIT_DATA_DIR": str(data_dir), "BENCH_SHELVES": str(args.shelves), "BENCH_SLOTS": str(args.slots)}
+        env = {**os.environ, "SHELFBANDIT_DATA_DIR": str(data_dir), FLOOR_BODY: request_body(args.shelves, args.slots).decode()}
         env.pop("SHELFBANDIT_SETTINGS_JSON", None)
         with open(Path(tmp) / "servers.log", "wb") as log:
             for workers in [int(w) for w in args.workers.split(",")]:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from decision_api import http_request, request_body, run_load, start_server, stop_server
+from decision_api import FLOOR_BODY, http_request, request_body, run_load, start_server, stop_server
 
 from service.local import free_port
 
@@ -66,7 +66,7 @@ def main() -> None:
             try:
                 for n_shelves, n_slots in sizes:
                     floor_port = free_port()
-                    floor_env = {**env, "BENCH_SHELVES": str(n_shelves), "BENCH_SLOTS": str(n_slots)}
+                    floor_env = {**env, FLOOR_BODY: request_body(n_shelves, n_slots).decode()}
                     floor = start_server("vw_predict", floor_port, 1, data_dir, floor_env, log)
                     try:
                         for port in (service_port, floor_port):  # warm-up
