@@ -88,6 +88,11 @@ def _check_name(name: object, field: str) -> str:
 
 
 def _check_value(value: object, field: str) -> FeatureValue:
+    kind = value.__class__  # the usual float and str first, by the rules below (NaN and inf fail the first)
+    if kind is float and (value == 0.0 or MIN_MAGNITUDE <= abs(value) <= MAX_MAGNITUDE):
+        return value
+    if kind is str and len(value) <= MAX_VALUE_LENGTH:
+        return value
     if isinstance(value, bool):
         return value
     if isinstance(value, str):

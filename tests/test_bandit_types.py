@@ -6,6 +6,7 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bandit.errors import ValidationError
@@ -38,6 +39,10 @@ def _decision(**overrides):
         (lambda: Shelf("a", {3: 1}), "shelves[a].features", "must be strings"),
         (lambda: Context({f"f{i}": 1 for i in range(300)}), "context.features", "at most 256"),
         (lambda: Context({"x": "y" * 600}), "context.features.x", "at most 512"),
+        (lambda: Context({"x": "y" * 513}), "context.features.x", "at most 512"),
+        (lambda: Context({"x": 1e-13}), "context.features.x", "magnitude"),
+        (lambda: Context({"x": -1.000001e12}), "context.features.x", "magnitude"),
+        (lambda: Context({"x": -math.inf}), "context.features.x", "finite"),
         (lambda: _decision(shelf_ids=("a", "a")), "shelf_ids", "appears twice"),
         (lambda: _decision(slot_probs=(0.0, 1.0)), "slot_probs[0]", "(0, 1]"),
         (lambda: _decision(slot_probs=(1.5, 1.0)), "slot_probs[0]", "(0, 1]"),
@@ -60,6 +65,14 @@ def test_invalid_values_name_field_and_rule(build, field, rule):
         build()
     assert caught.value.field == field
     assert rule in str(caught.value)
+
+
+def test_feature_values_at_the_bounds_are_kept_as_numbers_and_strings():
+    kept = Features({"zero": 0.0, "minus_zero": -0.0, "smallest": 1e-12, "largest": -1e12, "count": 3, "flag": True,
+                     "float_kind": np.float64(0.5), "text": "y" * 512})
+    assert dict(kept) == {"zero": 0.0, "minus_zero": 0.0, "smallest": 1e-12, "largest": -1e12, "count": 3.0, "flag": True,
+                          "float_kind": 0.5, "text": "y" * 512}
+    assert [type(kept[name]) for name in ("count", "flag", "float_kind", "text")] == [float, bool, float, str]
 
 
 def test_logged_event_checks_shown_shelves_and_rewards():
