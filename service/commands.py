@@ -57,6 +57,7 @@ def serve(data_dir, host, port, workers, replica_id, durability, reward_window_s
 
     from service.logs import get_logger, log_config
     from service.settings import SETTINGS_ENV
+    from service.workers import run_workers, spreads_connections
 
     settings = _settings(
         settings_file, data_dir=data_dir, host=host, port=port, workers=workers, replica_id=replica_id, durability=durability,
@@ -78,16 +79,16 @@ def serve(data_dir, host, port, workers, replica_id, durability, reward_window_s
         get_logger().warning("client endpoints open on a public interface", extra={"fields": {"host": settings.host, "port": settings.port}})
         click.secho(warning, err=True, fg="red", bold=True)
     click.echo(f"serving on http://{settings.host}:{settings.port} (docs at /docs), data in {settings.data_dir}", err=True)
-    uvicorn.run(
-        "service.http.app:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=log_config(settings.log_level),
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    server = {"app": "service.http.app:app_from_environment", "factory": True, "log_config": log_config(settings.log_level),
+              "access_log": False, "timeout_graceful_shutdown": 10}
+    if settings.workers > 1 and spreads_connections():  # a listening socket per worker (service/workers.py)
+        logging.config.dictConfig(log_config(settings.log_level))
+        try:
+            run_workers(settings.workers, settings.host, settings.port, server)
+        except OSError as err:
+            raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: {err.strerror or err}") from None
+    else:
+        uvicorn.run(host=settings.host, port=settings.port, workers=settings.workers, **server)
 
 
 def _hold_replica(paths: DataPaths) -> None:

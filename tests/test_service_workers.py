@@ -1,17 +1,24 @@
-"""Crash safety and several workers: `kill -9` under load, and two uvicorn workers sharing a
-data directory."""
+"""Crash safety and several workers: `kill -9` under load, two uvicorn workers sharing a
+data directory, each on a listening socket of its own, and a worker that dies replaced."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 
 from service.eventlog.segments import segment_paths
 from service.join.reader import JoinedLog
 from service.layout import DataPaths
-from tests.service_support import ServiceProcess, rank_body, running_service
+from service.workers import spreads_connections
+from tests.service_support import ServiceProcess, rank_body, running_service, wait_until
 
 
 def logged_event_ids(data_dir) -> list[str]:
@@ -120,3 +127,82 @@ def test_two_workers_share_a_data_directory(tmp_path):
         assert values["shelfbandit_decisions_total"] == len(event_ids)  # summed over both workers
         assert values['shelfbandit_rewards_total{result="accepted"}'] == len(event_ids)
         assert values['shelfbandit_rewards_total{result="late"}'] == 6
+
+
+def worker_pids(serve_pid: int) -> set[int]:
+    """The worker processes of a `shelfbandit serve` (its spawned children, not the resource tracker)."""
+    pids = set()
+    for pid in Path(f"/proc/{serve_pid}/task/{serve_pid}/children").read_text().split():
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.add(int(pid))
+        except FileNotFoundError:  # it exited meanwhile
+            pass
+    return pids
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on 127.0.0.1:port (state 0A in /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            found.add(fields[9])
+    return found
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+@pytest.mark.skipif(not spreads_connections(), reason="a socket per worker needs Linux's SO_REUSEPORT")
+def test_each_worker_listens_on_its_own_socket_and_a_worker_that_dies_is_replaced(tmp_path):
+    with running_service(tmp_path / "data", workers=2) as server:
+        serve_pid = server.process.pid
+        wait_until(lambda: len(worker_pids(serve_pid)) == 2 and len(listening_inodes(server.port)) == 2, what="two listening workers")
+        workers = worker_pids(serve_pid)
+        listening = listening_inodes(server.port)
+        assert all(len(socket_inodes(pid) & listening) == 1 for pid in workers)  # one listening socket each
+        assert not socket_inodes(serve_pid) & listening  # the parent holds the port but takes no connection
+
+        dead = min(workers)
+        os.kill(dead, signal.SIGKILL)
+        wait_until(lambda: len(worker_pids(serve_pid) - {dead}) == 2 and len(listening_inodes(server.port)) == 2,
+                   what="a new worker in place of the killed one")
+        workers |= worker_pids(serve_pid)
+        fresh_connections = httpx.Limits(max_keepalive_connections=0)
+        with server.client(limits=fresh_connections) as client:
+            answers = [client.post("/v1/rank", json=rank_body(6, 3)).status_code for _ in range(40)]
+        assert answers == [200] * 40
+        assert "worker exited; starting another" in server.log()
+    assert not any(running(pid) for pid in workers | {serve_pid})  # SIGTERM stopped every worker
+
+
+@pytest.mark.skipif(not spreads_connections(), reason="a socket per worker needs Linux's SO_REUSEPORT")
+def test_serve_with_workers_refuses_a_port_another_server_listens_on(tmp_path):
+    with running_service(tmp_path / "first", workers=2) as first:
+        second = subprocess.run(
+            [sys.executable, "-c", "from shelfbandit.cli import main; main()", "serve", "--data-dir", str(tmp_path / "second"),
+             "--host", "127.0.0.1", "--port", str(first.port), "--workers", "2"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode != 0
+        assert f"cannot listen on 127.0.0.1:{first.port}" in second.stderr
+        assert "Traceback" not in second.stderr
+        with first.client() as client:
+            assert client.get("/readyz").status_code == 200
