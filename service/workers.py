@@ -6,7 +6,8 @@ wakes first accepts a whole burst of new connections: 32 opened at once split 20
 between two workers, and under a steady load the busier worker queued (docs/service.md).
 Here the parent holds the port with a socket of the group that never listens (so it takes no
 connection), starts the workers, starts a new one in place of any that exits while the
-service runs (at most one a second per worker), and stops them all on SIGTERM or SIGINT.
+service runs (at most one a second per worker; logged, and counted in /metrics as
+shelfbandit_worker_restarts_total), and stops them all on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def serve_worker(host: str, port: int, uvicorn_config: dict) -> None:
 
 def run_workers(n_workers: int, host: str, port: int, uvicorn_config: dict) -> None:
     """Run n_workers worker processes until SIGTERM or SIGINT; then stop them and return."""
+    from service.ops.metrics import worker_restarts  # imported once `serve` has set the multiprocess directory
+
+    restarts = worker_restarts()
     holder = hold_port(host, port)
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
@@ -81,6 +85,7 @@ def run_workers(n_workers: int, host: str, port: int, uvicorn_config: dict) -> N
                 if process.is_alive() or time.monotonic() - started[i] < RESTART_EVERY_S:
                     continue
                 log.warning("worker exited; starting another", extra={"fields": {"pid": process.pid, "exit_code": process.exitcode}})
+                restarts.inc()
                 workers[i], started[i] = start(), time.monotonic()
     finally:
         for process in workers:

@@ -190,6 +190,9 @@ def test_each_worker_listens_on_its_own_socket_and_a_worker_that_dies_is_replace
             answers = [client.post("/v1/rank", json=rank_body(6, 3)).status_code for _ in range(40)]
         assert answers == [200] * 40
         assert "worker exited; starting another" in server.log()
+        with server.client() as client:  # counted where every worker's metrics are summed
+            metrics = client.get("/metrics").text
+        assert "shelfbandit_worker_restarts_total 1.0" in metrics.splitlines()
     assert not any(running(pid) for pid in workers | {serve_pid})  # SIGTERM stopped every worker
 
 

@@ -29,6 +29,12 @@ MIN_PROB_WINDOW = 1000
 _PROBABILITY = itemgetter(1)
 
 
+def worker_restarts() -> Counter:
+    """The counter of worker processes `serve --workers N` started again after one exited. The
+    parent increments it; in multiprocess mode its file sits beside the workers', so /metrics sums it in."""
+    return Counter(f"{PREFIX}_worker_restarts_total", "worker processes started again after one exited", registry=None)
+
+
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
