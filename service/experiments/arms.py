@@ -18,7 +18,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bandit.durable import write_atomic
@@ -85,9 +85,12 @@ class ArmsConfig:
 
     arms: tuple[Arm, ...]
     salt: str = DEFAULT_SALT
+    _everyone_in: int | None = field(init=False, repr=False, compare=False)  # the arm, when only one has a share
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arms", tuple(self.arms))
+        open_arms = [i for i, arm in enumerate(self.arms) if arm.share > 0.0]
+        object.__setattr__(self, "_everyone_in", open_arms[0] if len(open_arms) == 1 else None)
         if not isinstance(self.salt, str) or len(self.salt) > 128:
             raise ValidationError("salt", "must be a string of at most 128 characters", self.salt)
         if not 1 <= len(self.arms) <= MAX_ARMS:
@@ -140,9 +143,8 @@ class ArmsConfig:
     def arm_index(self, key: str) -> int:
         """The arm of a listener (or event) id: the first arm whose cumulative share exceeds
         u = SHA-256(salt NUL key) / 2^64 (its first 8 bytes); arms of share 0 get nobody."""
-        open_arms = [i for i, arm in enumerate(self.arms) if arm.share > 0.0]
-        if len(open_arms) == 1:  # everybody's arm, whatever u is: no hash to compute
-            return open_arms[0]
+        if self._everyone_in is not None:  # everybody's arm, whatever u is: no hash to compute
+            return self._everyone_in
         u = hash_unit(self.salt, key)
         cumulative = 0.0
         last_open = 0
