@@ -88,18 +88,14 @@ def _check_name(name: object, field: str) -> str:
 
 
 def _check_value(value: object, field: str) -> FeatureValue:
-    kind = value.__class__  # the usual float and str first, by the rules below (NaN and inf fail the first)
-    if kind is float and (value == 0.0 or MIN_MAGNITUDE <= abs(value) <= MAX_MAGNITUDE):
+    kind = value.__class__  # exact classes first: the ABC test of Real is slow, and bool cannot be subclassed
+    if kind is bool:
         return value
-    if kind is str and len(value) <= MAX_VALUE_LENGTH:
-        return value
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
+    if kind is str or isinstance(value, str):
         if len(value) > MAX_VALUE_LENGTH:
             raise ValidationError(field, f"string values must have at most {MAX_VALUE_LENGTH} characters", value)
         return value
-    if isinstance(value, Real):
+    if kind is float or isinstance(value, Real):
         try:
             number = float(value)
         except OverflowError:  # an integer beyond the float range
