@@ -34,30 +34,30 @@ def spreads_connections() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def group_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to (host, port) in the port's SO_REUSEPORT group."""
+def bound_socket(host: str, port: int, *, group: bool) -> socket.socket:
+    """A socket bound to (host, port); `group`: in the port's SO_REUSEPORT group."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if group:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
 def hold_port(host: str, port: int) -> socket.socket:
     """The parent's socket of the group; OSError if another process already listens on the port
     (a plain bind fails then, while a bind into a SO_REUSEPORT group of the same user would not)."""
-    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-    finally:
-        probe.close()
-    return group_socket(host, port)
+    bound_socket(host, port, group=False).close()
+    return bound_socket(host, port, group=True)
 
 
 def serve_worker(host: str, port: int, uvicorn_config: dict) -> None:
     """One worker process: uvicorn on a listening socket of its own in the port's group."""
-    sock = group_socket(host, port)
+    sock = bound_socket(host, port, group=True)
     uvicorn.Server(uvicorn.Config(**uvicorn_config)).run(sockets=[sock])
 
 
