@@ -279,12 +279,24 @@ def measure(app: str, workers: int, args, data_dir: Path, env: dict, log) -> dic
     }
 
 
+def served_and_learning_rankers(context, shelves, n_slots: int):
+    """A ranker as the service serves one (a model as loaded: costs from its listener terms) and
+    one that has learned an event since (scored by VW's one pass)."""
+    from bandit.batch import EventBatch
+    from bandit.types import LoggedEvent, Outcome
+    from bandit.vw.ranker import VWShelfRanker
+
+    served, learning = VWShelfRanker(), VWShelfRanker()
+    decision = learning.rank(context, shelves, n_slots, event_id="learned")
+    learning.learn(EventBatch.from_events([LoggedEvent(context, shelves, decision, Outcome((0.0,) * n_slots))]))
+    return served, learning
+
+
 def stage_costs(n_shelves: int, n_slots: int, repeats: int, calls: int = 300) -> dict[str, float]:
     """Microseconds per call of each step of a ranking request, in this process (medians of repeats)."""
     import itertools
 
     from bandit.vw.format import listener_line, shelf_line, slot_line
-    from bandit.vw.ranker import VWShelfRanker
     from service.eventlog.lines import decision_line
     from service.experiments.arms import ArmsConfig
     from service.http.convert import rank_inputs, ranking_json
@@ -294,7 +306,7 @@ def stage_costs(n_shelves: int, n_slots: int, repeats: int, calls: int = 300) ->
     body = request_body(n_shelves, n_slots)
     request = RankRequest.model_validate_json(body)
     context, shelves, _baseline = rank_inputs(request, Settings())
-    policy = VWShelfRanker()
+    policy, learning = served_and_learning_rankers(context, shelves, n_slots)
     ids = itertools.count()
     decision = policy.rank(context, shelves, n_slots, event_id="warm-up")
     arms = ArmsConfig.from_dict({"arms": [{"name": "champion", "share": 0.85}, {"name": "challenger", "share": 0.1},
@@ -303,7 +315,8 @@ def stage_costs(n_shelves: int, n_slots: int, repeats: int, calls: int = 300) ->
     steps = {
         "parse (pydantic)": lambda: RankRequest.model_validate_json(body),
         "convert to bandit types": lambda: rank_inputs(request, Settings()),
-        "VW one-pass scoring": lambda: policy.score(context, shelves, n_slots),
+        "scoring (listener terms)": lambda: policy.score(context, shelves, n_slots),
+        "scoring by VW's one pass (a model learning in process)": lambda: learning.score(context, shelves, n_slots),
         "rank (scoring + sampling + marginals)": lambda: policy.rank(context, shelves, n_slots, event_id=str(next(ids))),
         "decision log line (DSJSON + JSON)": lambda: decision_line(context, shelves, decision, timestamp=time.time(), baseline=()),
         "A/B arm assignment (SHA-256 of the listener id)": lambda: arms.arm_index(f"listener-{next(ids)}"),

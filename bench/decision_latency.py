@@ -4,8 +4,9 @@ For each page size (shelves x slots) the service (`shelfbandit serve`, default s
 the floor app of bench/decision_api.py (parse the body with the service's schema, then the same
 VW model's predict on example lines built once for that size) answer requests one at a time
 on one keep-alive connection, alternating service / floor `--repeats` times. Beside each row:
-the in-process cost of the ranker's one-pass VW scoring at that size, to show how the cost
-grows with shelves x slots.
+the in-process cost of the ranker's scoring at that size (from the listener terms, as the
+service scores; and VW's one pass, as a model learning in process is scored), to show how the
+cost grows with shelves x slots.
 
     python bench/decision_latency.py [--sizes 20x8,50x10,100x10,200x10,200x20] [--seconds 4] [--repeats 3]
 """
@@ -20,28 +21,37 @@ import time
 from pathlib import Path
 
 import numpy as np
-from decision_api import FLOOR_BODY, http_request, request_body, run_load, start_server, stop_server
+from decision_api import (
+    FLOOR_BODY,
+    http_request,
+    request_body,
+    run_load,
+    served_and_learning_rankers,
+    start_server,
+    stop_server,
+)
 
 from service.local import free_port
 
 
-def scoring_us(n_shelves: int, n_slots: int, calls: int = 50) -> float:
-    """Microseconds of the ranker's one-pass VW scoring for one page of this size (median of 5)."""
-    from bandit.vw.ranker import VWShelfRanker
+def scoring_us(n_shelves: int, n_slots: int, calls: int = 50) -> tuple[float, float]:
+    """Microseconds of the ranker's scoring of one page of this size, from the listener terms and
+    by VW's one pass (medians of 5, the two alternating)."""
     from service.http.convert import rank_inputs
     from service.http.schemas import RankRequest
     from service.settings import Settings
 
     context, shelves, _ = rank_inputs(RankRequest.model_validate_json(request_body(n_shelves, n_slots)), Settings())
-    policy = VWShelfRanker()
-    policy.score(context, shelves, n_slots)
-    runs = []
+    rankers = served_and_learning_rankers(context, shelves, n_slots)
+    runs = ([], [])
     for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(calls):
+        for policy, out in zip(rankers, runs):
             policy.score(context, shelves, n_slots)
-        runs.append((time.perf_counter() - started) / calls * 1e6)
-    return float(np.median(runs))
+            started = time.perf_counter()
+            for _ in range(calls):
+                policy.score(context, shelves, n_slots)
+            out.append((time.perf_counter() - started) / calls * 1e6)
+    return float(np.median(runs[0])), float(np.median(runs[1]))
 
 
 def one_connection(port: int, n_shelves: int, n_slots: int, seconds: float) -> dict:
@@ -77,7 +87,8 @@ def main() -> None:
                             runs["floor"].append(one_connection(floor_port, n_shelves, n_slots, args.seconds))
                     finally:
                         stop_server(floor)
-                    row = {"shelves": n_shelves, "slots": n_slots, "scoring_us": scoring_us(n_shelves, n_slots)}
+                    terms_us, vw_pass_us = scoring_us(n_shelves, n_slots)
+                    row = {"shelves": n_shelves, "slots": n_slots, "scoring_us": terms_us, "vw_pass_us": vw_pass_us}
                     for app, measured in runs.items():
                         for stat in ("p50_ms", "p99_ms"):
                             row[f"{app}_{stat}"] = float(np.median([m[stat] for m in measured]))
@@ -88,11 +99,13 @@ def main() -> None:
     first = rows[0]
     print(f"POST /v1/rank at one connection, medians of {args.repeats} x {args.seconds:g} s (service and floor alternating)")
     print(f"{'shelves x slots':>15} {'service p50':>11} {'p99':>6} | {'floor p50':>9} {'p99':>6} | {'p50 ratio':>9} "
-          f"{'VW scoring':>10} {'x 1st':>6} {'fail':>5}")
+          f"{'scoring':>10} {'x 1st':>6} {'VW pass':>10} {'x 1st':>6} {'fail':>5}")
     for r in rows:
         print(f"{r['shelves']:>8} x {r['slots']:<4} {r['service_p50_ms']:>11.2f} {r['service_p99_ms']:>6.2f} | "
               f"{r['floor_p50_ms']:>9.2f} {r['floor_p99_ms']:>6.2f} | {r['service_p50_ms'] / r['floor_p50_ms']:>9.2f} "
-              f"{r['scoring_us']:>8.0f} us {r['scoring_us'] / first['scoring_us']:>6.1f} {r['service_failures'] + r['floor_failures']:>5}")
+              f"{r['scoring_us']:>7.0f} us {r['scoring_us'] / first['scoring_us']:>6.1f} "
+              f"{r['vw_pass_us']:>7.0f} us {r['vw_pass_us'] / first['vw_pass_us']:>6.1f} "
+              f"{r['service_failures'] + r['floor_failures']:>5}")
     print(f"targets: p50 at {first['shelves']} x {first['slots']} <= 1.5 x the floor's; p99 <= 15 ms at 200 x 10")
     print(json.dumps({
         "name": "rank_latency_one_connection",

@@ -34,7 +34,7 @@ from service.local import free_port
 # (part, markers): a sample belongs to the first part, scanning from its innermost frame
 # outwards, one of whose markers its frame contains
 PARTS = (
-    ("VW one-pass scoring", ("VWShelfRanker.score",)),
+    ("scoring (listener terms; VW on a probe)", ("VWShelfRanker.score",)),
     ("sampling, conditional probabilities and marginals", ("sample_ranking", "slot_models", "event_rng")),
     ("Decision (build and validate)", ("build_decision",)),
     ("decision log line (DSJSON + JSON)", ("decision_line",)),

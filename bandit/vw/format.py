@@ -165,6 +165,25 @@ def listener_line(context: Context) -> str:
     return f"ccb shared |{LISTENER_NS} {features_text(context.features)}"
 
 
+def listener_features(context: Context) -> tuple[list[str], list[float]]:
+    """The listener's VW features as names and values, in `listener_line`'s order: each name
+    alone (value 1) is one feature of its namespace; features at value 0 are left out."""
+    names, values = [], []
+    for key, value in _encoded(context.features):
+        if value is None:
+            names.append(key)
+            values.append(1.0)
+        elif value:
+            names.append(key)
+            values.append(float(value))
+    return names, values
+
+
+def listener_probe_line(name: str, value: float) -> str:
+    """The shared line of a listener with the one VW feature `name` at `value` (none if empty)."""
+    return f"ccb shared |{LISTENER_NS} {name}:{value!r}" if name else f"ccb shared |{LISTENER_NS}"
+
+
 def shelf_line(shelf: Shelf) -> str:
     return f"ccb action |{SHELF_NS} {_shelf_id_feature(shelf)} {features_text(shelf.features)}"
 

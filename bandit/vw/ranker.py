@@ -9,6 +9,12 @@ copy of VW's) samples the ordering with the project's own seeded generator.
 
 Shelf examples are parsed once per (shelf, slot) and reused across requests; the ordered list
 of a request's copies is kept per candidate set, so a page served again costs one look-up.
+
+A model as saved or loaded (the served kind, which learns nothing between requests) whose costs
+are affine in the listener's features (`listener_terms`: no interaction of the listener with
+itself, and any explorer but SquareCB, whose gamma VW keeps internally) has a request's costs
+read from the layout's listener terms instead of a VW pass. A model that has learned since it
+was last saved or loaded is scored by VW's pass, so one model version is always scored one way.
 """
 
 from __future__ import annotations
@@ -34,7 +40,16 @@ from bandit.explore import SquareCB, UniformShare
 from bandit.model_file import read_meta, write_model
 from bandit.policy import Policy, check_overrides
 from bandit.types import Context, Shelf
-from bandit.vw.format import dsjson_action_texts, listener_line, shelf_from_json, shelf_line, slot_line
+from bandit.vw.format import (
+    dsjson_action_texts,
+    listener_features,
+    listener_line,
+    listener_probe_line,
+    shelf_from_json,
+    shelf_line,
+    slot_line,
+)
+from bandit.vw.listener_terms import ListenerTerms, is_affine_in_listener
 
 CCB = LabelType.CONDITIONAL_CONTEXTUAL_BANDIT
 SHELF_CACHE_SIZE = 50_000
@@ -70,6 +85,7 @@ class VWShelfRanker(Policy):
         self.marginal_draws = self.config.marginal_draws
         self.exact_budget = self.config.exact_budget
         self._explorer = self.config.explorer_rule()
+        self._affine = is_affine_in_listener(self.config.interactions) and not isinstance(self._explorer, SquareCB)
         self._lock = threading.RLock()
         self._vw: vowpalwabbit.Workspace | None = None
         self._base_version = f"vw-new-{self.config.config_id()}"
@@ -85,6 +101,10 @@ class VWShelfRanker(Policy):
         self._layouts = _LRU(LAYOUT_CACHE_SIZE)  # (shelves, n_slots) -> the one-pass copies, slot-major
         self._shelf_line_sets = _LRU(LAYOUT_CACHE_SIZE)  # shelves -> their text lines
         self._line_shelves: dict[str, tuple[str, list[Example]]] = {}  # a DSJSON shelf's text -> id, copies
+        self._model_changed()
+
+    def _model_changed(self) -> None:
+        self._listener_terms = ListenerTerms(self._probe)
 
     @property
     def workspace(self) -> vowpalwabbit.Workspace:
@@ -122,15 +142,14 @@ class VWShelfRanker(Policy):
         return UniformShare(model, self.config.uniform_share) if self.config.uniform_share else model
 
     def score(self, context: Context, shelves: Sequence[Shelf], n_slots: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """One VW pass: costs (K, N) of every shelf at every slot, and, for SquareCB (whose gamma
-        VW keeps internally), VW's own slot-0 distribution (N,)."""
-        n = len(shelves)
+        """Costs (K, N) of every shelf at every slot, from one VW pass or the listener terms, and,
+        for SquareCB (whose gamma VW keeps internally), VW's own slot-0 distribution (N,)."""
+        shelves, n = tuple(shelves), len(shelves)
         with self._lock:
-            vw = self.workspace
-            shared = pylibvw.example(vw, CCB.value, listener_line(context))
-            actions, slots = self._layout(tuple(shelves), n_slots)
-            pylibvw.vw.predict_multi(vw, [shared, *actions, *slots])
-            costs = np.fromiter(map(_PARTIAL_PREDICTION, actions), dtype=np.float64, count=n * n_slots)
+            if self._affine and not self._learned_since_save:
+                return self._listener_terms.costs(shelves, n_slots, *listener_features(context)), None
+            shared = pylibvw.example(self.workspace, CCB.value, listener_line(context))
+            costs = self._one_pass(shared, shelves, n_slots)
             slot0 = shared.get_decision_scores()[0] if isinstance(self._explorer, SquareCB) else None
         if slot0 is None:
             return costs.reshape(n_slots, n), None
@@ -138,6 +157,16 @@ class VWShelfRanker(Policy):
         for action, prob in slot0:
             pdf[action] = prob
         return costs.reshape(n_slots, n), pdf
+
+    def _one_pass(self, shared: pylibvw.example, shelves: tuple[Shelf, ...], n_slots: int) -> np.ndarray:
+        """VW's one pass over the layout for the parsed shared example: costs (K*N,), slot-major."""
+        actions, slots = self._layout(shelves, n_slots)
+        pylibvw.vw.predict_multi(self.workspace, [shared, *actions, *slots])
+        return np.fromiter(map(_PARTIAL_PREDICTION, actions), dtype=np.float64, count=len(actions))
+
+    def _probe(self, shelves: tuple[Shelf, ...], n_slots: int, name: str, value: float) -> np.ndarray:
+        """VW's one pass for a listener with the one VW feature `name` at `value` (ListenerTerms' probe)."""
+        return self._one_pass(pylibvw.example(self.workspace, CCB.value, listener_probe_line(name, value)), shelves, n_slots)
 
     def _layout(self, shelves: tuple[Shelf, ...], n_slots: int) -> tuple[list[Example], list[Example]]:
         """The one-pass layout's examples: every shelf's copy for slot 0, then for slot 1, ...,
@@ -179,6 +208,7 @@ class VWShelfRanker(Policy):
                     pylibvw.vw._finish_example_multi_ex(vw, parsed)
             self.n_learned_events += batch.n_events
             self._learned_since_save += batch.n_events
+            self._model_changed()
 
     def learn_file(self, path: str | Path) -> int:
         """Learn every event of a joined DSJSON file with VW's own file reader (no Python per
