@@ -84,7 +84,7 @@ def serve(data_dir, host, port, workers, replica_id, durability, reward_window_s
     if settings.workers > 1 and spreads_connections():  # a listening socket per worker (service/workers.py)
         logging.config.dictConfig(log_config(settings.log_level))
         try:
-            run_workers(settings.workers, settings.host, settings.port, server)
+            run_workers(settings.workers, settings.host, settings.port, server, DataPaths(settings.data_dir, settings.replica_id).run)
         except OSError as err:
             raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: {err.strerror or err}") from None
     else:

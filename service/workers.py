@@ -6,8 +6,9 @@ wakes first accepts a whole burst of new connections: 32 opened at once split 20
 between two workers, and under a steady load the busier worker queued (docs/service.md).
 Here the parent holds the port with a socket of the group that never listens (so it takes no
 connection), starts the workers, starts a new one in place of any that exits while the
-service runs (at most one a second per worker; logged, and counted in /metrics as
-shelfbandit_worker_restarts_total), and stops them all on SIGTERM or SIGINT.
+service runs (at most one a second per worker; logged, counted in /metrics as
+shelfbandit_worker_restarts_total, and written to run/workers.json for `shelfbandit doctor`),
+and stops them all on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
 from service.logs import get_logger
+from service.ops.worker_status import WorkerStatus
 
 RESTART_EVERY_S = 1.0  # a worker that keeps dying is started again at most this often
 STOP_GRACE_S = 20.0  # SIGTERM to the workers, then SIGKILL to those still running
@@ -61,12 +64,14 @@ def serve_worker(host: str, port: int, uvicorn_config: dict) -> None:
     uvicorn.Server(uvicorn.Config(**uvicorn_config)).run(sockets=[sock])
 
 
-def run_workers(n_workers: int, host: str, port: int, uvicorn_config: dict) -> None:
-    """Run n_workers worker processes until SIGTERM or SIGINT; then stop them and return."""
+def run_workers(n_workers: int, host: str, port: int, uvicorn_config: dict, run_dir: Path) -> None:
+    """Run n_workers worker processes until SIGTERM or SIGINT; then stop them and return. The
+    status file goes to `run_dir` (the replica's run/ directory)."""
     from service.ops.metrics import worker_restarts  # imported once `serve` has set the multiprocess directory
 
     restarts = worker_restarts()
     holder = hold_port(host, port)
+    status = WorkerStatus(run_dir, n_workers)
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -86,6 +91,7 @@ def run_workers(n_workers: int, host: str, port: int, uvicorn_config: dict) -> N
                     continue
                 log.warning("worker exited; starting another", extra={"fields": {"pid": process.pid, "exit_code": process.exitcode}})
                 restarts.inc()
+                status.exited(process.pid, process.exitcode)
                 workers[i], started[i] = start(), time.monotonic()
     finally:
         for process in workers:
@@ -98,3 +104,4 @@ def run_workers(n_workers: int, host: str, port: int, uvicorn_config: dict) -> N
                 process.kill()
                 process.join()
         holder.close()
+        status.stopped()

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,16 @@ from click.testing import CliRunner
 from service.join.joiner import JoinConfig, Joiner
 from service.layout import DataPaths
 from service.models.store import ModelStore
-from service.ops.metrics import BACKLOG_GAUGES, MIN_PROB_WINDOW, PUBLISH_REFUSALS, PUBLISHING_GAUGES, ServiceMetrics, WindowMin
+from service.ops.metrics import (
+    BACKLOG_GAUGES,
+    MIN_PROB_WINDOW,
+    PUBLISH_REFUSALS,
+    PUBLISHING_GAUGES,
+    WORKER_RESTARTS,
+    ServiceMetrics,
+    WindowMin,
+)
+from service.ops.worker_status import WorkerStatus
 from shelfbandit.cli import cli
 from tests.service_support import logged_decisions, reward, write_segment
 from tests.test_service_model_store import trained_ranker
@@ -38,6 +48,7 @@ ON_CALL = (
     "shelfbandit_background_failures_total",
     "shelfbandit_join_interval_seconds",
     "shelfbandit_training_waiting_since_timestamp_seconds",
+    "shelfbandit_worker_restarts_total",
 )
 
 
@@ -47,7 +58,8 @@ def exported_series() -> dict[str, set[str]]:
     collectors = ServiceMetrics().registry._names_to_collectors
     series = {name: set(c._labelnames) | ({"le"} if name.endswith("_bucket") else set()) for name, c in collectors.items()}
     gauges = {name: set() for name in (*PUBLISHING_GAUGES, *BACKLOG_GAUGES)}
-    return series | gauges | {f"{PUBLISH_REFUSALS}_total": {"check"}} | BUILTIN
+    parent = {WORKER_RESTARTS: set()}  # the worker manager's counter, summed into the workers' /metrics
+    return series | gauges | parent | {f"{PUBLISH_REFUSALS}_total": {"check"}} | BUILTIN
 
 
 def selectors(expr: str) -> list[tuple[str, set[str]]]:
@@ -160,6 +172,45 @@ def test_doctor_finds_a_healthy_directory_healthy_and_names_each_problem(tmp_pat
     assert "1 decision(s) log a probability outside (0, 1]" in text and "slot 0 has probability 1.5" in text
     assert f"the active version cannot serve: version: {version} is refused" in text
     assert "Traceback" not in text
+
+
+def _gone_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("exits_ago, stopped, manager, status, words", [
+    ([], False, "self", "ok", "2 workers (manager pid"),
+    ([100.0], False, "self", "warning", "1 worker(s) exited and were started again in the last hour; the last, pid 41 with exit code -9"),
+    ([5000.0, 4000.0], False, "self", "ok", "none restarted in the last hour (2 since the start)"),
+    ([900.0, 300.0, 10.0], False, "self", "problem", "workers keep exiting: 3 restarts in the last hour"),
+    ([], False, "gone", "warning", "ended without stopping (killed?)"),
+    ([30.0], True, "gone", "warning", "in the hour before the service stopped"),
+    ([], True, "gone", None, None),
+])
+def test_doctor_reports_the_worker_managers_restarts(tmp_path, exits_ago, stopped, manager, status, words):
+    """The status file `serve --workers N` writes (run/workers.json), read by `doctor`: restarts in
+    the last hour (3 or more: a crash loop, as the alert ShelfBanditWorkersRestarting says), a
+    manager that ended without stopping, and nothing once it stopped cleanly."""
+    paths = healthy_data_dir(tmp_path)
+    run_cli("join", "--data-dir", str(tmp_path), "--once")
+    written = WorkerStatus(paths.run, 2)
+    for ago in exits_ago:
+        written.exited(41, -9)
+        written.state["recent_exits"][-1]["time"] = time.time() - ago
+    if stopped:
+        written.stopped()
+    if manager == "gone":
+        written.state["manager_pid"] = _gone_pid()
+    written._write()
+    result = run_cli("doctor", "--data-dir", str(tmp_path), "--json")
+    found = [f for f in json.loads(result.output.splitlines()[-1])["findings"] if f["check"] == "workers"]
+    if status is None:
+        assert found == []
+    else:
+        assert [f["status"] for f in found] == [status] and words in found[0]["message"], found
+        assert result.exit_code == (1 if status == "problem" else 0), result.output
 
 
 def test_doctor_on_a_missing_directory_says_so(tmp_path):

@@ -193,7 +193,18 @@ def test_each_worker_listens_on_its_own_socket_and_a_worker_that_dies_is_replace
         with server.client() as client:  # counted where every worker's metrics are summed
             metrics = client.get("/metrics").text
         assert "shelfbandit_worker_restarts_total 1.0" in metrics.splitlines()
+        found = doctor_workers(tmp_path / "data")
+        assert found["status"] == "warning" and "1 worker(s) exited" in found["message"]
+        assert f"pid {dead} with exit code -9" in found["message"]
     assert not any(running(pid) for pid in workers | {serve_pid})  # SIGTERM stopped every worker
+    assert "before the service stopped" in doctor_workers(tmp_path / "data")["message"]
+
+
+def doctor_workers(data_dir: Path) -> dict:
+    """`shelfbandit doctor --json`'s finding on the workers, from a process of its own."""
+    out = subprocess.run([sys.executable, "-c", "from shelfbandit.cli import main; main()", "doctor", "--data-dir", str(data_dir),
+                          "--json"], capture_output=True, text=True, timeout=120)
+    return next(f for f in json.loads(out.stdout)["findings"] if f["check"] == "workers")
 
 
 @pytest.mark.skipif(not spreads_connections(), reason="a socket per worker needs Linux's SO_REUSEPORT")

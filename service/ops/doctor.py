@@ -4,8 +4,9 @@ Checks: whether the data directory's file system takes writes (read-only, almost
 unreadable log lines, logged probabilities outside (0, 1], the joiner's backlog (decisions
 unjoined more than 3 join intervals after their window) and leftovers, the model store's active
 pointer, the trainer's backlog (joined parts waiting and no step committed for 10 minutes) and
-its timed publishing (refusals in a row, a pin, publications overdue). Reads only, but for
-one probe block it writes and removes to tell whether the disk takes writes.
+its timed publishing (refusals in a row, a pin, publications overdue), and the worker processes
+of `serve --workers N` (restarts in the last hour, a manager gone without stopping). Reads only,
+but for one probe block it writes and removes to tell whether the disk takes writes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from service.join.parts import REJECTED, decision_segments, missing_parts, read_
 from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.models.active import probe
 from service.models.store import ModelRefused, ModelStore, UnknownModelVersion
+from service.ops.worker_status import read_worker_status
 from service.settings import Settings
 from service.training.backlog import trainer_backlog
 from service.training.publishing import read_status
@@ -38,6 +40,8 @@ OVERDUE_INTERVALS = 10  # publish intervals without a publication (ShelfBanditPu
 UNJOINED_INTERVALS = 3  # join intervals after the window (and grace) before a decision is overdue (ShelfBanditDecisionsUnjoined)
 DISK_FREE_PROBLEM_BYTES = 2**20  # less free than this and decisions soon fail to log (ShelfBanditLogWriteErrors)
 TRAINER_STALL_S = 600.0  # joined parts waiting without a committed step (ShelfBanditTrainerStalled)
+RESTARTS_WINDOW_S = 3600.0  # worker restarts counted over this window ...
+RESTARTS_PROBLEM = 3  # ... this many or more is a crash loop (ShelfBanditWorkersRestarting agrees)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,7 @@ def diagnose(settings: Settings, *, progress: Callable[[int], None] | None = Non
     findings.extend(_check_models(paths))
     findings.extend(_check_trainer(paths.root))
     findings.extend(_check_publishing(paths.root))
+    findings.extend(_check_workers(paths.run))
     quarantined = sorted(paths.quarantine.glob("*")) if paths.quarantine.is_dir() else []
     if quarantined:
         names = ", ".join(p.name for p in quarantined[:MAX_EXAMPLES])
@@ -279,6 +284,43 @@ def _check_publishing(data_dir: Path) -> list[Finding]:
             "and are decisions joined?")]
     last = f"{published['version']} published {now - published['time']:.0f} s ago" if published.get("time") else "nothing published yet"
     return [Finding("publishing", OK, f"champion {status.get('champion')}; {last} (every {interval:g} s)")]
+
+
+def _check_workers(run_dir: Path) -> list[Finding]:
+    status = read_worker_status(run_dir)
+    if status is None:
+        return []  # `serve` ran one worker here, or never ran
+    now = time.time()
+    exits = [e for e in status.get("recent_exits") or [] if now - float(e.get("time") or 0.0) <= RESTARTS_WINDOW_S]
+    last = (f"; the last, pid {exits[-1].get('pid')} with exit code {exits[-1].get('exit_code')}, {now - float(exits[-1]['time']):.0f} s ago"
+            if exits else "")
+    if status.get("stopped"):
+        if exits:
+            return [Finding("workers", WARN, f"{len(exits)} worker(s) exited and were started again in the hour before the service stopped{last}")]
+        return []
+    pid = int(status.get("manager_pid") or 0)
+    if not _alive(pid):
+        return [Finding("workers", WARN, f"the worker manager of `serve --workers {status.get('workers')}` (pid {pid}) ended without "
+            "stopping (killed?): its workers may still run without anyone restarting them")]
+    if len(exits) >= RESTARTS_PROBLEM:
+        return [Finding("workers", PROBLEM, f"workers keep exiting: {len(exits)} restarts in the last hour{last}; the service's log has "
+            "each ('worker exited; starting another'); a worker that cannot start (settings, memory, the port) is started again every second")]
+    if exits:
+        return [Finding("workers", WARN, f"{len(exits)} worker(s) exited and were started again in the last hour{last}")]
+    return [Finding("workers", OK, f"{status.get('workers')} workers (manager pid {pid}), none restarted in the last hour "
+        f"({status.get('restarts', 0)} since the start)")]
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def findings_json(findings: list[Finding]) -> dict:

@@ -29,10 +29,13 @@ MIN_PROB_WINDOW = 1000
 _PROBABILITY = itemgetter(1)
 
 
+WORKER_RESTARTS = f"{PREFIX}_worker_restarts_total"
+
+
 def worker_restarts() -> Counter:
     """The counter of worker processes `serve --workers N` started again after one exited. The
     parent increments it; in multiprocess mode its file sits beside the workers', so /metrics sums it in."""
-    return Counter(f"{PREFIX}_worker_restarts_total", "worker processes started again after one exited", registry=None)
+    return Counter(WORKER_RESTARTS, "worker processes started again after one exited", registry=None)
 
 
 def multiprocess_enabled() -> bool:
