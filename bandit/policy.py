@@ -50,6 +50,10 @@ class Policy(ABC):
     def learn(self, batch: EventBatch) -> None:  # noqa: B027 (a policy that does not learn keeps this no-op)
         """Update from logged events (policies that do not learn ignore it)."""
 
+    def warm_like(self, serving: Policy, budget_s: float) -> None:  # noqa: B027 (nothing to warm: this no-op)
+        """Before taking over from `serving`, prepare for the requests it served, for at most
+        `budget_s` seconds (policies without caches ignore it)."""
+
     @abstractmethod
     def save(self, path: str | Path) -> str:
         """Write the policy to `path` (plus `path`.json metadata); return its version id."""

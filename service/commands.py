@@ -56,6 +56,7 @@ def serve(data_dir, host, port, workers, replica_id, durability, reward_window_s
     import uvicorn
 
     from service.logs import get_logger, log_config
+    from service.ops.worker_status import STATUS_NAME
     from service.settings import SETTINGS_ENV
     from service.workers import run_workers, spreads_connections
 
@@ -81,13 +82,15 @@ def serve(data_dir, host, port, workers, replica_id, durability, reward_window_s
     click.echo(f"serving on http://{settings.host}:{settings.port} (docs at /docs), data in {settings.data_dir}", err=True)
     server = {"app": "service.http.app:app_from_environment", "factory": True, "log_config": log_config(settings.log_level),
               "access_log": False, "timeout_graceful_shutdown": 10}
+    run_dir = DataPaths(settings.data_dir, settings.replica_id).run
     if settings.workers > 1 and spreads_connections():  # a listening socket per worker (service/workers.py)
         logging.config.dictConfig(log_config(settings.log_level))
         try:
-            run_workers(settings.workers, settings.host, settings.port, server, DataPaths(settings.data_dir, settings.replica_id).run)
+            run_workers(settings.workers, settings.host, settings.port, server, run_dir)
         except OSError as err:
             raise click.ClickException(f"cannot listen on {settings.host}:{settings.port}: {err.strerror or err}") from None
     else:
+        (run_dir / STATUS_NAME).unlink(missing_ok=True)  # an earlier worker manager's: stale now
         uvicorn.run(host=settings.host, port=settings.port, workers=settings.workers, **server)
 
 

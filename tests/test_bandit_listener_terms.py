@@ -8,7 +8,7 @@ from bandit.batch import EventBatch
 from bandit.config import RankerConfig
 from bandit.types import Context, LoggedEvent, Outcome
 from bandit.vw.format import listener_line, shelf_line, slot_line
-from bandit.vw.listener_terms import ListenerTerms, is_affine_in_listener
+from bandit.vw.listener_terms import ENTRY_OVERHEAD, ListenerTerms, is_affine_in_listener
 from bandit.vw.ranker import CCB, VWShelfRanker
 from tests.bandit_fixtures import catalogue, train_toward
 
@@ -20,6 +20,7 @@ def rich_context(rng: np.random.Generator) -> Context:
     return Context({
         "segment": f"s{rng.integers(6)}", "tenure": float(rng.integers(0, 4)), "premium": bool(rng.integers(2)),
         "taste": float(rng.normal()), "big": float(rng.choice([0.0, 1e6, -3e5])), "city": f"c{rng.integers(1000)}",
+        "ts": float(1.7e9 + rng.integers(10**6)), "bytes": float(rng.choice([3e11, 9e11, -1e12, 1e12])),
     })
 
 
@@ -166,7 +167,8 @@ def test_listener_terms_probe_each_feature_once_and_keep_within_their_bounds():
         table = [base[s][:n_slots] + sum(v * weights[n][s][:n_slots] for n, v in zip(names, values)) for s in page]
         return np.array(table).T
 
-    terms = ListenerTerms(probe, max_pages=2, page_floats=0, min_page_rows=3, max_floats=10_000)
+    terms = ListenerTerms(probe, max_pages=3, request_floats=240, max_floats=10_000)  # 4 rows of 5 x 4 values
+    assert terms.fits(3, 5, 4) and not terms.fits(4, 5, 4)  # (T + 1) (K N + 40) <= 240
     names, values = ["f0", "f1", "f2"], [0.5, -2.0, 3.0]
     for _ in range(2):
         np.testing.assert_allclose(terms.costs(shelves, 4, names, values), expected(shelves, 4, names, values),
@@ -179,28 +181,63 @@ def test_listener_terms_probe_each_feature_once_and_keep_within_their_bounds():
     np.testing.assert_allclose(terms.costs(page, 3, names, values), expected(page, 3, names, values), rtol=0, atol=1e-9)
     assert probes[4:] == [((catalogue_[5],), 3, name) for name in ["", *names]]
     terms.costs(shelves, 4, ["f2", "f3"], [1.0, 1.0])  # f3 in, f0 (least recently used) out of the page
-    assert len(terms._pages[(shelves, 4)].rows) == 3 and "f0" not in terms._pages[(shelves, 4)].rows
+    assert list(terms._pages[(shelves, 4)].rows) == ["f1", "", "f2", "f3"]
     terms.costs(shelves, 6, ["f0"], [1.0])  # more slots than the store holds: probed
-    assert probes[-2:] == [(shelves, 6, ""), (shelves, 6, "f0")] and len(terms._pages) == 2  # the oldest page out
+    assert probes[-2:] == [(shelves, 6, ""), (shelves, 6, "f0")]
+    assert list(terms._pages) == [page, (shelves, 4), (shelves, 6)] or list(terms._pages) == [
+        (page, 3), (shelves, 4), (shelves, 6)]  # the least recently used page out
     np.testing.assert_allclose(terms.costs(shelves, 6, [], []), expected(shelves, 6, [], []), rtol=0, atol=0)
 
     small = ListenerTerms(probe, max_floats=40)  # a store of 40 values: emptied, results unchanged
     for i in range(10):
         np.testing.assert_allclose(small.costs(shelves, 4, [f"f{i}"], [2.0]), expected(shelves, 4, [f"f{i}"], [2.0]),
                                    rtol=0, atol=1e-9)
-        assert small._n_floats <= 40 + 2 * 20  # over by at most one request's base and term
+        assert small._n_floats <= 40 + 2 * 5 * (4 + ENTRY_OVERHEAD)  # over by at most one request's rows
 
 
 def test_high_cardinality_listener_features_beyond_the_bounds_stay_exact(tmp_path):
     shelves = catalogue(5)
     _, loaded = trained(RankerConfig(), shelves, tmp_path)
-    loaded._listener_terms = ListenerTerms(loaded._probe, page_floats=0, min_page_rows=4, max_floats=100)
+    loaded._listener_terms = ListenerTerms(loaded._probe, request_floats=4 * (10 + ENTRY_OVERHEAD), max_floats=100)
     for i in range(40):
-        ctx = Context({"listener_ref": f"id-{i}", "segment": f"s{i % 3}", "taste": i / 7})
+        ctx = Context({"listener_ref": f"id-{i}", "segment": f"s{i % 3}", "taste": (i + 1) / 7})
         expected = vw_pass(loaded, ctx, shelves, 2)
         np.testing.assert_allclose(loaded.score(ctx, shelves, 2)[0], expected, rtol=0, atol=_tolerance(expected))
+        assert len(loaded._listener_terms._pages[(shelves, 2)].rows) <= 4  # the base and 3 features
+        assert loaded._listener_terms._n_floats <= 100 + 4 * 5 * (2 + ENTRY_OVERHEAD)  # over by one request's rows at most
     assert len(loaded._listener_terms._pages[(shelves, 2)].rows) == 4
-    assert loaded._listener_terms._n_floats <= 100
+
+
+def test_a_request_too_large_for_the_terms_is_scored_by_vws_pass(tmp_path):
+    shelves = catalogue(6)
+    _, loaded = trained(RankerConfig(), shelves, tmp_path)
+    loaded._listener_terms = ListenerTerms(loaded._probe, request_floats=4 * (18 + ENTRY_OVERHEAD))
+    small, large = Context({"a": 1.0, "b": 2.0, "c": "x"}), Context({"a": 1.0, "b": 2.0, "c": "x", "d": 3.0})
+    np.testing.assert_allclose(loaded.score(small, shelves, 3)[0], vw_pass(loaded, small, shelves, 3), rtol=0, atol=1e-5)
+    assert np.array_equal(loaded.score(large, shelves, 3)[0], vw_pass(loaded, large, shelves, 3))  # 5 rows: VW's
+    assert list(loaded._listener_terms._pages[(shelves, 3)].rows) == ["", "a", "b", "c=x"]
+
+
+def test_a_model_swapped_in_finds_the_terms_of_the_pages_served_before(tmp_path):
+    """`warm_like` before a swap: the pages the serving model used last get their rows for the
+    new model, so its first requests make no VW probe, and score what a cold copy scores."""
+    shelves = catalogue(8)
+    _, serving = trained(RankerConfig(), shelves, tmp_path)
+    rng = np.random.default_rng(6)
+    contexts = [rich_context(rng) for _ in range(5)]
+    for ctx in contexts:
+        serving.score(ctx, shelves, 4)
+        serving.score(ctx, shelves[:5], 2)
+    new, cold = VWShelfRanker.load(tmp_path / "model"), VWShelfRanker.load(tmp_path / "model")
+    new.warm_like(serving, budget_s=60.0)
+    probes = _count_probes(new)
+    for ctx in contexts:
+        for page, n_slots in ((shelves, 4), (shelves[:5], 2)):
+            assert np.array_equal(new.score(ctx, page, n_slots)[0], cold.score(ctx, page, n_slots)[0])
+    assert probes() == 0
+    late = VWShelfRanker.load(tmp_path / "model")
+    late.warm_like(serving, budget_s=0.0)  # no time: nothing found, nothing wrong
+    assert sum(len(page.rows) for page in late._listener_terms._pages.values()) == 0
 
 
 @pytest.mark.parametrize("interactions, affine", [

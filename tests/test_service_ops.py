@@ -2,6 +2,7 @@
 and labels the service exports; `shelfbandit doctor`, `join` and `serve --help` on real data."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -180,29 +181,42 @@ def _gone_pid() -> int:
     return child.pid
 
 
-@pytest.mark.parametrize("exits_ago, stopped, manager, status, words", [
-    ([], False, "self", "ok", "2 workers (manager pid"),
-    ([100.0], False, "self", "warning", "1 worker(s) exited and were started again in the last hour; the last, pid 41 with exit code -9"),
-    ([5000.0, 4000.0], False, "self", "ok", "none restarted in the last hour (2 since the start)"),
-    ([900.0, 300.0, 10.0], False, "self", "problem", "workers keep exiting: 3 restarts in the last hour"),
-    ([], False, "gone", "warning", "ended without stopping (killed?)"),
-    ([30.0], True, "gone", "warning", "in the hour before the service stopped"),
-    ([], True, "gone", None, None),
+@pytest.fixture(scope="module")
+def serve_like_pid():
+    """A live process whose command line names `serve`, as a worker manager's does."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "serve"])
+    yield child.pid
+    child.kill()
+    child.wait()
+
+
+@pytest.mark.parametrize("exits_ago, stopped_ago, manager, status, words", [
+    ([], None, "serve", "ok", "2 workers (manager pid"),
+    ([100.0], None, "serve", "warning", "1 worker(s) exited and were started again in the last hour; the last, pid 41 with exit code -9"),
+    ([5000.0, 4000.0], None, "serve", "ok", "none restarted in the last hour (2 since the start)"),
+    ([900.0, 300.0, 10.0], None, "serve", "problem", "workers keep exiting: 3 restarts in the last hour"),
+    ([10.0] * 25, None, "serve", "problem", "workers keep exiting: 20 or more restarts in the last hour"),
+    ([], None, "gone", "warning", "ended without stopping (killed?)"),
+    ([], None, "other", "warning", "ended without stopping (killed?)"),  # a live pid, but not a `serve`: reused
+    ([30.0], 0.0, "gone", "warning", "in the hour before the service stopped"),
+    ([4000.0], 3000.0, "gone", "warning", "1 worker(s) exited and were started again in the hour before the service stopped"),
+    ([9000.0], 8000.0, "gone", None, None),  # stopped more than an hour ago: nothing to say
+    ([], 0.0, "gone", None, None),
 ])
-def test_doctor_reports_the_worker_managers_restarts(tmp_path, exits_ago, stopped, manager, status, words):
+def test_doctor_reports_the_worker_managers_restarts(tmp_path, serve_like_pid, exits_ago, stopped_ago, manager, status, words):
     """The status file `serve --workers N` writes (run/workers.json), read by `doctor`: restarts in
     the last hour (3 or more: a crash loop, as the alert ShelfBanditWorkersRestarting says), a
-    manager that ended without stopping, and nothing once it stopped cleanly."""
+    manager that ended without stopping, and the hour before a stop."""
     paths = healthy_data_dir(tmp_path)
     run_cli("join", "--data-dir", str(tmp_path), "--once")
     written = WorkerStatus(paths.run, 2)
     for ago in exits_ago:
         written.exited(41, -9)
         written.state["recent_exits"][-1]["time"] = time.time() - ago
-    if stopped:
+    if stopped_ago is not None:
         written.stopped()
-    if manager == "gone":
-        written.state["manager_pid"] = _gone_pid()
+        written.state["stopped"] = time.time() - stopped_ago
+    written.state["manager_pid"] = {"serve": serve_like_pid, "gone": _gone_pid(), "other": os.getpid()}[manager]
     written._write()
     result = run_cli("doctor", "--data-dir", str(tmp_path), "--json")
     found = [f for f in json.loads(result.output.splitlines()[-1])["findings"] if f["check"] == "workers"]
@@ -211,6 +225,17 @@ def test_doctor_reports_the_worker_managers_restarts(tmp_path, exits_ago, stoppe
     else:
         assert [f["status"] for f in found] == [status] and words in found[0]["message"], found
         assert result.exit_code == (1 if status == "problem" else 0), result.output
+
+
+def test_a_worker_status_that_cannot_be_written_is_logged_not_raised(tmp_path, caplog):
+    """The manager keeps supervising its workers when run/ cannot take the file (here: a path
+    through a regular file, which the OS refuses with ENOTDIR)."""
+    (tmp_path / "file").write_text("")
+    status = WorkerStatus(tmp_path / "file" / "run", 2)
+    status.exited(41, -9)
+    status.stopped()
+    warnings = [r for r in caplog.records if r.getMessage() == "could not write the worker status"]
+    assert len(warnings) == 3 and "Not a directory" in warnings[0].fields["error"]
 
 
 def test_doctor_on_a_missing_directory_says_so(tmp_path):

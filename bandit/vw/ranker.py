@@ -24,6 +24,7 @@ import math
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,7 @@ CCB = LabelType.CONDITIONAL_CONTEXTUAL_BANDIT
 SHELF_CACHE_SIZE = 50_000
 SLOT_CACHE_SIZE = 256
 LAYOUT_CACHE_SIZE = 256  # candidate sets whose one-pass list of shelf copies is kept
+WARM_PAGES = 8  # pages a model swapped in finds the listener terms of before it serves
 _PARTIAL_PREDICTION = pylibvw.example.get_partial_prediction
 
 
@@ -147,7 +149,9 @@ class VWShelfRanker(Policy):
         shelves, n = tuple(shelves), len(shelves)
         with self._lock:
             if self._affine and not self._learned_since_save:
-                return self._listener_terms.costs(shelves, n_slots, *listener_features(context)), None
+                names, values = listener_features(context)
+                if self._listener_terms.fits(len(names), n, n_slots):
+                    return self._listener_terms.costs(shelves, n_slots, names, values), None
             shared = pylibvw.example(self.workspace, CCB.value, listener_line(context))
             costs = self._one_pass(shared, shelves, n_slots)
             slot0 = shared.get_decision_scores()[0] if isinstance(self._explorer, SquareCB) else None
@@ -157,6 +161,17 @@ class VWShelfRanker(Policy):
         for action, prob in slot0:
             pdf[action] = prob
         return costs.reshape(n_slots, n), pdf
+
+    def warm_like(self, serving: Policy, budget_s: float) -> None:
+        """Find the listener terms of the pages `serving` (a VW ranker) used last, newest first,
+        for this model, until `budget_s` seconds have passed: the first requests after a swap
+        then find them instead of waiting for VW's probes."""
+        if not isinstance(serving, VWShelfRanker) or not (self._affine and not self._learned_since_save):
+            return
+        with serving._lock:
+            pages = serving._listener_terms.recent(WARM_PAGES)
+        with self._lock:
+            self._listener_terms.warm(pages, time.monotonic() + budget_s)
 
     def _one_pass(self, shared: pylibvw.example, shelves: tuple[Shelf, ...], n_slots: int) -> np.ndarray:
         """VW's one pass over the layout for the parsed shared example: costs (K*N,), slot-major."""
@@ -198,17 +213,19 @@ class VWShelfRanker(Policy):
         """One VW update per logged event; VW cost = -reward, weighted by the logged probability."""
         with self._lock:
             vw = self.workspace
-            for i in range(batch.n_events):
-                # what Workspace.learn does with text lines, without wrapping each parsed example
-                # in a Python object first
-                parsed = pylibvw.vw._parse(vw, "\n".join(self.event_lines(batch, i, batch.event_rows(i))))
-                try:
-                    pylibvw.vw.learn_multi(vw, parsed)
-                finally:
-                    pylibvw.vw._finish_example_multi_ex(vw, parsed)
-            self.n_learned_events += batch.n_events
-            self._learned_since_save += batch.n_events
-            self._model_changed()
+            try:
+                for i in range(batch.n_events):
+                    # what Workspace.learn does with text lines, without wrapping each parsed example
+                    # in a Python object first
+                    parsed = pylibvw.vw._parse(vw, "\n".join(self.event_lines(batch, i, batch.event_rows(i))))
+                    try:
+                        pylibvw.vw.learn_multi(vw, parsed)
+                    finally:
+                        pylibvw.vw._finish_example_multi_ex(vw, parsed)
+                    self.n_learned_events += 1
+                    self._learned_since_save += 1
+            finally:  # even after a failure part-way: the events before it were learned
+                self._model_changed()
 
     def learn_file(self, path: str | Path) -> int:
         """Learn every event of a joined DSJSON file with VW's own file reader (no Python per

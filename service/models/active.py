@@ -1,10 +1,11 @@
 """The model a worker serves, and the hot swap when the store's active pointer moves.
 
 The poller (service.models.reloader) reads the pointer every `poll_s` seconds. A new version is
-loaded and probed (one small ranking) off the request path, then swapped in with one reference
-assignment: requests in flight finish on the model they started with. A version that fails
-(corrupt, unreadable, fails the probe) is refused: the old model keeps serving and the refusal
-shows in `/v1/model` and the metrics until the pointer moves again.
+loaded, probed (one small ranking) and warmed for the pages the served one used (`warm_like`,
+at most WARM_BUDGET_S) off the request path, then swapped in with one reference assignment:
+requests in flight finish on the model they started with. A version that fails (corrupt,
+unreadable, fails the probe) is refused: the old model keeps serving and the refusal shows in
+`/v1/model` and the metrics until the pointer moves again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from service.ops.metrics import ServiceMetrics
 
 PROBE_SHELVES = (Shelf("probe-a", {"kind": "probe"}), Shelf("probe-b", {"kind": "probe"}))
+WARM_BUDGET_S = 2.0  # a new version prepares for the pages the served one used, for at most this long
 
 log = get_logger()
 
@@ -108,6 +110,9 @@ class ActiveModel(Reloader[Served | None]):
     def _load_checked(self, version: str) -> Served:
         policy, stored = self.store.load(version)
         probe(policy, version)
+        serving = self.current
+        if serving is not None:  # off the request path: the first requests need not wait for VW's probes
+            policy.warm_like(serving.policy, WARM_BUDGET_S)
         return Served(policy, stored, time.time())
 
     def _try_load(self, version: str) -> bool:

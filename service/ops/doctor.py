@@ -26,7 +26,7 @@ from service.join.parts import REJECTED, decision_segments, missing_parts, read_
 from service.layout import DECISION_KIND, LATE_KIND, REWARD_KIND, DataPaths
 from service.models.active import probe
 from service.models.store import ModelRefused, ModelStore, UnknownModelVersion
-from service.ops.worker_status import read_worker_status
+from service.ops.worker_status import RECENT_EXITS, read_worker_status
 from service.settings import Settings
 from service.training.backlog import trainer_backlog
 from service.training.publishing import read_status
@@ -291,27 +291,33 @@ def _check_workers(run_dir: Path) -> list[Finding]:
     if status is None:
         return []  # `serve` ran one worker here, or never ran
     now = time.time()
-    exits = [e for e in status.get("recent_exits") or [] if now - float(e.get("time") or 0.0) <= RESTARTS_WINDOW_S]
+    stopped = status.get("stopped")
+    if stopped and now - float(stopped) > RESTARTS_WINDOW_S:
+        return []  # a manager that stopped over an hour ago
+    until = float(stopped) if stopped else now
+    exits = [e for e in status.get("recent_exits") or [] if until - float(e.get("time") or 0.0) <= RESTARTS_WINDOW_S]
+    count = f"{len(exits)}{' or more' if len(exits) >= RECENT_EXITS else ''}"
     last = (f"; the last, pid {exits[-1].get('pid')} with exit code {exits[-1].get('exit_code')}, {now - float(exits[-1]['time']):.0f} s ago"
             if exits else "")
-    if status.get("stopped"):
+    if stopped:
         if exits:
-            return [Finding("workers", WARN, f"{len(exits)} worker(s) exited and were started again in the hour before the service stopped{last}")]
+            return [Finding("workers", WARN, f"{count} worker(s) exited and were started again in the hour before the service stopped{last}")]
         return []
     pid = int(status.get("manager_pid") or 0)
-    if not _alive(pid):
+    if not _is_manager(pid):
         return [Finding("workers", WARN, f"the worker manager of `serve --workers {status.get('workers')}` (pid {pid}) ended without "
             "stopping (killed?): its workers may still run without anyone restarting them")]
     if len(exits) >= RESTARTS_PROBLEM:
-        return [Finding("workers", PROBLEM, f"workers keep exiting: {len(exits)} restarts in the last hour{last}; the service's log has "
+        return [Finding("workers", PROBLEM, f"workers keep exiting: {count} restarts in the last hour{last}; the service's log has "
             "each ('worker exited; starting another'); a worker that cannot start (settings, memory, the port) is started again every second")]
     if exits:
-        return [Finding("workers", WARN, f"{len(exits)} worker(s) exited and were started again in the last hour{last}")]
+        return [Finding("workers", WARN, f"{count} worker(s) exited and were started again in the last hour{last}")]
     return [Finding("workers", OK, f"{status.get('workers')} workers (manager pid {pid}), none restarted in the last hour "
         f"({status.get('restarts', 0)} since the start)")]
 
 
-def _alive(pid: int) -> bool:
+def _is_manager(pid: int) -> bool:
+    """Whether `pid` runs a `shelfbandit serve` (a live pid that is not, on Linux, is a reused one)."""
     if pid <= 0:
         return False
     try:
@@ -319,8 +325,11 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        return b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc to tell: trust the pid
 
 
 def findings_json(findings: list[Finding]) -> dict:

@@ -3,7 +3,8 @@
 `serve --workers N` (service/workers.py) writes it when it starts, whenever it starts a worker
 in place of one that exited, and when it stops: its pid, the number of workers, the count of
 restarts and the last RECENT_EXITS exits (time, pid, exit code). Atomic replace, so a reader
-sees one whole version.
+sees one whole version. A write that fails (a full or read-only disk) is logged and skipped:
+the file is for `doctor`, and the workers keep being supervised without it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 from bandit.durable import write_atomic
+from service.logs import get_logger
 
 STATUS_NAME = "workers.json"
 RECENT_EXITS = 20
@@ -23,7 +25,6 @@ class WorkerStatus:
     """The manager's side: `exited(pid, exit_code)` for every worker started again, `stopped()` at the end."""
 
     def __init__(self, run_dir: Path, n_workers: int) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / STATUS_NAME
         self.state = {"manager_pid": os.getpid(), "workers": n_workers, "started": time.time(), "restarts": 0,
                       "recent_exits": [], "stopped": None}
@@ -41,7 +42,11 @@ class WorkerStatus:
         self._write()
 
     def _write(self) -> None:
-        write_atomic(self.path, json.dumps(self.state).encode())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(self.state).encode())
+        except OSError as err:
+            get_logger().warning("could not write the worker status", extra={"fields": {"path": str(self.path), "error": str(err)}})
 
 
 def read_worker_status(run_dir: Path) -> dict | None:
