@@ -25,7 +25,7 @@ class Features(Mapping[str, FeatureValue]):
     Names and string values may hold any character; the VW adapter escapes them.
     """
 
-    __slots__ = ("_dict", "_hash", "_items")
+    __slots__ = ("_bools", "_dict", "_hash", "_items")
 
     def __init__(self, features: Mapping[str, object] | None = None, *, field: str = "features") -> None:
         if features is None:
@@ -39,7 +39,10 @@ class Features(Mapping[str, FeatureValue]):
             checked[_check_name(name, field)] = _check_value(value, f"{field}.{name}")
         self._dict = checked
         self._items = tuple(sorted(checked.items()))
-        self._hash = hash(self._items)
+        # True == 1.0 in Python, but VW reads x=true and x:1.0 as different features: the names of
+        # boolean values are part of the identity, so caches keyed by features never mix them up
+        self._bools = tuple(name for name, value in self._items if value.__class__ is bool)
+        self._hash = hash((self._items, self._bools))
 
     def __getitem__(self, name: str) -> FeatureValue:
         return self._dict[name]
@@ -59,7 +62,7 @@ class Features(Mapping[str, FeatureValue]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Features):
-            return self._items == other._items
+            return self._items == other._items and self._bools == other._bools
         return isinstance(other, Mapping) and dict(self._dict) == dict(other)
 
     def __repr__(self) -> str:

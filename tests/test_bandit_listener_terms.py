@@ -6,7 +6,7 @@ from vowpalwabbit.pyvw import Example
 
 from bandit.batch import EventBatch
 from bandit.config import RankerConfig
-from bandit.types import Context, LoggedEvent, Outcome
+from bandit.types import Context, LoggedEvent, Outcome, Shelf
 from bandit.vw.format import listener_line, shelf_line, slot_line
 from bandit.vw.listener_terms import ENTRY_OVERHEAD, ListenerTerms, is_affine_in_listener
 from bandit.vw.ranker import CCB, VWShelfRanker
@@ -255,3 +255,15 @@ def test_a_listener_without_features_is_scored_from_the_base_alone(tmp_path):
         expected = vw_pass(loaded, ctx, shelves, 2)
         np.testing.assert_allclose(loaded.score(ctx, shelves, 2)[0], expected, rtol=0, atol=_tolerance(expected))
     assert list(loaded._listener_terms._pages[(shelves, 2)].rows) == [""]  # the base alone
+
+
+def test_a_boolean_and_a_number_equal_in_python_stay_different_shelves(tmp_path):
+    """True == 1.0 in Python, but VW reads `x=true` and `x:1.0` as different features: the shelf
+    caches (parsed examples, text lines, terms) must not hand one the other's."""
+    as_bool, as_number = Shelf("a", {"x": True}), Shelf("a", {"x": 1.0})
+    assert as_bool != as_number and Context({"x": True}) != Context({"x": 1.0})
+    _, loaded = trained(RankerConfig(), catalogue(6), tmp_path)
+    ctx = Context({"segment": "s1"})
+    for shelves in ((as_bool, *catalogue(3)), (as_number, *catalogue(3))):
+        np.testing.assert_allclose(loaded.score(ctx, shelves, 2)[0], vw_pass(loaded, ctx, shelves, 2), rtol=0, atol=1e-5)
+        assert shelf_line(shelves[0]) == shelf_line(Shelf("a", dict(shelves[0].features)))
