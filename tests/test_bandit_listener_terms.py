@@ -169,6 +169,7 @@ def test_listener_terms_probe_each_feature_once_and_keep_within_their_bounds():
 
     terms = ListenerTerms(probe, max_pages=3, request_floats=240, max_floats=10_000)  # 4 rows of 5 x 4 values
     assert terms.fits(3, 5, 4) and not terms.fits(4, 5, 4)  # (T + 1) (K N + 40) <= 240
+    assert terms.costs(shelves, 4, ["f0", "f1", "f2", "f3"], [1.0] * 4) is None and probes == []
     names, values = ["f0", "f1", "f2"], [0.5, -2.0, 3.0]
     for _ in range(2):
         np.testing.assert_allclose(terms.costs(shelves, 4, names, values), expected(shelves, 4, names, values),

@@ -72,9 +72,11 @@ class ListenerTerms:
         """Whether a request of n_names listener features on this page shape is for the terms."""
         return (n_names + 1) * (n_shelves * n_slots + ENTRY_OVERHEAD) <= self.request_floats
 
-    def costs(self, shelves: tuple[Any, ...], n_slots: int, names: Sequence[str], values: Sequence[float]) -> np.ndarray:
-        """Costs (K, N) of the page for the listener whose VW features are `names` at `values`
-        (a request that `fits`)."""
+    def costs(self, shelves: tuple[Any, ...], n_slots: int, names: Sequence[str], values: Sequence[float]) -> np.ndarray | None:
+        """Costs (K, N) of the page for the listener whose VW features are `names` at `values`;
+        None for a request too large for the terms (`fits`)."""
+        if not self.fits(len(names), len(shelves), n_slots):
+            return None
         if self._n_floats > self.max_floats:
             self._by_shelf.clear()
             self._n_floats = 0

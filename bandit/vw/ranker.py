@@ -149,9 +149,9 @@ class VWShelfRanker(Policy):
         shelves, n = tuple(shelves), len(shelves)
         with self._lock:
             if self._affine and not self._learned_since_save:
-                names, values = listener_features(context)
-                if self._listener_terms.fits(len(names), n, n_slots):
-                    return self._listener_terms.costs(shelves, n_slots, names, values), None
+                costs = self._listener_terms.costs(shelves, n_slots, *listener_features(context))
+                if costs is not None:  # else too large for the terms: VW's pass
+                    return costs, None
             shared = pylibvw.example(self.workspace, CCB.value, listener_line(context))
             costs = self._one_pass(shared, shelves, n_slots)
             slot0 = shared.get_decision_scores()[0] if isinstance(self._explorer, SquareCB) else None
