@@ -165,18 +165,19 @@ def listener_line(context: Context) -> str:
     return f"ccb shared |{LISTENER_NS} {features_text(context.features)}"
 
 
+@functools.lru_cache(maxsize=1024)
+def _listener_features(features: Features) -> dict[str, float]:
+    """`encode_features` of a listener, once per request: its scoring and its decision record
+    both read it (records are serialised, never changed)."""
+    return encode_features(features)
+
+
 def listener_features(context: Context) -> tuple[list[str], list[float]]:
     """The listener's VW features as names and values, in `listener_line`'s order: each name
     alone (value 1) is one feature of its namespace; features at value 0 are left out."""
-    names, values = [], []
-    for key, value in _encoded(context.features):
-        if value is None:
-            names.append(key)
-            values.append(1.0)
-        elif value:
-            names.append(key)
-            values.append(float(value))
-    return names, values
+    encoded = _listener_features(context.features)
+    names = [name for name, value in encoded.items() if value]
+    return names, [encoded[name] for name in names]
 
 
 def listener_probe_line(name: str, value: float) -> str:
@@ -232,7 +233,7 @@ def decision_record(
         "Timestamp": _iso(timestamp),
         "Version": DSJSON_VERSION,
         "c": {
-            LISTENER_NS: encode_features(context.features),
+            LISTENER_NS: _listener_features(context.features),
             "_multi": [_shelf_entry(s) for s in shelves],
             "_slots": [{"_id": str(k), SLOT_NS: slot_features(k)} for k in range(decision.n_slots)],
         },

@@ -91,18 +91,14 @@ class ListenerTerms:
         """The `max_pages` pages used last, newest first, with the names of their rows."""
         return [(page.shelves, page.n_slots, list(page.rows)) for page in list(reversed(self._pages.values()))[:max_pages]]
 
-    def warm(self, pages: Sequence[tuple[tuple[Any, ...], int, Sequence[str]]], deadline: float) -> int:
-        """Find the rows of `pages` (as `recent` lists them) until time.monotonic() passes
-        `deadline`; return how many rows were found."""
-        found = 0
+    def warm(self, pages: Sequence[tuple[tuple[Any, ...], int, Sequence[str]]], deadline: float) -> None:
+        """Find the rows of `pages` (as `recent` lists them) until time.monotonic() passes `deadline`."""
         for shelves, n_slots, names in pages:
             page = self._page(shelves, n_slots)
             for name in names[: page.capacity]:
                 if time.monotonic() > deadline:
-                    return found
+                    return
                 self._row(page, name)
-                found += 1
-        return found
 
     def _page(self, shelves: tuple[Any, ...], n_slots: int) -> _Page:
         key = (shelves, n_slots)

@@ -148,7 +148,7 @@ class VWShelfRanker(Policy):
         for SquareCB (whose gamma VW keeps internally), VW's own slot-0 distribution (N,)."""
         shelves, n = tuple(shelves), len(shelves)
         with self._lock:
-            if self._affine and not self._learned_since_save:
+            if self._scored_from_terms():
                 costs = self._listener_terms.costs(shelves, n_slots, *listener_features(context))
                 if costs is not None:  # else too large for the terms: VW's pass
                     return costs, None
@@ -166,12 +166,17 @@ class VWShelfRanker(Policy):
         """Find the listener terms of the pages `serving` (a VW ranker) used last, newest first,
         for this model, until `budget_s` seconds have passed: the first requests after a swap
         then find them instead of waiting for VW's probes."""
-        if not isinstance(serving, VWShelfRanker) or not (self._affine and not self._learned_since_save):
+        if not isinstance(serving, VWShelfRanker) or not self._scored_from_terms():
             return
         with serving._lock:
             pages = serving._listener_terms.recent(WARM_PAGES)
         with self._lock:
             self._listener_terms.warm(pages, time.monotonic() + budget_s)
+
+    def _scored_from_terms(self) -> bool:
+        """Whether requests are scored from the listener terms: the model is as saved or loaded
+        (it learns nothing between requests) and its costs are affine in the listener."""
+        return self._affine and not self._learned_since_save
 
     def _one_pass(self, shared: pylibvw.example, shelves: tuple[Shelf, ...], n_slots: int) -> np.ndarray:
         """VW's one pass over the layout for the parsed shared example: costs (K*N,), slot-major."""
